@@ -1,0 +1,132 @@
+"""Benchmark the landmark warp renderer and the landmark drawer (CPU).
+
+    .venv/bin/python bench/bench_render.py [--frames 200]
+
+Prints frames per second of ``WarpRenderer.render`` on the 512x512 astronaut portrait (real MediaPipe
+landmarks, driven by a deterministic jaw-opening + head-sway sequence), a 512x512 close-up of it (the face
+crop then covers the whole frame: the worst case at that size) and a 1080x1920 canvas, on ONE core
+(``cv2.setNumThreads(1)`` and the process pinned to one CPU) and with OpenCV's default threads, plus
+``draw_landmarks`` figures. The target is >= 25 fps at 512x512 on one
+core. Media: ``$PTALK_SHARED_DATA`` or ``<repo>/../shared/data``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
+
+from ptalk_models import landmarks as L  # noqa: E402
+from ptalk_models.draw import draw_landmarks  # noqa: E402
+from ptalk_models.face import detect_landmarks  # noqa: E402
+from ptalk_models.landmarks import FaceLandmarks  # noqa: E402
+from ptalk_models.render import WarpRenderer  # noqa: E402
+
+
+def shared_data() -> Path:
+    env = os.environ.get("PTALK_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def driving_sequence(ref: FaceLandmarks, n: int, fps: float = 25.0) -> FaceLandmarks:
+    """Deterministic test motion: jaw opening 0..0.35 inter-ocular at ~3 Hz, +-4 px sway, +-3 deg roll."""
+    wh = np.array(ref.image_size, np.float64)
+    px0 = ref.points[0, :, :2].astype(np.float64) * wh
+    io = np.linalg.norm(px0[L.LEFT_EYE_OUTER] - px0[L.RIGHT_EYE_OUTER])
+    mid = 0.5 * (px0[L.LIPS_INNER_UPPER] + px0[L.LIPS_INNER_LOWER])
+    o = np.argsort(mid[:, 0])
+    below = px0[:, 1] > np.interp(px0[:, 0], mid[o, 0], mid[o, 1]) + 1e-3
+    xc = px0[L.UPPER_LIP_INNER_MID, 0]
+    mw = abs(px0[L.MOUTH_CORNER_LEFT, 0] - px0[L.MOUTH_CORNER_RIGHT, 0])
+    w = below * np.clip(1 - ((px0[:, 0] - xc) / (0.6 * mw)) ** 2, 0.25, 1) ** 0.6
+    w[L.LIPS_INNER_UPPER] = 0.0
+    t = np.arange(n) / fps
+    pts = np.repeat(ref.points[:1], n, axis=0).astype(np.float64)
+    c = px0[L.NOSE_TIP]
+    for i in range(n):
+        px = px0.copy()
+        px[:, 1] += 0.35 * io * (0.5 - 0.5 * np.cos(2 * np.pi * 3.0 * t[i])) * w
+        a = np.deg2rad(3.0 * np.sin(2 * np.pi * 0.4 * t[i]))
+        R = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        px = (px - c) @ R.T + c + [4.0 * np.sin(2 * np.pi * 0.3 * t[i]), 2.0 * np.sin(2 * np.pi * 0.5 * t[i])]
+        pts[i, :, :2] = px / wh
+    return ref.with_points(pts.astype(np.float32), fps=fps)
+
+
+def fps_of(fn, items) -> float:
+    fn(items[0])  # warm-up (layout build, caches)
+    t0 = time.perf_counter()
+    for it in items:
+        fn(it)
+    return len(items) / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=200)
+    args = ap.parse_args()
+
+    img = cv2.cvtColor(cv2.imread(str(shared_data() / "photos" / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    ref = detect_landmarks(img)
+    seq = driving_sequence(ref, args.frames)
+    frames = list(seq.points)
+
+    # 1080x1920 portrait: the astronaut scaled x2 on a padded canvas (face ~4x the pixels)
+    big = cv2.copyMakeBorder(cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC),
+                             448, 448, 28, 28, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    big_pts = ref.points.copy()
+    big_pts[..., :2] = (ref.pixels() * 2.0 + np.array([28, 448], np.float32)) / np.array([1080, 1920], np.float32)
+    big_ref = FaceLandmarks.from_points(big_pts, (1080, 1920))
+    big_frames = list(driving_sequence(big_ref, args.frames).points)
+
+    # 512x512 close-up: the face region (x 120..376, y 0..256) scaled x2, so the face crop covers ~the frame
+    close = cv2.resize(img[0:256, 120:376], (512, 512), interpolation=cv2.INTER_CUBIC)
+    close_pts = ref.points.copy()
+    close_pts[..., :2] = (ref.pixels() - np.array([120, 0], np.float32)) * 2.0 / 512.0
+    close_ref = FaceLandmarks.from_points(close_pts, (512, 512))
+    close_frames = list(driving_sequence(close_ref, args.frames).points)
+
+    default_threads = cv2.getNumThreads()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    results = []
+
+    def run(label, threads, one_cpu):
+        cv2.setNumThreads(threads)
+        if one_cpu and affinity:
+            os.sched_setaffinity(0, {min(affinity)})
+        try:
+            r = WarpRenderer(img, ref)
+            out = np.empty_like(img)
+            results.append((f"warp render 512x512, {label}", fps_of(lambda p: r.render(p, out=out), frames)))
+            rc = WarpRenderer(close, close_ref)
+            outc = np.empty_like(close)
+            results.append((f"warp render 512x512 close-up, {label}",
+                            fps_of(lambda p: rc.render(p, out=outc), close_frames)))
+            rb = WarpRenderer(big, big_ref)
+            outb = np.empty_like(big)
+            results.append((f"warp render 1080x1920, {label}", fps_of(lambda p: rb.render(p, out=outb), big_frames)))
+            one = [seq.frame(i) for i in range(len(frames))]
+            results.append((f"draw controlnet 512x512, {label}", fps_of(lambda lm: draw_landmarks(lm), one)))
+            results.append((f"draw mesh 512x512, {label}", fps_of(lambda lm: draw_landmarks(lm, style="mesh"), one)))
+        finally:
+            cv2.setNumThreads(default_threads)
+            if one_cpu and affinity:
+                os.sched_setaffinity(0, affinity)
+
+    run("1 core (cv2.setNumThreads(1), pinned)", 1, True)
+    run(f"default threads ({default_threads})", default_threads, False)
+    print(f"{args.frames} frames each; face crop (x0, y0, x1, y1): 512x512 {WarpRenderer(img, ref).crop_box()}, "
+          f"close-up {WarpRenderer(close, close_ref).crop_box()}, 1080x1920 {WarpRenderer(big, big_ref).crop_box()}")
+    for name, fps in results:
+        print(f"{name:66s} {fps:8.1f} fps")
+
+
+if __name__ == "__main__":
+    main()

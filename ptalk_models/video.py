@@ -1,0 +1,64 @@
+"""Streaming mp4 writer (PyAV): frames are encoded as they are produced, so memory stays at one frame.
+
+Used for long talking-photo jobs, where a ComfyUI IMAGE batch (float32 [T, H, W, 3]) would not fit in
+memory: 10 minutes at 25 fps and 512x512 is 47 GB as float32.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Iterable
+
+import numpy as np
+
+
+def write_mp4(path, frames: Iterable[np.ndarray], fps: float, width: int, height: int,
+              audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 19,
+              metadata: dict[str, str] | None = None) -> int:
+    """Encode uint8 RGB frames ``[H, W, 3]`` (an iterable, consumed lazily) to H.264 + AAC mp4 with PyAV.
+
+    Args:
+        path: output file path (or a writable binary file object).
+        fps: frames per second. width/height: pixels (odd sizes are padded by one pixel for yuv420p).
+        audio: optional float32 ``[C, N]`` (C = 1 or 2) in [-1, 1] at ``sample_rate`` Hz, trimmed to the video.
+        crf: x264 constant rate factor (lower = better quality).
+    Returns the number of frames written. Raises ValueError for frames of the wrong shape.
+    """
+    import av
+
+    rate = Fraction(round(fps * 1000), 1000)
+    ew, eh = width + (width % 2), height + (height % 2)
+    n = 0
+    with av.open(path, mode="w", format="mp4", options={"movflags": "use_metadata_tags"}) as out:
+        for k, v in (metadata or {}).items():
+            out.metadata[k] = v
+        vs = out.add_stream("h264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = ew, eh, "yuv420p"
+        vs.options = {"crf": str(int(crf))}
+        as_ = None
+        if audio is not None:
+            audio = np.asarray(audio, np.float32)
+            if audio.ndim == 1:
+                audio = audio[None]
+            audio = audio[:2]
+            as_ = out.add_stream("aac", rate=int(sample_rate))
+            as_.layout = "mono" if audio.shape[0] == 1 else "stereo"
+        for frame in frames:
+            if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+                raise ValueError(f"frame {n}: expected uint8 {(height, width, 3)}, got {frame.dtype} {frame.shape}")
+            if (ew, eh) != (width, height):
+                frame = np.pad(frame, ((0, eh - height), (0, ew - width), (0, 0)), mode="edge")
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")))
+            n += 1
+        out.mux(vs.encode(None))
+        if as_ is not None:
+            keep = int(np.ceil(n / float(rate) * sample_rate))
+            pcm = np.clip(audio[:, :keep], -1.0, 1.0)
+            chunk = 1024 * 64
+            for start in range(0, pcm.shape[1], chunk):
+                part = np.ascontiguousarray(pcm[:, start:start + chunk].T.reshape(1, -1))
+                af = av.AudioFrame.from_ndarray(part, format="flt", layout=as_.layout.name)
+                af.sample_rate = int(sample_rate)
+                af.pts = start
+                out.mux(as_.encode(af))
+            out.mux(as_.encode(None))
+    return n

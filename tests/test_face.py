@@ -1,0 +1,80 @@
+"""Face Landmarks engine on real photos with the real MediaPipe Face Landmarker (embedded model)."""
+import cv2
+import numpy as np
+import pytest
+
+from ptalk_models.face import NoFaceError, detect_landmarks
+from ptalk_models.landmarks import NOSE_TIP, inner_lip_aperture, inter_ocular_px
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def astronaut(shared_data):
+    return _rgb(shared_data / "photos" / "astronaut.png")
+
+
+@pytest.fixture(scope="module")
+def grid_still(shared_data):
+    return _rgb(shared_data / "photos" / "grid_still_lbax4n.png")
+
+
+def test_astronaut_landmarks_are_a_face(astronaut):
+    lm = detect_landmarks(astronaut)
+    assert lm.points.shape == (1, 478, 3) and lm.image_size == (512, 512) and lm.present.all()
+    px = lm.pixels(0)
+    # eyes above the nose above the mouth above the chin, all inside the image
+    assert px[159, 1] < px[NOSE_TIP, 1] < px[13, 1] < px[152, 1]
+    assert (px >= 0).all() and (px[:, 0] < 512).all() and (px[:, 1] < 512).all()
+    assert 40 < inter_ocular_px(px) < 120  # the face is ~1/4 of the 512 px photo
+
+
+def test_grayscale_and_rgba_match_rgb(astronaut):
+    ref = detect_landmarks(astronaut).pixels(0)
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 128, np.uint8)])
+    for img in (gray, gray[..., None], rgba, astronaut.astype(np.float32) / 255.0):
+        px = detect_landmarks(img).pixels(0)
+        assert np.abs(px - ref).mean() < 3.0
+
+
+def test_odd_size_and_aspect(astronaut):
+    """513x771 (odd, portrait aspect): the face is found where it was pasted, in pixels."""
+    canvas = np.full((771, 513, 3), 90, np.uint8)
+    canvas[100:612, 0:512] = astronaut
+    lm = detect_landmarks(canvas)
+    assert lm.image_size == (513, 771)
+    ref = detect_landmarks(astronaut).pixels(0) + np.array([0, 100], np.float32)
+    assert np.abs(lm.pixels(0) - ref).mean() < 3.0
+
+
+def test_no_face_names_the_frame(astronaut):
+    blank = np.full_like(astronaut, 30)
+    with pytest.raises(NoFaceError, match="frame 1 of 3"):
+        detect_landmarks(np.stack([astronaut, blank, astronaut]))
+    lm = detect_landmarks(np.stack([astronaut, blank, astronaut]), on_missing="keep")
+    assert lm.present.tolist() == [True, False, True]
+    assert np.allclose(lm.points[1], lm.points[0])
+    with pytest.raises(NoFaceError):
+        detect_landmarks(blank, on_missing="keep")
+
+
+def test_group_photo_selection(astronaut, grid_still):
+    """Two real faces side by side: 'largest' and left-to-right indices pick the right person."""
+    h = max(astronaut.shape[0], grid_still.shape[0])
+    group = np.zeros((h, 512 + 360, 3), np.uint8)
+    group[:512, :512] = astronaut
+    group[:288, 512:] = grid_still
+    faces = {k: detect_landmarks(group, selection=k).pixels(0)[NOSE_TIP, 0] for k in ("largest", 0, 1)}
+    assert faces[0] < 512 < faces[1]
+    # the GRID face (inter-ocular ~78 px) is larger than the astronaut's (~60 px)
+    assert faces["largest"] == faces[1]
+    with pytest.raises(ValueError, match="out of range"):
+        detect_landmarks(group, selection=2)
+
+
+def test_aperture_is_small_for_closed_mouths(astronaut, grid_still):
+    for img in (astronaut, grid_still):
+        assert 0.0 <= inner_lip_aperture(detect_landmarks(img))[0] < 0.2
