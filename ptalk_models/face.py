@@ -87,10 +87,36 @@ class FaceLandmarkDetector:
                 det = _DETECTORS[key] = cls(key[0], key[1], key[2])
             return det
 
-    def detect(self, image: np.ndarray) -> list[np.ndarray]:
+    def detect(self, image: np.ndarray, tiles: bool = False) -> list[np.ndarray]:
+        """Faces in ``image``; with ``tiles`` also search 2x2 overlapping tiles (65% of each side).
+
+        MediaPipe's short-range face detector sees the whole image at 128x128, so in a wide group photo
+        small faces are missed; tiles find them at a higher resolution. Landmarks found in a tile are mapped
+        back to whole-image normalised coordinates; a face found twice (nose tips closer than half its
+        inter-ocular distance) is kept once.
+        """
+        rgb = as_rgb_uint8(image)
+        faces = self._detect_one(rgb)
+        if not tiles:
+            return faces
+        H, W = rgb.shape[:2]
+        tw, th = max(1, int(round(W * 0.65))), max(1, int(round(H * 0.65)))
+        for y0 in (0, H - th):
+            for x0 in (0, W - tw):
+                for f in self._detect_one(np.ascontiguousarray(rgb[y0:y0 + th, x0:x0 + tw])):
+                    g = f.copy()
+                    g[:, 0] = (f[:, 0] * tw + x0) / W
+                    g[:, 1] = (f[:, 1] * th + y0) / H
+                    g[:, 2] = f[:, 2] * tw / W
+                    px = g[:, :2] * (W, H)
+                    iod = np.linalg.norm(px[33] - px[263])
+                    if all(np.linalg.norm((h[1, :2] - g[1, :2]) * (W, H)) > 0.5 * iod for h in faces):
+                        faces.append(g)
+        return faces
+
+    def _detect_one(self, rgb: np.ndarray) -> list[np.ndarray]:
         import mediapipe as mp
 
-        rgb = as_rgb_uint8(image)
         with self._lock:
             result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
         faces = []
@@ -157,7 +183,8 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
         images: uint8/float ``[H, W, C]`` or ``[T, H, W, C]`` (C = 1, 3 or 4; floats in [0, 1]).
         model_path: a ``face_landmarker.task``; None → the embedded model (see :func:`resolve_model_path`).
         selection: ``"largest"`` or a left-to-right face index for group photos (see :func:`select_face`);
-            in later frames the face nearest the previous frame's is tracked.
+            in later frames the face nearest the previous frame's is tracked. Single images and indexed
+            selections also search image tiles, so small faces in wide group photos are found.
         on_missing: ``"error"`` → :class:`NoFaceError` naming the first frame without a face; ``"keep"`` →
             that frame is flagged ``present=False`` and filled with the nearest detected frame's points.
             A batch with no face at all always raises.
@@ -176,7 +203,8 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
     present = np.zeros(T, bool)
     counts = []
     for t in range(T):
-        faces = det.detect(batch[t])
+        # stills and explicit face indices also search tiles for small faces in group photos
+        faces = det.detect(batch[t], tiles=(T == 1 or selection != "largest"))
         counts.append(len(faces))
         if faces:
             k = select_face(faces, W, H, selection, previous)
