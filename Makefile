@@ -1,0 +1,31 @@
+# ComfyUI-PortraitTalk — two entry points (see README):
+#   make demo IMAGE=portrait.png AUDIO=speech.wav OUT=talking.mp4
+#   make test
+SHELL := /bin/bash
+PY := .venv/bin/python
+SHARED ?= $(or $(PTALK_SHARED_DATA),../shared/data)
+IMAGE ?= $(wildcard $(SHARED)/photos/astronaut.png)
+AUDIO ?= $(wildcard $(SHARED)/audio/jfk.flac)
+OUT ?= out/talking_photo.mp4
+WORKFLOW ?= workflows/talking_photo.json
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	@if [ -z "$(IMAGE)" ] || [ -z "$(AUDIO)" ]; then \
+	  echo "make demo needs a portrait and a speech file: make demo IMAGE=face.png AUDIO=speech.wav OUT=out.mp4" >&2; \
+	  echo "(defaults are $(SHARED)/photos/astronaut.png and $(SHARED)/audio/jfk.flac, not found here)" >&2; exit 2; fi
+	$(PY) scripts/run_workflow.py $(WORKFLOW) --image "$(IMAGE)" --audio "$(AUDIO)" --out "$(OUT)"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/bench_cpu.py
+
+clean:
+	rm -rf .venv out .pytest_cache

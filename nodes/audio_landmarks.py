@@ -1,0 +1,62 @@
+"""Audio → Landmarks node: speech AUDIO + reference PTALK_LANDMARKS → PTALK_LANDMARKS sequence."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
+from .comfy_adapter import CATEGORY, Landmarks, audio_to_numpy, log, node_error
+
+NODE = "Audio → Landmarks"
+
+
+class AudioToLandmarks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkAudioToLandmarks",
+            display_name="Audio → Landmarks (PortraitTalk)",
+            category=CATEGORY,
+            description=(
+                "Animates the reference face's landmarks from speech: round(duration × fps) frames whose mouth and "
+                "jaw follow the audio, with natural blinks and small head motion (paper III-B, audio→motion). "
+                "Embedded backend: pocketsphinx phone timings (forced alignment when a transcript is given, phone "
+                "recognition otherwise) → visemes → mouth displacements scaled by loudness, coarticulation-smoothed. "
+                "Any sample rate / channel count."),
+            inputs=[
+                io.Audio.Input("audio", tooltip="Speech; any sample rate and channel count (mixed to mono, resampled to 16 kHz)."),
+                Landmarks.Input("reference", tooltip="Landmarks of the portrait (frame 0 is the rest pose)."),
+                io.Combo.Input("backend", options=list(BACKENDS), default=next(iter(BACKENDS)),
+                               tooltip="Audio→motion model. The embedded phoneme backend needs no downloaded weights."),
+                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=1.0,
+                               tooltip="Output frame rate (frames per second). Wire the fps output into Create Video."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed for blinks and head motion; same seed → same landmarks."),
+                io.Float.Input("expressiveness", default=1.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="Scales mouth amplitude and head motion (1 = natural)."),
+                io.Boolean.Input("blink", default=True, tooltip="Add seeded natural eye blinks."),
+                io.Boolean.Input("head_motion", default=True, tooltip="Add small seeded head motion."),
+                io.String.Input("transcript", default="", multiline=True, optional=True,
+                                tooltip="Optional text of the speech (English). Given → forced alignment (more "
+                                        "accurate phone timing); empty → phone recognition."),
+            ],
+            outputs=[
+                Landmarks.Output("landmarks", tooltip="PTALK_LANDMARKS sequence at fps."),
+                io.Float.Output("fps_out", display_name="fps", tooltip="The frame rate, for Create Video."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, audio, reference, backend, fps, seed, expressiveness, blink, head_motion,
+                transcript="") -> io.NodeOutput:
+        wav, sr = audio_to_numpy(audio, NODE, "audio")
+        if backend not in BACKENDS:
+            raise node_error(NODE, "backend", f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        try:
+            lm = generate_landmarks(wav, sr, reference, fps=fps, seed=seed, expressiveness=expressiveness,
+                                    transcript=transcript or "", backend=backend, blink=blink,
+                                    head_motion=head_motion)
+        except ValueError as e:
+            raise node_error(NODE, "audio", str(e)) from None
+        for w in lm.meta.get("warnings", []):
+            log.warning("%s: %s", NODE, w)
+        return io.NodeOutput(lm, float(fps))

@@ -1,0 +1,97 @@
+"""Landmark Warp Render nodes: reference IMAGE + PTALK_LANDMARKS sequence → IMAGE frames, or a streamed VIDEO."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..ptalk_models.face import NoFaceError, detect_landmarks
+from ..ptalk_models.render import MOUTH_FILLS, check_aspect, render_sequence
+from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedTalkingVideo, audio_to_numpy, image_to_numpy,
+                            node_error, numpy_to_image)
+
+NODE = "Landmark Warp Render"
+NODE_VIDEO = "Landmark Warp Render → Video"
+
+_DESCRIPTION = (
+    "Instant CPU preview renderer: warps the reference portrait to each frame's landmarks (piecewise-affine over "
+    "the MediaPipe face-mesh triangles, OpenCV remap) inside a face crop feathered into the untouched background, "
+    "and fills the opened mouth (dark cavity, teeth). Any size and aspect ratio.")
+
+
+def _inputs():
+    return [
+        io.Image.Input("reference_image", tooltip="The portrait the landmarks were animated from (first image used)."),
+        Landmarks.Input("landmarks", tooltip="The landmark sequence to render (e.g. from Audio → Landmarks)."),
+        io.Combo.Input("mouth_fill", options=list(MOUTH_FILLS), default=MOUTH_FILLS[0],
+                       tooltip="What to paint where the lips open wider than in the portrait."),
+        io.Boolean.Input("even_size", default=True,
+                         tooltip="Crop one pixel row/column when the height/width is odd: H.264 video (Save "
+                                 "Video, Video Combine) needs even sizes. Off keeps the portrait's exact size."),
+        Landmarks.Input("reference_landmarks", optional=True,
+                        tooltip="Landmarks of reference_image (from Face Landmarks). When not connected they are "
+                                "detected, keeping the face closest to the sequence's first frame."),
+    ]
+
+
+def _prepare(node, reference_image, landmarks, reference_landmarks):
+    """Validated (uint8 reference [H, W, 3], reference FaceLandmarks) for both render nodes."""
+    ref = image_to_numpy(reference_image, node, "reference_image")[0]
+    h, w = ref.shape[:2]
+    try:
+        check_aspect((w, h), landmarks.image_size, "reference_image", "landmarks")
+    except ValueError as e:
+        raise node_error(node, "landmarks", f"{e}. Connect the same image that fed Face Landmarks") from None
+    if reference_landmarks is None:
+        try:
+            reference_landmarks = detect_landmarks(ref, previous=landmarks.points[0])
+        except NoFaceError as e:
+            raise node_error(node, "reference_image", str(e)) from None
+    return ref, reference_landmarks
+
+
+class LandmarkWarpRender(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkLandmarkWarpRender",
+            display_name="Landmark Warp Render (PortraitTalk)",
+            category=CATEGORY,
+            description=_DESCRIPTION + " Output: an IMAGE batch for Create Video / Video Combine / upscalers.",
+            inputs=_inputs(),
+            outputs=[io.Image.Output("images", tooltip="One frame per landmark frame.")],
+        )
+
+    @classmethod
+    def execute(cls, reference_image, landmarks, mouth_fill, even_size, reference_landmarks=None) -> io.NodeOutput:
+        ref, ref_lm = _prepare(NODE, reference_image, landmarks, reference_landmarks)
+        try:
+            frames = render_sequence(ref, ref_lm, landmarks, mouth_fill=mouth_fill, even_size=even_size,
+                                     progress=Progress(len(landmarks)))
+        except ValueError as e:
+            raise node_error(NODE, "landmarks", str(e)) from None
+        return io.NodeOutput(numpy_to_image(frames))
+
+
+class LandmarkWarpRenderVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkLandmarkWarpRenderVideo",
+            display_name="Landmark Warp Render → Video (PortraitTalk)",
+            category=CATEGORY,
+            description=_DESCRIPTION + " Output: a VIDEO for Save Video whose frames are rendered while it is "
+                        "encoded, one at a time, so minutes of speech need no more memory than seconds.",
+            inputs=_inputs() + [
+                io.Audio.Input("audio", optional=True, tooltip="Soundtrack muxed into the video (trimmed to it)."),
+            ],
+            outputs=[io.Video.Output("video", tooltip="Streamed talking-face video (H.264 + AAC when saved).")],
+        )
+
+    @classmethod
+    def execute(cls, reference_image, landmarks, mouth_fill, even_size, reference_landmarks=None,
+                audio=None) -> io.NodeOutput:
+        ref, ref_lm = _prepare(NODE_VIDEO, reference_image, landmarks, reference_landmarks)
+        if landmarks.fps <= 0:
+            raise node_error(NODE_VIDEO, "landmarks", "has no frame rate (a still's landmarks); connect the "
+                             "output of Audio → Landmarks")
+        wav = audio_to_numpy(audio, NODE_VIDEO, "audio") if audio is not None else None
+        return io.NodeOutput(StreamedTalkingVideo(ref, ref_lm, landmarks, mouth_fill, even_size, wav))

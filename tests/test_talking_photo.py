@@ -1,0 +1,253 @@
+"""The talking-photo graph (workflows/talking_photo.json) run inside the real ComfyUI, on real media.
+
+Checks the written mp4 (streams, duration), lip sync measured on the output (MediaPipe re-detection of
+the rendered frames vs the audio's 200-4000 Hz log energy), silence, and bad inputs end to end.
+"""
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import soxr
+import torch
+
+import comfy_headless
+from ptalk_models.audio import band_log_energy, n_video_frames, prepare_audio
+from ptalk_models.face import detect_landmarks
+from ptalk_models.landmarks import inner_lip_aperture
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW = REPO / "workflows" / "talking_photo.json"
+FPS = 25.0
+PACK_NODES = {"PTalkFaceLandmarks", "PTalkAudioToLandmarks", "PTalkDrawLandmarks", "PTalkLandmarkWarpRender",
+              "PTalkLandmarkWarpRenderVideo"}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def read_audio(path) -> tuple[np.ndarray, int]:
+    """Decode any audio file with PyAV → float32 [C, N], Hz."""
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        chunks = [f.to_ndarray() for f in c.decode(s)]
+        sr = s.rate
+    chunks = [x if x.dtype.kind == "f" else x / 32768.0 for x in chunks]
+    planar = chunks[0].shape[0] == s.channels and not s.format.name.endswith("le") or s.format.is_planar
+    x = np.concatenate(chunks, axis=1).astype(np.float32)
+    if not planar:  # packed [1, N*C]
+        x = x.reshape(-1, s.channels).T
+    return x, sr
+
+
+def write_wav(path, x: np.ndarray, sr: int) -> Path:
+    """float [C, N] in [-1, 1] → 16-bit PCM WAV (stdlib ``wave``)."""
+    x = np.atleast_2d(x)
+    pcm = (np.clip(x.T, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(x.shape[0])
+        w.setsampwidth(2)
+        w.setframerate(int(sr))
+        w.writeframes(pcm.tobytes())
+    return Path(path)
+
+
+def probe_mp4(path) -> dict:
+    """Decoded RGB frames, fps, size and the decoded audio duration of an mp4."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
+        fps = float(v.average_rate)
+    with av.open(str(path)) as c:
+        assert c.streams.audio, f"{path} has no audio stream"
+        a = c.streams.audio[0]
+        # the stream's declared duration (what players use); the decoded sample count also holds the
+        # AAC encoder's padding up to a whole 1024-sample frame (128 ms at 8 kHz)
+        audio_s = float(a.duration * a.time_base)
+        assert sum(f.samples for f in c.decode(a)) >= audio_s * a.rate
+    return {"frames": frames, "fps": fps, "audio_s": audio_s, "size": (frames.shape[2], frames.shape[1])}
+
+
+def lag_correlations(aperture: np.ndarray, energy: np.ndarray, max_lag: int = 5) -> dict[int, float]:
+    """Pearson correlation of aperture[t] with energy[t - lag] for lag in [-max_lag, max_lag]."""
+    out = {}
+    for lag in range(-max_lag, max_lag + 1):
+        a = aperture[max(lag, 0): len(aperture) + min(lag, 0)]
+        e = energy[max(-lag, 0): len(energy) + min(-lag, 0)]
+        out[lag] = float(np.corrcoef(a, e)[0, 1])
+    return out
+
+
+def run(comfy, image, audio, tmp_path, **widgets) -> Path:
+    inputs = {"Portrait": str(image), "Speech": str(audio)}
+    for node, values in widgets.items():
+        inputs[node] = values
+    files = comfy_headless.run_workflow(WORKFLOW, inputs=inputs, out_dir=tmp_path)
+    mp4s = [f for f in files if f.suffix == ".mp4"]
+    assert len(mp4s) == 1, files
+    return mp4s[0]
+
+
+# ----------------------------------------------------------------------------------------------- tests
+def test_pack_registers_every_node(comfy):
+    mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    assert PACK_NODES <= set(mappings)
+    for node_id in PACK_NODES:
+        schema = mappings[node_id].GET_SCHEMA()
+        assert schema.category == "PortraitTalk" and schema.description
+        assert all(i.tooltip for i in schema.inputs), f"{node_id}: every input needs a tooltip"
+        assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].endswith("(PortraitTalk)")
+
+
+@pytest.fixture(scope="module", params=[("astronaut.png", "jfk.flac"), ("grid_still_lbax4n.png", "beckett.wav")],
+                ids=["astronaut+jfk", "grid+beckett"])
+def talking(request, comfy, shared_data, tmp_path_factory):
+    image = shared_data / "photos" / request.param[0]
+    audio = shared_data / "audio" / request.param[1]
+    mp4 = run(comfy, image, audio, tmp_path_factory.mktemp("talking"))
+    wav, sr = read_audio(audio)
+    return {"image": image, "wav": wav, "sr": sr, "mp4": mp4, **probe_mp4(mp4)}
+
+
+def test_mp4_streams_and_duration(talking):
+    duration = talking["wav"].shape[1] / talking["sr"]
+    assert talking["fps"] == pytest.approx(FPS)
+    assert len(talking["frames"]) == n_video_frames(talking["wav"].shape[1], talking["sr"], FPS)
+    assert abs(talking["audio_s"] - duration) <= 1.0 / FPS
+    ref = cv2.cvtColor(cv2.imread(str(talking["image"])), cv2.COLOR_BGR2RGB)
+    assert talking["size"] == (ref.shape[1] - ref.shape[1] % 2, ref.shape[0] - ref.shape[0] % 2)
+
+
+def test_lip_sync_on_rendered_frames(talking):
+    """Inner-lip aperture re-detected on the mp4 follows the speech's 200-4000 Hz log energy."""
+    lm = detect_landmarks(talking["frames"], on_missing="keep")
+    assert lm.present.mean() > 0.95
+    aperture = inner_lip_aperture(lm)
+    mono = prepare_audio(talking["wav"], talking["sr"]).samples
+    energy = band_log_energy(mono, 16000, FPS, len(aperture))
+    corr = lag_correlations(aperture, energy)
+    best = max(corr, key=corr.get)
+    assert abs(best) <= 1, corr
+    assert corr[best] > 0.3, corr
+    assert aperture.max() - aperture.min() > 0.15  # the mouth really opens and closes
+
+
+def test_silence_keeps_the_mouth_closed(comfy, shared_data, tmp_path):
+    image = shared_data / "photos" / "astronaut.png"
+    silent = write_wav(tmp_path / "silence.wav", np.zeros((1, 16000 * 2), np.float32), 16000)
+    out = probe_mp4(run(comfy, image, silent, tmp_path))
+    assert len(out["frames"]) == 50
+    ap = inner_lip_aperture(detect_landmarks(out["frames"], on_missing="keep"))
+    # her smile shows teeth (aperture 0.10); in silence the lips close and stay closed
+    assert ap.max() < 0.04 and ap.std() < 0.01, ap
+
+
+@pytest.fixture(scope="module")
+def short_speech(shared_data):
+    """Two real seconds of beckett.wav (16 kHz mono) and of jfk.flac (44.1 kHz stereo)."""
+    b, bsr = read_audio(shared_data / "audio" / "beckett.wav")
+    j, jsr = read_audio(shared_data / "audio" / "jfk.flac")
+    return (b[:, int(0.5 * bsr): int(2.5 * bsr)], bsr), (j[:, int(0.3 * jsr): int(2.3 * jsr)], jsr)
+
+
+@pytest.mark.parametrize("kind", ["8k_mono", "48k_stereo", "0.1s"])
+def test_audio_formats(kind, comfy, shared_data, short_speech, tmp_path):
+    (b, bsr), (j, jsr) = short_speech
+    if kind == "8k_mono":
+        x, sr = soxr.resample(b[0], bsr, 8000)[None], 8000
+    elif kind == "48k_stereo":
+        x, sr = soxr.resample(j.T, jsr, 48000).T, 48000
+    else:
+        x, sr = b[:, : bsr // 10], bsr
+    path = write_wav(tmp_path / f"{kind}.wav", x, sr)
+    out = probe_mp4(run(comfy, shared_data / "photos" / "grid_still_lbax4n.png", path, tmp_path))
+    assert len(out["frames"]) == n_video_frames(x.shape[1], sr, FPS)
+    assert abs(out["audio_s"] - x.shape[1] / sr) <= 1.0 / FPS
+
+
+def test_image_without_face_is_a_clear_error(comfy, shared_data, short_speech, tmp_path):
+    photo = cv2.imread(str(shared_data / "photos" / "astronaut.png"))
+    cv2.imwrite(str(tmp_path / "suit.png"), photo[330:512, 280:512])  # the flag and suit, no face
+    speech = write_wav(tmp_path / "s.wav", *short_speech[0])
+    with pytest.raises(comfy_headless.PromptExecutionError) as e:
+        run(comfy, tmp_path / "suit.png", speech, tmp_path)
+    msg = str(e.value)
+    assert "Face Landmarks" in msg and "no face found in frame 0" in msg and "'image'" in msg
+
+
+@pytest.mark.parametrize("variant", ["rgba", "gray", "513x771", "group"])
+def test_image_variants(variant, comfy, shared_data, short_speech, tmp_path):
+    astro = cv2.imread(str(shared_data / "photos" / "astronaut.png"))
+    widgets = {}
+    if variant == "rgba":
+        img = np.dstack([astro, np.full(astro.shape[:2], 200, np.uint8)])
+    elif variant == "gray":
+        img = cv2.cvtColor(astro, cv2.COLOR_BGR2GRAY)
+    elif variant == "513x771":
+        img = np.full((771, 513, 3), 90, np.uint8)
+        img[100:612, :512] = astro
+    else:  # two real people: pick the astronaut (left) by index
+        grid = cv2.imread(str(shared_data / "photos" / "grid_still_lbax4n.png"))
+        img = np.zeros((512, 512 + 360, 3), np.uint8)
+        img[:512, :512] = astro
+        img[:288, 512:] = grid
+        widgets = {"PTalkFaceLandmarks": {"face": "by index", "face_index": 0}}
+    cv2.imwrite(str(tmp_path / f"{variant}.png"), img)
+    speech = write_wav(tmp_path / "s.wav", *short_speech[0])
+    out = probe_mp4(run(comfy, tmp_path / f"{variant}.png", speech, tmp_path, **widgets))
+    h, w = img.shape[:2]
+    assert out["size"] == (w - w % 2, h - h % 2)
+    lm = detect_landmarks(out["frames"], on_missing="keep", selection=0 if variant == "group" else "largest")
+    assert lm.present.all()
+    if variant == "group":  # the animated face is the astronaut's: her mouth moves, the GRID face is still
+        assert (lm.pixels()[:, 1, 0] < 512).all()
+        assert inner_lip_aperture(lm).std() > 0.02
+        right = out["frames"][:, :288, 520:]
+        assert np.abs(right.astype(int) - right[0].astype(int)).max() < 40
+
+
+def _node(comfy, node_id):
+    return comfy.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+
+@pytest.fixture(scope="module")
+def reference_lm(comfy, shared_data):
+    img = cv2.cvtColor(cv2.imread(str(shared_data / "photos" / "grid_still_lbax4n.png")), cv2.COLOR_BGR2RGB)
+    image = torch.from_numpy(img)[None].float() / 255
+    return _node(comfy, "PTalkFaceLandmarks").execute(image, "auto", "largest", 0, "error", 0.0, 0.5)[0]
+
+
+def _a2l(comfy, reference, wav, sr, transcript=None):
+    audio = {"waveform": torch.from_numpy(np.ascontiguousarray(wav))[None], "sample_rate": sr}
+    kw = {} if transcript is None else {"transcript": transcript}
+    return _node(comfy, "PTalkAudioToLandmarks").execute(audio, reference, "phonemes (pocketsphinx)", FPS, 7, 1.0,
+                                                         True, True, **kw)
+
+
+def test_nan_samples_are_silence(comfy, reference_lm, short_speech):
+    (b, sr), _ = short_speech
+    x = b.copy()
+    x[:, : sr // 2] = np.nan  # the first half second is corrupt
+    lm, fps = _a2l(comfy, reference_lm, x, sr)
+    assert fps == FPS and len(lm) == n_video_frames(x.shape[1], sr, FPS)
+    assert np.isfinite(lm.points).all()
+    assert lm.meta["nonfinite_samples"] == sr // 2 and lm.meta["warnings"]
+    ap = inner_lip_aperture(lm)
+    base = inner_lip_aperture(reference_lm)[0]
+    assert ap[:10].max() < 0.02                  # NaN half-second = silence: lips closed
+    assert ap[15:].max() > base + 0.1            # real speech afterwards opens it
+
+
+def test_empty_transcript_is_phone_recognition(comfy, reference_lm, short_speech):
+    (b, sr), _ = short_speech
+    plain, _ = _a2l(comfy, reference_lm, b, sr)
+    empty, _ = _a2l(comfy, reference_lm, b, sr, transcript="   ")
+    assert np.array_equal(plain.points, empty.points)
+    assert empty.meta["alignment_mode"] == "phone_recognition"
+
+
+def test_empty_audio_is_a_clear_error(comfy, reference_lm):
+    with pytest.raises(ValueError, match=r"Audio → Landmarks.*'audio'"):
+        _a2l(comfy, reference_lm, np.zeros((1, 0), np.float32), 16000)
