@@ -1,0 +1,161 @@
+"""Audio -> Landmarks: speech audio + a reference face -> a lip-synced :class:`FaceLandmarks` sequence.
+
+Public entry point: :func:`generate_landmarks`; :data:`BACKENDS` maps a backend name to its class (the
+first key is the default). Every backend implements :class:`Audio2LandmarksBackend` -- the same
+``generate(...)`` signature and the same output type -- so the neural HuBERT + VAE audio-to-landmark model
+of PortraitTalk (arXiv 2412.07754, Sec. III-B) can be added later as another entry without changing the
+node.
+
+Today's backend, ``"phonemes (pocketsphinx)"`` (:class:`PhonemeBackend`), is embedded and CPU-only:
+
+1. audio -> mono 16 kHz (soxr) -- :mod:`ptalk_models.audio`;
+2. phones with times: pocketsphinx forced alignment of ``transcript`` when given, else phone
+   recognition -- :mod:`ptalk_models.phonemes`;
+3. phones -> visemes -> coarticulated mouth parameters, scaled by loudness -- :mod:`ptalk_models.visemes`;
+4. mouth parameters + seeded blinks + seeded head motion applied to the reference mesh --
+   :mod:`ptalk_models.motion`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from .audio import DB_FLOOR, n_video_frames, prepare_audio
+from .landmarks import NUM_LANDMARKS, FaceLandmarks
+from .motion import animate, blink_curve, build_rig
+from .motion import head_motion as head_motion_curve
+from .phonemes import phones_from_audio
+from .visemes import MOUTH_PARAMS, SILENCE_GATE_DB, mouth_parameters
+
+EXPRESSIVENESS_RANGE = (0.0, 2.0)
+_CHUNK = 1024  # frames per animate() call
+FPS_RANGE = (1.0, 240.0)
+
+
+class Audio2LandmarksBackend(Protocol):
+    """What every entry of :data:`BACKENDS` provides (instantiated with no arguments)."""
+
+    name: str
+
+    def generate(self, waveform, sample_rate, reference: FaceLandmarks, *, fps: float, seed: int,
+                 expressiveness: float, transcript: str, blink: bool, head_motion: bool) -> FaceLandmarks:
+        """Arguments already validated by :func:`generate_landmarks`; returns ``T = n_video_frames(...)``
+        frames with the reference's ``image_size``, ``fps=fps`` and ``meta["backend"] = name``."""
+        ...
+
+
+class PhonemeBackend:
+    """Phones (pocketsphinx) -> visemes -> mouth/jaw deformation of the reference mesh, + blinks + head motion."""
+
+    name = "phonemes (pocketsphinx)"
+
+    def generate(self, waveform, sample_rate, reference: FaceLandmarks, *, fps: float, seed: int,
+                 expressiveness: float, transcript: str, blink: bool, head_motion: bool) -> FaceLandmarks:
+        audio = prepare_audio(waveform, sample_rate)
+        T = n_video_frames(audio.n_input_samples, audio.source_rate, fps)
+        rig = build_rig(reference)
+        phones = phones_from_audio(audio.samples, transcript)
+        mouth = mouth_parameters(phones.segments, audio.samples, T, fps)
+        blinks = blink_curve(T, fps, seed) if blink else None
+        head = head_motion_curve(T, fps, seed, speech=mouth.gain) if head_motion else None
+        warnings = list(phones.warnings)
+        if audio.n_nonfinite:
+            warnings.insert(0, f"{audio.n_nonfinite} NaN/Inf audio samples were replaced by silence")
+        loudest = float(np.percentile(mouth.level_db, 95))
+        if DB_FLOOR < loudest < SILENCE_GATE_DB[1]:
+            warnings.append(f"the audio is very quiet (95th-percentile level {loudest:.0f} dBFS); below "
+                            f"{SILENCE_GATE_DB[1]:.0f} dBFS the mouth opens less and below {SILENCE_GATE_DB[0]:.0f} "
+                            "dBFS not at all: normalise the audio's loudness first")
+        meta = dict(reference.meta)
+        meta.update({
+            "source": "audio2landmarks",
+            "backend": self.name,
+            "phone_segments": [(s.phone, round(float(s.start), 4), round(float(s.end), 4)) for s in phones.segments],
+            "alignment_mode": phones.mode,
+            "words": [(w, round(float(a), 4), round(float(b), 4)) for w, a, b in phones.words],
+            "dropped_words": list(phones.dropped_words),
+            "warnings": warnings,
+            "nonfinite_samples": int(audio.n_nonfinite),
+            "audio_duration_s": float(audio.duration_s),
+            "seed": int(seed),
+            "expressiveness": float(expressiveness),
+            "blink": bool(blink),
+            "head_motion": bool(head_motion),
+            "mouth_params": {k: mouth.params[:, i].round(4).tolist() for i, k in enumerate(MOUTH_PARAMS)},
+        })
+        W, H = rig.image_size
+        out = np.empty((T, NUM_LANDMARKS, 3), np.float32)
+        for s in range(0, T, _CHUNK):  # bounded float64 temporaries for long audio
+            e = min(T, s + _CHUNK)
+            pts = animate(rig, mouth.params[s:e], None if blinks is None else blinks[s:e],
+                          None if head is None else head[s:e], expressiveness)
+            out[s:e, :, 0], out[s:e, :, 1], out[s:e, :, 2] = pts[..., 0] / W, pts[..., 1] / H, pts[..., 2] / W
+        return FaceLandmarks.from_points(out, (W, H), fps=fps, meta=meta)
+
+
+BACKENDS: dict[str, type] = {PhonemeBackend.name: PhonemeBackend}
+DEFAULT_BACKEND = next(iter(BACKENDS))
+
+
+def generate_landmarks(waveform, sample_rate, reference: FaceLandmarks, fps: float = 25.0, seed: int = 0,
+                       expressiveness: float = 1.0, transcript: str = "", backend: str = DEFAULT_BACKEND,
+                       blink: bool = True, head_motion: bool = True) -> FaceLandmarks:
+    """Lip-synced landmark sequence for ``waveform`` on the ``reference`` face.
+
+    Args:
+        waveform: float ``[channels, samples]`` or ``[samples]`` in [-1, 1] (any channel count; integer
+            arrays are scaled by their full scale). NaN/Inf samples become silence (counted in
+            ``meta["nonfinite_samples"]``, with a warning in ``meta["warnings"]``).
+        sample_rate: Hz, any rate > 0 (resampled to 16 kHz with soxr).
+        reference: :class:`FaceLandmarks`; frame 0 is the rest pose (other frames are ignored).
+        fps: output frame rate, 1..240.
+        seed: blinks and head-motion randomness (any int; same seed -> identical output). The mouth does
+            not depend on the seed.
+        expressiveness: 0..2, multiplies the mouth's deviation from the reference and the head motion.
+            0 = mouth and head stay at the reference pose (only blinks, if enabled); 1 = nominal (closed
+            lips in silence, ~0.35 x inter-ocular inner-lip gap for a loud "aa"); 2 = exaggerated
+            (the gap is soft-limited to 0.55 x inter-ocular).
+        transcript: optional English text. Non-empty (after normalisation) -> pocketsphinx forced alignment
+            (``bestpath=False``); empty -> phone recognition. Words missing from the dictionary are
+            dropped; if alignment fails it falls back to phone recognition (``meta["alignment_mode"]``).
+        backend: a key of :data:`BACKENDS`.
+        blink, head_motion: switch the seeded blinks / head motion on or off.
+
+    Returns:
+        :class:`FaceLandmarks` with ``T = max(1, round_half_up(duration_s * fps))`` frames
+        (:func:`ptalk_models.audio.n_video_frames`), the reference's ``image_size``, ``fps=fps``, all
+        ``present``; ``meta`` adds ``backend``, ``phone_segments`` [(phone, start_s, end_s)],
+        ``alignment_mode`` (``forced_alignment`` / ``phone_recognition`` / ``none``), ``words``,
+        ``dropped_words``, ``warnings``, ``nonfinite_samples``, ``audio_duration_s``, ``seed``,
+        ``expressiveness``, ``mouth_params`` (per-frame curves).
+
+    Raises:
+        ValueError: empty audio, ``sample_rate`` <= 0, bad ``fps``/``expressiveness``/``backend``/``transcript``,
+            or a reference without a detected face in frame 0.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown audio-to-landmarks backend {backend!r}; choose one of {list(BACKENDS)}")
+    if not isinstance(reference, FaceLandmarks):
+        raise ValueError(f"reference must be FaceLandmarks (PTALK_LANDMARKS), got {type(reference).__name__}")
+    try:
+        fps = float(fps)
+        expressiveness = float(expressiveness)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps and expressiveness must be numbers, got {fps!r}, {expressiveness!r}") from None
+    if not (math.isfinite(fps) and FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
+        raise ValueError(f"fps must be in {FPS_RANGE}, got {fps}")
+    if not (math.isfinite(expressiveness) and EXPRESSIVENESS_RANGE[0] <= expressiveness <= EXPRESSIVENESS_RANGE[1]):
+        raise ValueError(f"expressiveness must be in {EXPRESSIVENESS_RANGE}, got {expressiveness}")
+    if transcript is None:
+        transcript = ""
+    if not isinstance(transcript, str):
+        raise ValueError(f"transcript must be text, got {type(transcript).__name__}")
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"seed must be an integer, got {seed!r}") from None
+    impl = BACKENDS[backend]()
+    return impl.generate(waveform, sample_rate, reference, fps=fps, seed=seed, expressiveness=expressiveness,
+                         transcript=transcript, blink=bool(blink), head_motion=bool(head_motion))
