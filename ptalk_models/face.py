@@ -84,6 +84,8 @@ class FaceLandmarkDetector:
         with _DETECTORS_LOCK:
             det = _DETECTORS.get(key)
             if det is None:
+                if not _DETECTORS:
+                    _register_exit_hook()
                 det = _DETECTORS[key] = cls(key[0], key[1], key[2])
             return det
 
@@ -140,9 +142,20 @@ def close_shared_detectors():
         _DETECTORS.clear()
 
 
-import atexit  # noqa: E402
+def _register_exit_hook():
+    """Close detectors at exit *before* MediaPipe's own dispatcher thread pool shuts down.
 
-atexit.register(close_shared_detectors)
+    MediaPipe dispatches ``close`` through a ``concurrent.futures`` executor that is shut down by a
+    ``threading`` exit hook, which runs before ``atexit`` callbacks; hooks registered later run first.
+    """
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - not CPython >= 3.9
+        import atexit
+
+        register = atexit.register
+    register(close_shared_detectors)
 
 
 def _bbox_area_px(pts: np.ndarray, width: int, height: int) -> float:

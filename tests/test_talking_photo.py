@@ -235,9 +235,8 @@ def test_nan_samples_are_silence(comfy, reference_lm, short_speech):
     assert np.isfinite(lm.points).all()
     assert lm.meta["nonfinite_samples"] == sr // 2 and lm.meta["warnings"]
     ap = inner_lip_aperture(lm)
-    base = inner_lip_aperture(reference_lm)[0]
     assert ap[:10].max() < 0.02                  # NaN half-second = silence: lips closed
-    assert ap[15:].max() > base + 0.1            # real speech afterwards opens it
+    assert ap[15:].max() > 0.15                  # real speech afterwards opens it
 
 
 def test_empty_transcript_is_phone_recognition(comfy, reference_lm, short_speech):
