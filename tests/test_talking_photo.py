@@ -250,3 +250,33 @@ def test_empty_transcript_is_phone_recognition(comfy, reference_lm, short_speech
 def test_empty_audio_is_a_clear_error(comfy, reference_lm):
     with pytest.raises(ValueError, match=r"Audio → Landmarks.*'audio'"):
         _a2l(comfy, reference_lm, np.zeros((1, 0), np.float32), 16000)
+
+
+def test_streamed_video_node_renders_the_same_frames(comfy, shared_data, short_speech, tmp_path):
+    """talking_photo_long.json (frames rendered while Save Video encodes) = talking_photo.json's frames."""
+    image = shared_data / "photos" / "grid_still_lbax4n.png"
+    speech = write_wav(tmp_path / "s.wav", *short_speech[0])
+    batch = probe_mp4(run(comfy, image, speech, tmp_path))
+    files = comfy_headless.run_workflow(REPO / "workflows" / "talking_photo_long.json",
+                                        inputs={"Portrait": str(image), "Speech": str(speech)}, out_dir=tmp_path)
+    streamed = probe_mp4([f for f in files if f.suffix == ".mp4"][0])
+    assert streamed["frames"].shape == batch["frames"].shape
+    assert abs(streamed["audio_s"] - batch["audio_s"]) <= 1.0 / FPS
+    mse = np.mean((streamed["frames"].astype(float) - batch["frames"].astype(float)) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 32  # only the two H.264 encodings differ
+
+
+def test_draw_landmarks_node(comfy, reference_lm, shared_data):
+    draw = _node(comfy, "PTalkDrawLandmarks")
+    (img,) = draw.execute(reference_lm, "controlnet", 0).args
+    assert tuple(img.shape) == (1, 288, 360, 3) and img.dtype == torch.float32
+    lit = img[0].amax(-1) > 0
+    px = reference_lm.pixels(0).round().astype(int)
+    assert lit[px[13, 1] - 2: px[13, 1] + 3, px[13, 0] - 2: px[13, 0] + 3].any()  # the lips are drawn
+    assert lit.float().mean() < 0.1                                                # on black
+    photo = torch.from_numpy(cv2.cvtColor(cv2.imread(str(shared_data / "photos" / "grid_still_lbax4n.png")),
+                                          cv2.COLOR_BGR2RGB))[None].float() / 255
+    (over,) = draw.execute(reference_lm, "mesh", 2, images=photo).args
+    assert tuple(over.shape) == (1, 288, 360, 3) and (over - photo).abs().amax() > 0.2
+    with pytest.raises(ValueError, match=r"Draw Landmarks.*'images'"):
+        draw.execute(reference_lm, "mesh", 2, images=photo.repeat(3, 1, 1, 1))
