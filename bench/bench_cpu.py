@@ -32,6 +32,7 @@ sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
 
 from ptalk_models.audio2landmarks import generate_landmarks  # noqa: E402
 from ptalk_models.face import detect_landmarks  # noqa: E402
+from ptalk_models.media import read_audio, read_image, read_video  # noqa: E402
 from ptalk_models.render import render_sequence  # noqa: E402
 
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
@@ -44,30 +45,6 @@ def shared_dir() -> Path:
     if not d.is_dir():
         sys.exit(f"shared media not found at {d}; set PTALK_SHARED_DATA")
     return d
-
-
-def read_audio(path) -> tuple[np.ndarray, int]:
-    import av
-
-    with av.open(str(path)) as c:
-        s = c.streams.audio[0]
-        frames = [f.to_ndarray() for f in c.decode(s)]
-        planar, ch, sr = s.format.is_planar, s.channels, s.rate
-    x = np.concatenate(frames, axis=1).astype(np.float32)
-    return (x if planar else x.reshape(-1, ch).T), sr
-
-
-def read_video(path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def read_rgb(path) -> np.ndarray:
-    import cv2
-
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
 def write_wav16(path, mono16k: np.ndarray) -> None:
@@ -118,14 +95,14 @@ def main():
 
     print(f"CPU: {os.cpu_count()} cores; OpenCV threads {cv2.getNumThreads()}")
 
-    frames = read_video(data / "video" / "lbax4n.mpg")
+    frames, _ = read_video(data / "video" / "lbax4n.mpg")
     detect_landmarks(frames[:1])
     t = time.perf_counter()
-    lm = detect_landmarks(frames)
+    detect_landmarks(frames)
     dt = time.perf_counter() - t
     print(f"Face Landmarks: {len(frames) / dt:.1f} fps ({len(frames)} GRID frames 360x288, MediaPipe)")
 
-    astro = read_rgb(data / "photos" / "astronaut.png")
+    astro = read_image(data / "photos" / "astronaut.png")
     ref = detect_landmarks(astro)
     wav, sr = read_audio(data / "audio" / "jfk.flac")
     dur = wav.shape[1] / sr

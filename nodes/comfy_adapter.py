@@ -143,7 +143,7 @@ class StreamedTalkingVideo(_video_types()[0]):
     """A ComfyUI VIDEO whose frames are warp-rendered on demand.
 
     ``save_to`` (what Save Video calls) renders and encodes frame by frame with
-    :func:`ptalk_models.video.write_mp4`, so memory stays at one frame; ``get_components`` (what other VIDEO
+    :func:`ptalk_models.media.write_mp4`, so memory stays at one frame; ``get_components`` (what other VIDEO
     consumers may call) renders the whole IMAGE batch.
     """
 
@@ -169,7 +169,7 @@ class StreamedTalkingVideo(_video_types()[0]):
     def save_to(self, path, format="auto", codec="auto", metadata=None):
         import json
 
-        from ..ptalk_models.video import write_mp4
+        from ..ptalk_models.media import write_mp4
 
         _, _, container, vcodec = _video_types()
         if format not in (container.AUTO, container.MP4) or codec not in (vcodec.AUTO, vcodec.H264):

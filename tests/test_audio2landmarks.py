@@ -5,23 +5,17 @@ photo for the reference face, real speech from the shared media directory.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-try:
-    import ptalk_models  # noqa: F401  (conftest.py appends the repo root)
-except ImportError:  # pragma: no cover - running this file without the conftest
-    sys.path.append(str(Path(__file__).resolve().parent.parent))
-
-from ptalk_models import landmarks as L  # noqa: E402
-from ptalk_models.audio import (band_log_energy, n_video_frames, prepare_audio, rms_dbfs,  # noqa: E402
+from ptalk_models import landmarks as L
+from ptalk_models.audio import (band_log_energy, n_video_frames, prepare_audio, rms_dbfs,
                                 to_mono_16k)
-from ptalk_models.audio2landmarks import BACKENDS, generate_landmarks  # noqa: E402
-from ptalk_models.phonemes import SILENCE, normalize_transcript, phones_from_audio  # noqa: E402
-from ptalk_models.visemes import mouth_parameters, viseme_curves  # noqa: E402
+from ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
+from ptalk_models.phonemes import SILENCE, normalize_transcript, phones_from_audio
+from ptalk_models.visemes import mouth_parameters, viseme_curves
+from ptalk_models.media import read_audio, read_image, read_video
 
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 JFK_TEXT = ("And so, my fellow Americans: ask not what your country can do for you, "
@@ -30,39 +24,22 @@ FPS = 25.0
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-def load_audio(path: Path) -> tuple[np.ndarray, int]:
-    """float32 [channels, samples] in [-1, 1] and the native rate, decoded with PyAV (no resampling)."""
-    import av
-
-    with av.open(str(path)) as c:
-        s = c.streams.audio[0]
-        rs = av.AudioResampler(format="fltp", layout=s.layout.name, rate=s.rate)
-        chunks = []
-        for f in c.decode(s):
-            chunks += [g.to_ndarray() for g in rs.resample(f)]
-        chunks += [g.to_ndarray() for g in rs.resample(None)]
-        return np.concatenate(chunks, axis=1).astype(np.float32), int(s.rate)
-
-
 @pytest.fixture(scope="module")
 def jfk(shared_data):
-    return load_audio(shared_data / "audio" / "jfk.flac")
+    return read_audio(shared_data / "audio" / "jfk.flac")
 
 
 @pytest.fixture(scope="module")
 def beckett(shared_data):
-    return load_audio(shared_data / "audio" / "beckett.wav")
+    return read_audio(shared_data / "audio" / "beckett.wav")
 
 
 @pytest.fixture(scope="module")
 def reference(shared_data):
     """MediaPipe landmarks of the astronaut photo (smiling, lips parted: inner-lip aperture ~0.1 IOD)."""
-    import cv2
-
     from ptalk_models.face import detect_landmarks
 
-    bgr = cv2.imread(str(shared_data / "photos" / "astronaut.png"))
-    lm = detect_landmarks(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    lm = detect_landmarks(read_image(shared_data / "photos" / "astronaut.png"))
     assert lm.present[0]
     return lm
 
@@ -186,16 +163,12 @@ def test_aperture_follows_speech_energy_without_lag(clip, text, jfk, beckett, re
 
 def test_generated_mouth_matches_real_video_of_the_same_speech(shared_data):
     """GRID clip lbax4n: audio -> landmarks on the speaker's own still vs. MediaPipe on the real video."""
-    import av
-    import cv2
-
     from ptalk_models.face import detect_landmarks
 
     path = shared_data / "video" / "lbax4n.mpg"
-    with av.open(str(path)) as c:
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
-    x, sr = load_audio(path)
-    still = cv2.cvtColor(cv2.imread(str(shared_data / "photos" / "grid_still_lbax4n.png")), cv2.COLOR_BGR2RGB)
+    frames, _ = read_video(path)
+    x, sr = read_audio(path)
+    still = read_image(shared_data / "photos" / "grid_still_lbax4n.png")
     ref = detect_landmarks(still)
     real = L.inner_lip_aperture(detect_landmarks(frames[::1], fps=FPS))
     gen = L.inner_lip_aperture(generate_landmarks(x, sr, ref, fps=FPS, transcript="lay blue at x four now"))

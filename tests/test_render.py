@@ -12,11 +12,8 @@ from ptalk_models import landmarks as L
 from ptalk_models.draw import CONTROLNET_COLORS, draw_landmarks
 from ptalk_models.face import detect_landmarks
 from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
+from ptalk_models.media import read_image
 from ptalk_models.render import WarpRenderer, render_sequence
-
-
-def _rgb(path):
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +21,7 @@ def photos(shared_data):
     """{name: (image uint8 RGB, FaceLandmarks)} for the two real portraits."""
     out = {}
     for name in ("astronaut", "grid_still_lbax4n"):
-        img = _rgb(shared_data / "photos" / f"{name}.png")
+        img = read_image(shared_data / "photos" / f"{name}.png")
         out[name] = (img, detect_landmarks(img))
     return out
 

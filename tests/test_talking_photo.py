@@ -19,6 +19,7 @@ import comfy_headless
 from ptalk_models.audio import band_log_energy, n_video_frames, prepare_audio
 from ptalk_models.face import detect_landmarks
 from ptalk_models.landmarks import inner_lip_aperture
+from ptalk_models.media import read_audio, read_image, read_video
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "talking_photo.json"
@@ -28,20 +29,6 @@ PACK_NODES = {"PTalkFaceLandmarks", "PTalkAudioToLandmarks", "PTalkDrawLandmarks
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def read_audio(path) -> tuple[np.ndarray, int]:
-    """Decode any audio file with PyAV → float32 [C, N], Hz."""
-    with av.open(str(path)) as c:
-        s = c.streams.audio[0]
-        chunks = [f.to_ndarray() for f in c.decode(s)]
-        sr = s.rate
-    chunks = [x if x.dtype.kind == "f" else x / 32768.0 for x in chunks]
-    planar = chunks[0].shape[0] == s.channels and not s.format.name.endswith("le") or s.format.is_planar
-    x = np.concatenate(chunks, axis=1).astype(np.float32)
-    if not planar:  # packed [1, N*C]
-        x = x.reshape(-1, s.channels).T
-    return x, sr
-
-
 def write_wav(path, x: np.ndarray, sr: int) -> Path:
     """float [C, N] in [-1, 1] → 16-bit PCM WAV (stdlib ``wave``)."""
     x = np.atleast_2d(x)
@@ -56,10 +43,7 @@ def write_wav(path, x: np.ndarray, sr: int) -> Path:
 
 def probe_mp4(path) -> dict:
     """Decoded RGB frames, fps, size and the decoded audio duration of an mp4."""
-    with av.open(str(path)) as c:
-        v = c.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
-        fps = float(v.average_rate)
+    frames, fps = read_video(path)
     with av.open(str(path)) as c:
         assert c.streams.audio, f"{path} has no audio stream"
         a = c.streams.audio[0]
@@ -116,7 +100,7 @@ def test_mp4_streams_and_duration(talking):
     assert talking["fps"] == pytest.approx(FPS)
     assert len(talking["frames"]) == n_video_frames(talking["wav"].shape[1], talking["sr"], FPS)
     assert abs(talking["audio_s"] - duration) <= 1.0 / FPS
-    ref = cv2.cvtColor(cv2.imread(str(talking["image"])), cv2.COLOR_BGR2RGB)
+    ref = read_image(talking["image"])
     assert talking["size"] == (ref.shape[1] - ref.shape[1] % 2, ref.shape[0] - ref.shape[0] % 2)
 
 
@@ -214,7 +198,7 @@ def _node(comfy, node_id):
 
 @pytest.fixture(scope="module")
 def reference_lm(comfy, shared_data):
-    img = cv2.cvtColor(cv2.imread(str(shared_data / "photos" / "grid_still_lbax4n.png")), cv2.COLOR_BGR2RGB)
+    img = read_image(shared_data / "photos" / "grid_still_lbax4n.png")
     image = torch.from_numpy(img)[None].float() / 255
     return _node(comfy, "PTalkFaceLandmarks").execute(image, "auto", "largest", 0, "error", 0.0, 0.5)[0]
 
@@ -274,8 +258,7 @@ def test_draw_landmarks_node(comfy, reference_lm, shared_data):
     px = reference_lm.pixels(0).round().astype(int)
     assert lit[px[13, 1] - 2: px[13, 1] + 3, px[13, 0] - 2: px[13, 0] + 3].any()  # the lips are drawn
     assert lit.float().mean() < 0.1                                                # on black
-    photo = torch.from_numpy(cv2.cvtColor(cv2.imread(str(shared_data / "photos" / "grid_still_lbax4n.png")),
-                                          cv2.COLOR_BGR2RGB))[None].float() / 255
+    photo = torch.from_numpy(read_image(shared_data / "photos" / "grid_still_lbax4n.png"))[None].float() / 255
     (over,) = draw.execute(reference_lm, "mesh", 2, images=photo).args
     assert tuple(over.shape) == (1, 288, 360, 3) and (over - photo).abs().amax() > 0.2
     with pytest.raises(ValueError, match=r"Draw Landmarks.*'images'"):

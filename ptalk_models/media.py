@@ -1,7 +1,8 @@
-"""Streaming mp4 writer (PyAV): frames are encoded as they are produced, so memory stays at one frame.
+"""Media I/O through libraries: audio/video decoding and a streaming mp4 writer (PyAV), images (OpenCV).
 
-Used for long talking-photo jobs, where a ComfyUI IMAGE batch (float32 [T, H, W, 3]) would not fit in
-memory: 10 minutes at 25 fps and 512x512 is 47 GB as float32.
+``write_mp4`` encodes frames as they are produced, so memory stays at one frame: used for long
+talking-photo jobs, where a ComfyUI IMAGE batch (float32 [T, H, W, 3]) would not fit in memory (10 minutes
+at 25 fps and 512x512 is 47 GB as float32).
 """
 from __future__ import annotations
 
@@ -9,6 +10,43 @@ from fractions import Fraction
 from typing import Iterable
 
 import numpy as np
+
+
+def read_audio(path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of any file PyAV/FFmpeg reads (wav, flac, mp3, mp4, flv …).
+
+    Returns float32 ``[channels, samples]`` in [-1, 1] at the file's own rate (Hz), no resampling.
+    """
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        rs = av.AudioResampler(format="fltp", layout=s.layout.name, rate=s.rate)
+        chunks = []
+        for f in c.decode(s):
+            chunks += [g.to_ndarray() for g in rs.resample(f)]
+        chunks += [g.to_ndarray() for g in rs.resample(None)]
+        return np.concatenate(chunks, axis=1).astype(np.float32), int(s.rate)
+
+
+def read_video(path) -> tuple[np.ndarray, float]:
+    """Decode every frame of the first video stream: (uint8 RGB ``[T, H, W, 3]``, average fps)."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
+        return frames, float(v.average_rate)
+
+
+def read_image(path) -> np.ndarray:
+    """An image file as uint8 RGB ``[H, W, 3]`` (OpenCV). Raises FileNotFoundError if unreadable."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def write_mp4(path, frames: Iterable[np.ndarray], fps: float, width: int, height: int,
