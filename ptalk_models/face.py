@@ -148,6 +148,7 @@ def _register_exit_hook():
     MediaPipe dispatches ``close`` through a ``concurrent.futures`` executor that is shut down by a
     ``threading`` exit hook, which runs before ``atexit`` callbacks; hooks registered later run first.
     """
+    import concurrent.futures.thread  # noqa: F401  (registers its pool shutdown first, so ours runs before it)
     import threading
 
     register = getattr(threading, "_register_atexit", None)
