@@ -237,5 +237,5 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
         for t in np.flatnonzero(~present):
             points[t] = points[idx[np.argmin(np.abs(idx - t))]]
     return FaceLandmarks(points=points, image_size=(W, H), fps=fps, present=present,
-                         meta={"source": "mediapipe FaceLandmarker", "model": os.path.basename(det.model_path),
+                         meta={"source": "mediapipe FaceLandmarker", "model_path": det.model_path,
                                "faces_per_frame": counts})

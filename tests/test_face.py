@@ -75,3 +75,31 @@ def test_group_photo_selection(astronaut, grid_still):
 def test_aperture_is_small_for_closed_mouths(astronaut, grid_still):
     for img in (astronaut, grid_still):
         assert 0.0 <= inner_lip_aperture(detect_landmarks(img))[0] < 0.2
+
+
+def test_node_resolves_models_mediapipe_before_the_embedded_model(comfy, astronaut, tmp_path):
+    """Face Landmarks' 'auto' model: models/mediapipe/face_landmarker.task when present (folder_paths)."""
+    import shutil
+
+    import torch
+
+    from ptalk_models.face import embedded_model_path
+
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkFaceLandmarks"]
+    image = torch.from_numpy(astronaut)[None].float() / 255
+    embedded = node.execute(image, "auto", "largest", 0, "error", 0.0, 0.5)[0]
+    assert embedded.meta["model_path"] == embedded_model_path()
+
+    user_dir = tmp_path / "mediapipe"
+    user_dir.mkdir()
+    shutil.copyfile(embedded_model_path(), user_dir / "face_landmarker.task")
+    comfy.folder_paths.add_model_folder_path("mediapipe", str(user_dir), is_default=True)
+    try:
+        user = node.execute(image, "auto", "largest", 0, "error", 0.0, 0.5)[0]
+        assert user.meta["model_path"] == str(user_dir / "face_landmarker.task")
+        assert np.allclose(user.points, embedded.points, atol=1e-4)
+        assert "face_landmarker.task" in node.GET_SCHEMA().inputs[1].options
+        with pytest.raises(ValueError, match=r"Face Landmarks.*'model'"):
+            node.execute(image, "missing.task", "largest", 0, "error", 0.0, 0.5)
+    finally:
+        comfy.folder_paths.folder_names_and_paths["mediapipe"][0].remove(str(user_dir))
