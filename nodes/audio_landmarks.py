@@ -60,3 +60,6 @@ class AudioToLandmarks(io.ComfyNode):
         for w in lm.meta.get("warnings", []):
             log.warning("%s: %s", NODE, w)
         return io.NodeOutput(lm, float(fps))
+
+
+NODES = [AudioToLandmarks]

@@ -90,6 +90,13 @@ def numpy_to_image(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
 
 
+def numpy_to_mask(masks: np.ndarray) -> torch.Tensor:
+    """bool/uint8/float ``[B, H, W]`` (uint8 scaled by 255) → ComfyUI MASK float32 ``[B, H, W]`` in [0, 1]."""
+    m = np.asarray(masks)
+    m = m.astype(np.float32) / 255.0 if m.dtype == np.uint8 else m.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(m))
+
+
 def audio_to_numpy(audio: dict, node: str, input_name: str = "audio") -> tuple[np.ndarray, int]:
     """ComfyUI AUDIO ``{"waveform": float [B, C, N], "sample_rate": int}`` → (float32 ``[C, N]``, Hz).
 

@@ -43,3 +43,6 @@ class DrawLandmarks(io.ComfyNode):
                                  "give one image or exactly one per frame")
         out = draw_landmarks(landmarks, frames, style=style, thickness=thickness or None)
         return io.NodeOutput(numpy_to_image(out))
+
+
+NODES = [DrawLandmarks]

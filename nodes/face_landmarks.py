@@ -59,3 +59,6 @@ class FaceLandmarks(io.ComfyNode):
         except ValueError as e:
             raise node_error(NODE, "face_index" if face != "largest" else "image", str(e)) from None
         return io.NodeOutput(lm)
+
+
+NODES = [FaceLandmarks]

@@ -95,3 +95,6 @@ class LandmarkWarpRenderVideo(io.ComfyNode):
                              "output of Audio → Landmarks")
         wav = audio_to_numpy(audio, NODE_VIDEO, "audio") if audio is not None else None
         return io.NodeOutput(StreamedTalkingVideo(ref, ref_lm, landmarks, mouth_fill, even_size, wav))
+
+
+NODES = [LandmarkWarpRender, LandmarkWarpRenderVideo]
