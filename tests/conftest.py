@@ -54,3 +54,36 @@ def comfy(tmp_path_factory) -> "comfy_headless.Comfy":
     root = tmp_path_factory.mktemp("comfyui")
     return comfy_headless.boot(input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
                                load_pack=True)
+
+
+# Real media used by several test files (read once per session; arrays are shared: do not modify them).
+@pytest.fixture(scope="session")
+def astronaut(shared_data):
+    """photos/astronaut.png as uint8 RGB [512, 512, 3]."""
+    from ptalk_models.media import read_image
+
+    return read_image(shared_data / "photos" / "astronaut.png")
+
+
+@pytest.fixture(scope="session")
+def grid_still(shared_data):
+    """photos/grid_still_lbax4n.png as uint8 RGB [288, 360, 3]."""
+    from ptalk_models.media import read_image
+
+    return read_image(shared_data / "photos" / "grid_still_lbax4n.png")
+
+
+@pytest.fixture(scope="session")
+def jfk(shared_data):
+    """audio/jfk.flac: (float32 [2, N], 44100)."""
+    from ptalk_models.media import read_audio
+
+    return read_audio(shared_data / "audio" / "jfk.flac")
+
+
+@pytest.fixture(scope="session")
+def beckett(shared_data):
+    """audio/beckett.wav: (float32 [1, N], 16000)."""
+    from ptalk_models.media import read_audio
+
+    return read_audio(shared_data / "audio" / "beckett.wav")

@@ -15,7 +15,7 @@ from ptalk_models.audio import (band_log_energy, n_video_frames, prepare_audio, 
 from ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
 from ptalk_models.phonemes import SILENCE, normalize_transcript, phones_from_audio
 from ptalk_models.visemes import mouth_parameters, viseme_curves
-from ptalk_models.media import read_audio, read_image, read_video
+from ptalk_models.media import read_audio, read_video
 
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 JFK_TEXT = ("And so, my fellow Americans: ask not what your country can do for you, "
@@ -25,21 +25,11 @@ FPS = 25.0
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def jfk(shared_data):
-    return read_audio(shared_data / "audio" / "jfk.flac")
-
-
-@pytest.fixture(scope="module")
-def beckett(shared_data):
-    return read_audio(shared_data / "audio" / "beckett.wav")
-
-
-@pytest.fixture(scope="module")
-def reference(shared_data):
+def reference(astronaut):
     """MediaPipe landmarks of the astronaut photo (smiling, lips parted: inner-lip aperture ~0.1 IOD)."""
     from ptalk_models.face import detect_landmarks
 
-    lm = detect_landmarks(read_image(shared_data / "photos" / "astronaut.png"))
+    lm = detect_landmarks(astronaut)
     assert lm.present[0]
     return lm
 
@@ -161,15 +151,14 @@ def test_aperture_follows_speech_energy_without_lag(clip, text, jfk, beckett, re
     assert aperture.max() > 0.15 and np.percentile(aperture, 10) < 0.02
 
 
-def test_generated_mouth_matches_real_video_of_the_same_speech(shared_data):
+def test_generated_mouth_matches_real_video_of_the_same_speech(shared_data, grid_still):
     """GRID clip lbax4n: audio -> landmarks on the speaker's own still vs. MediaPipe on the real video."""
     from ptalk_models.face import detect_landmarks
 
     path = shared_data / "video" / "lbax4n.mpg"
     frames, _ = read_video(path)
     x, sr = read_audio(path)
-    still = read_image(shared_data / "photos" / "grid_still_lbax4n.png")
-    ref = detect_landmarks(still)
+    ref = detect_landmarks(grid_still)
     real = L.inner_lip_aperture(detect_landmarks(frames[::1], fps=FPS))
     gen = L.inner_lip_aperture(generate_landmarks(x, sr, ref, fps=FPS, transcript="lay blue at x four now"))
     n = min(len(real), len(gen))

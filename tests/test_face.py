@@ -5,17 +5,6 @@ import pytest
 
 from ptalk_models.face import NoFaceError, detect_landmarks
 from ptalk_models.landmarks import NOSE_TIP, inner_lip_aperture, inter_ocular_px
-from ptalk_models.media import read_image
-
-
-@pytest.fixture(scope="module")
-def astronaut(shared_data):
-    return read_image(shared_data / "photos" / "astronaut.png")
-
-
-@pytest.fixture(scope="module")
-def grid_still(shared_data):
-    return read_image(shared_data / "photos" / "grid_still_lbax4n.png")
 
 
 def test_astronaut_landmarks_are_a_face(astronaut):
@@ -28,7 +17,7 @@ def test_astronaut_landmarks_are_a_face(astronaut):
     assert 40 < inter_ocular_px(px) < 120  # the face is ~1/4 of the 512 px photo
 
 
-def test_grayscale_and_rgba_matchread_image(astronaut):
+def test_grayscale_and_rgba_match_rgb(astronaut):
     ref = detect_landmarks(astronaut).pixels(0)
     gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 128, np.uint8)])
