@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_render.py [--frames 200]
 
 Prints frames per second of ``WarpRenderer.render`` on the 512x512 astronaut portrait (real MediaPipe
-landmarks, driven by a deterministic jaw-opening + head-sway sequence), a 512x512 close-up of it (the face
+landmarks, driven by the Audio → Landmarks engine on jfk.flac), a 512x512 close-up of it (the face
 crop then covers the whole frame: the worst case at that size) and a 1080x1920 canvas, on ONE core
 (``cv2.setNumThreads(1)`` and the process pinned to one CPU) and with OpenCV's default threads, plus
 ``draw_landmarks`` figures. The target is >= 25 fps at 512x512 on one
@@ -23,11 +23,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
 
-from ptalk_models import landmarks as L  # noqa: E402
 from ptalk_models.draw import draw_landmarks  # noqa: E402
 from ptalk_models.face import detect_landmarks  # noqa: E402
 from ptalk_models.landmarks import FaceLandmarks  # noqa: E402
+from ptalk_models.media import read_audio, read_image  # noqa: E402
 from ptalk_models.render import WarpRenderer  # noqa: E402
+from ptalk_models.audio2landmarks import generate_landmarks  # noqa: E402
 
 
 def shared_data() -> Path:
@@ -36,28 +37,10 @@ def shared_data() -> Path:
 
 
 def driving_sequence(ref: FaceLandmarks, n: int, fps: float = 25.0) -> FaceLandmarks:
-    """Deterministic test motion: jaw opening 0..0.35 inter-ocular at ~3 Hz, +-4 px sway, +-3 deg roll."""
-    wh = np.array(ref.image_size, np.float64)
-    px0 = ref.points[0, :, :2].astype(np.float64) * wh
-    io = np.linalg.norm(px0[L.LEFT_EYE_OUTER] - px0[L.RIGHT_EYE_OUTER])
-    mid = 0.5 * (px0[L.LIPS_INNER_UPPER] + px0[L.LIPS_INNER_LOWER])
-    o = np.argsort(mid[:, 0])
-    below = px0[:, 1] > np.interp(px0[:, 0], mid[o, 0], mid[o, 1]) + 1e-3
-    xc = px0[L.UPPER_LIP_INNER_MID, 0]
-    mw = abs(px0[L.MOUTH_CORNER_LEFT, 0] - px0[L.MOUTH_CORNER_RIGHT, 0])
-    w = below * np.clip(1 - ((px0[:, 0] - xc) / (0.6 * mw)) ** 2, 0.25, 1) ** 0.6
-    w[L.LIPS_INNER_UPPER] = 0.0
-    t = np.arange(n) / fps
-    pts = np.repeat(ref.points[:1], n, axis=0).astype(np.float64)
-    c = px0[L.NOSE_TIP]
-    for i in range(n):
-        px = px0.copy()
-        px[:, 1] += 0.35 * io * (0.5 - 0.5 * np.cos(2 * np.pi * 3.0 * t[i])) * w
-        a = np.deg2rad(3.0 * np.sin(2 * np.pi * 0.4 * t[i]))
-        R = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-        px = (px - c) @ R.T + c + [4.0 * np.sin(2 * np.pi * 0.3 * t[i]), 2.0 * np.sin(2 * np.pi * 0.5 * t[i])]
-        pts[i, :, :2] = px / wh
-    return ref.with_points(pts.astype(np.float32), fps=fps)
+    """The real Audio → Landmarks engine on jfk.flac (speech, blinks, head motion), first ``n`` frames."""
+    wav, sr = read_audio(shared_data() / "audio" / "jfk.flac")
+    seq = generate_landmarks(wav, sr, ref, fps=fps, seed=0)
+    return seq.with_points(seq.points[np.arange(n) % len(seq)])
 
 
 def fps_of(fn, items) -> float:
@@ -73,7 +56,7 @@ def main():
     ap.add_argument("--frames", type=int, default=200)
     args = ap.parse_args()
 
-    img = cv2.cvtColor(cv2.imread(str(shared_data() / "photos" / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    img = read_image(shared_data() / "photos" / "astronaut.png")
     ref = detect_landmarks(img)
     seq = driving_sequence(ref, args.frames)
     frames = list(seq.points)
