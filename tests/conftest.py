@@ -5,12 +5,14 @@
 * ``shared_data``: ``Path`` of the shared real-media directory (``$PTALK_SHARED_DATA`` or
   ``<repo>/../shared/data``); skips when absent, but fails under CI (env ``CI`` set), where it must exist.
 
-The repo root is *appended* to ``sys.path`` so tests can ``import ptalk_models`` without shadowing
-ComfyUI's top-level ``nodes`` module with this pack's ``nodes/`` package; so is ``scripts/`` (for
-``import comfy_headless``).
+``import ptalk_models`` in a test gives the modules of the pack as ComfyUI loads it (see
+``_PackEngineAlias``); the repo root is never put on ``sys.path``, so this pack's ``nodes/`` package cannot
+shadow ComfyUI's top-level ``nodes`` module. ``scripts/`` is appended (for ``import comfy_headless``).
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,9 +20,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(REPO_ROOT), str(REPO_ROOT / "scripts")):
-    if _p not in sys.path:
-        sys.path.append(_p)
+if str(REPO_ROOT / "scripts") not in sys.path:
+    sys.path.append(str(REPO_ROOT / "scripts"))
 
 import comfy_headless  # noqa: E402  (scripts/, appended above; importing it has no side effects)
 
@@ -28,6 +29,36 @@ import comfy_headless  # noqa: E402  (scripts/, appended above; importing it has
 # __init__.py (which imports comfy_api) before running any test; make ComfyUI importable first (cheap: no
 # node is loaded here).
 comfy_headless.prepare()
+
+#: The module name ComfyUI's ``nodes.load_custom_node`` gives this pack (its path, dots replaced).
+PACK_MODULE = str(REPO_ROOT).replace(".", "_x_")
+
+
+class _PackEngineAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import ptalk_models[.x]`` in tests → the very modules the loaded pack uses (``<pack>.ptalk_models.x``).
+
+    Without this, tests and ComfyUI would hold two copies of every engine module, and a FaceLandmarks made
+    in a test would not be an instance of the class the nodes check against.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "ptalk_models" or name.startswith("ptalk_models."):
+            return importlib.util.spec_from_loader(name, self, is_package=name == "ptalk_models")
+        return None
+
+    def create_module(self, spec):
+        if PACK_MODULE not in sys.modules:
+            root = importlib.util.spec_from_file_location(PACK_MODULE, REPO_ROOT / "__init__.py")
+            module = importlib.util.module_from_spec(root)
+            sys.modules[PACK_MODULE] = module
+            root.loader.exec_module(module)
+        return importlib.import_module(f"{PACK_MODULE}.{spec.name}")
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _PackEngineAlias())
 
 
 def _shared_data_dir() -> Path:

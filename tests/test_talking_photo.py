@@ -18,7 +18,7 @@ import torch
 import comfy_headless
 from ptalk_models.audio import band_log_energy, n_video_frames, prepare_audio
 from ptalk_models.face import detect_landmarks
-from ptalk_models.landmarks import inner_lip_aperture
+from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
 from ptalk_models.media import read_audio, read_image, read_video
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,8 +75,12 @@ def run(comfy, image, audio, tmp_path, **widgets) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- tests
-def test_pack_registers_every_node(comfy):
+def test_pack_registers_every_node(comfy, grid_still):
     mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    # the tests' ptalk_models is the loaded pack's (conftest's alias): same classes on both sides
+    lm = mappings["PTalkFaceLandmarks"].execute(torch.from_numpy(grid_still)[None].float() / 255, "auto",
+                                                "largest", 0, "error", 0.0, 0.5)[0]
+    assert type(lm) is FaceLandmarks
     assert PACK_NODES <= set(mappings)
     for node_id in PACK_NODES:
         schema = mappings[node_id].GET_SCHEMA()
