@@ -212,3 +212,37 @@ class StreamedTalkingVideo(_video_types()[0]):
 
     def get_container_format(self):
         return "mp4"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Face Embed (issue 3): the PTALK_FACE_EMBED socket type and the models/insightface folder
+# ----------------------------------------------------------------------------------------------------------
+#: ComfyUI socket type carrying a :class:`ptalk_models.identity.FaceEmbedding`.
+FaceEmbed = io.Custom("PTALK_FACE_EMBED")
+
+INSIGHTFACE_FOLDER = "insightface"
+
+
+def register_insightface_folder() -> None:
+    """Register ``models/insightface`` with ``folder_paths`` (the folder IPAdapter-FaceID / InstantID packs use;
+    model packs live in ``models/insightface/models/<name>/*.onnx``); keeps other packs' registrations."""
+    import folder_paths
+
+    path = os.path.join(folder_paths.models_dir, INSIGHTFACE_FOLDER)
+    if INSIGHTFACE_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[INSIGHTFACE_FOLDER] = ([path], {".onnx"})
+    elif path not in folder_paths.get_folder_paths(INSIGHTFACE_FOLDER):
+        folder_paths.add_model_folder_path(INSIGHTFACE_FOLDER, path)
+
+
+def insightface_root(model_name: str) -> str:
+    """The registered ``insightface`` folder holding ``models/<model_name>/`` (also found via
+    extra_model_paths.yaml), else ComfyUI's default ``models/insightface`` (for the missing-model message)."""
+    import folder_paths
+
+    register_insightface_folder()
+    roots = folder_paths.get_folder_paths(INSIGHTFACE_FOLDER)
+    for root in roots:
+        if os.path.isdir(os.path.join(root, "models", model_name)):
+            return root
+    return roots[0] if roots else os.path.join(folder_paths.models_dir, INSIGHTFACE_FOLDER)
