@@ -1,7 +1,13 @@
-"""PortraitTalk ComfyUI nodes (V3 schema). Thin classes over ``ptalk_models``; one file per pipeline stage."""
-from .audio_landmarks import AudioToLandmarks
-from .draw_landmarks import DrawLandmarks
-from .face_landmarks import FaceLandmarks
-from .warp_render import LandmarkWarpRender, LandmarkWarpRenderVideo
+"""PortraitTalk ComfyUI nodes (V3 schema). Thin classes over ``ptalk_models``; one file per pipeline stage,
+each exporting its node classes as ``NODES``."""
+from . import adfd_score, audio_landmarks, contour_guide, draw_landmarks, face_embed, face_landmarks, warp_render
 
-NODE_LIST = [FaceLandmarks, AudioToLandmarks, DrawLandmarks, LandmarkWarpRender, LandmarkWarpRenderVideo]
+NODE_LIST = [
+    *face_landmarks.NODES,
+    *face_embed.NODES,
+    *audio_landmarks.NODES,
+    *contour_guide.NODES,
+    *draw_landmarks.NODES,
+    *warp_render.NODES,
+    *adfd_score.NODES,
+]

@@ -332,3 +332,21 @@ def test_node_direct_calls_and_errors(comfy, clips):
     audio = {"waveform": torch.from_numpy(g["wav"])[None], "sample_rate": g["sr"]}
     with pytest.raises(ValueError, match=r"'fps'"):
         node.execute(generated=imgs, ground_truth=imgs, audio=audio, **kw)
+
+
+def test_shipped_adfd_compare_workflow_scores_real_clips(comfy, shared_data):
+    """workflows/adfd_compare.json (Load Video ×2 → ADFD Score → report/plot previews) on GRID clips."""
+    from pathlib import Path
+
+    wf = Path(__file__).resolve().parent.parent / "workflows" / "adfd_compare.json"
+    scores = {}
+    for other in ("lbax4n", "sbwe5n"):
+        ui = comfy_headless.apply_inputs(comfy_headless.load_workflow(wf), {
+            "Generated video": str(shared_data / "video" / "lbax4n.mpg"),
+            "Ground-truth video": str(shared_data / "video" / f"{other}.mpg")})
+        result = comfy_headless.run_prompt(comfy_headless.workflow_to_prompt(ui))
+        report = json.loads("".join(result["outputs"]["4"]["text"]))
+        scores[other] = report["adfd"]
+        assert result["outputs"]["5"]["images"], "the plot preview was not produced"
+    assert scores["lbax4n"] == pytest.approx(1.0)
+    assert scores["sbwe5n"] < 0.9

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "talking_photo.json"
 FPS = 25.0
 PACK_NODES = {"PTalkFaceLandmarks", "PTalkAudioToLandmarks", "PTalkDrawLandmarks", "PTalkLandmarkWarpRender",
-              "PTalkLandmarkWarpRenderVideo"}
+              "PTalkLandmarkWarpRenderVideo", "PTalkFaceEmbed", "PTalkContourGuide", "PTalkADFDScore"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
