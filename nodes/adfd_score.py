@@ -31,15 +31,6 @@ def _side_inputs(side: str, what: str) -> list:
     ]
 
 
-def _waveform_to_float(audio: dict) -> dict:
-    """ComfyUI AUDIO with an integer waveform (Get Video Components gives int16 for MPEG-1 audio) → float [-1, 1]."""
-    wav = audio.get("waveform") if isinstance(audio, dict) else None
-    if wav is not None and hasattr(wav, "is_floating_point") and not wav.is_floating_point():
-        full = float(2 ** (wav.element_size() * 8 - 1))
-        return dict(audio, waveform=wav.float() / full)
-    return audio
-
-
 def _decode_video(video, name: str):
     """VIDEO → (uint8 frames [T, H, W, 3], fps, (waveform [C, N], Hz) or None)."""
     src = None
@@ -64,7 +55,7 @@ def _decode_video(video, name: str):
     frames = image_to_numpy(comp.images, NODE, name)
     audio = None
     if comp.audio is not None:
-        audio = audio_to_numpy(_waveform_to_float(comp.audio), NODE, name)
+        audio = audio_to_numpy(comp.audio, NODE, name)
     return frames, float(comp.frame_rate), audio
 
 
@@ -140,7 +131,8 @@ class ADFDScore(io.ComfyNode):
             source[side] = names[0]
             if lm is not None:
                 if len(lm) == 0:
-                    raise node_error(NODE, names[0], "the landmark sequence is empty")
+                    raise node_error(NODE, names[0], "the landmark sequence is empty (0 frames); connect landmarks "
+                                     "of at least one frame")
                 lms[side], fpss[side] = lm, lm.fps
             elif side == "ground_truth" and (images if images is not None else video) is (
                     generated if generated is not None else generated_video):
@@ -148,7 +140,7 @@ class ADFDScore(io.ComfyNode):
             elif images is not None:
                 frames[side], fpss[side] = image_to_numpy(images, NODE, side), float(fps)
                 if frames[side].shape[0] == 0:
-                    raise node_error(NODE, side, "the IMAGE batch is empty")
+                    raise node_error(NODE, side, "the IMAGE batch is empty (0 frames); connect at least one frame")
             else:
                 frames[side], fpss[side], a = _decode_video(video, names[0])
                 if side == "generated":
@@ -159,7 +151,7 @@ class ADFDScore(io.ComfyNode):
         wav = None
         audio_source = None
         if audio is not None:
-            wav, audio_source = audio_to_numpy(_waveform_to_float(audio), NODE, "audio"), "audio input"
+            wav, audio_source = audio_to_numpy(audio, NODE, "audio"), "audio input"
         elif video_audio is not None:
             wav, audio_source = video_audio, "generated_video soundtrack"
         sync_fps = fpss["generated"] if fpss["generated"] > 0 else fpss["ground_truth"]
@@ -193,10 +185,10 @@ class ADFDScore(io.ComfyNode):
                               ground_truth_frames=frames.get("ground_truth") if use_identity else None,
                               identity_backend=identity if use_identity else None,
                               identity_stride=identity_stride, motion_vectors=motion_vectors)
-        except ValueError as e:
+        except ValueError as e:  # the engine's messages start with the argument they are about
             msg = str(e)
-            name = "generated" if msg.startswith("generated") else "ground_truth" if msg.startswith("ground_truth") \
-                else "w1" if msg.startswith("w1") else "w2" if msg.startswith("w2") else "generated"
+            name = next((n for n in ("generated", "ground_truth", "w1", "w2", "motion_vectors", "identity_stride",
+                                     "fps") if msg.startswith(n)), "generated")
             raise node_error(NODE, name, msg) from None
         report["inputs"] = {s: ("landmarks" if given[s][1] is not None else "video" if given[s][2] is not None
                                 else "images") for s in SIDES}

@@ -32,19 +32,29 @@ class NodeInputError(ValueError):
 
 
 def node_error(node: str, input_name: str, message: str) -> NodeInputError:
+    """The error to raise for a bad input: ``[PortraitTalk · <node>] input '<input_name>': <message>``, where
+    ``message`` says what is wrong and how to fix it (``raise node_error(...) from None``)."""
     return NodeInputError(f"[PortraitTalk · {node}] input '{input_name}': {message}")
+
+
+def _register_folder(name: str, extension: str) -> None:
+    """Register ``models/<name>`` with ``folder_paths`` (a new entry lists ``extension`` files), or add that path
+    to an entry another pack or extra_model_paths.yaml made (its other paths and extensions are kept)."""
+    import folder_paths
+
+    path = os.path.join(folder_paths.models_dir, name)
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([path], {extension})
+    else:
+        folder_paths.add_model_folder_path(name, path)  # no-op when the path is listed already
 
 
 def register_model_folders() -> None:
     """Register ``models/mediapipe`` (``*.task`` files) with ``folder_paths``; safe to call repeatedly."""
     import folder_paths
 
-    path = os.path.join(folder_paths.models_dir, MEDIAPIPE_FOLDER)
-    if MEDIAPIPE_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[MEDIAPIPE_FOLDER] = ([path], {".task"})
-    else:
-        folder_paths.add_model_folder_path(MEDIAPIPE_FOLDER, path)
-        folder_paths.folder_names_and_paths[MEDIAPIPE_FOLDER][1].add(".task")
+    _register_folder(MEDIAPIPE_FOLDER, ".task")
+    folder_paths.folder_names_and_paths[MEDIAPIPE_FOLDER][1].add(".task")  # also in an entry made elsewhere
 
 
 def mediapipe_model_options() -> list[str]:
@@ -100,13 +110,20 @@ def numpy_to_mask(masks: np.ndarray) -> torch.Tensor:
 def audio_to_numpy(audio: dict, node: str, input_name: str = "audio") -> tuple[np.ndarray, int]:
     """ComfyUI AUDIO ``{"waveform": float [B, C, N], "sample_rate": int}`` → (float32 ``[C, N]``, Hz).
 
-    Uses the first item of a batch (logged). Raises :class:`NodeInputError` for malformed or empty audio.
+    An integer waveform tensor (Get Video Components gives int16 for MPEG-1 audio) is scaled to [-1, 1] by its
+    full scale ``2^(bits - 1)``. Uses the first item of a batch (logged). Raises :class:`NodeInputError` for
+    malformed or empty audio.
     """
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise node_error(node, input_name, "expected an AUDIO input ({'waveform', 'sample_rate'}); connect a "
                          "Load Audio node")
     wav = audio["waveform"]
-    wav = wav.detach().cpu().float().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav, np.float32)
+    if isinstance(wav, torch.Tensor):
+        full = None if wav.is_floating_point() else float(2 ** (wav.element_size() * 8 - 1))  # integer PCM
+        wav = wav.detach().cpu().float()
+        wav = (wav if full is None else wav / full).numpy()
+    else:
+        wav = np.asarray(wav, np.float32)
     if wav.ndim == 3:
         if wav.shape[0] > 1:
             log.warning("%s: audio batch of %d, using the first item", node, wav.shape[0])
@@ -154,22 +171,23 @@ class StreamedTalkingVideo(_video_types()[0]):
     consumers may call) renders the whole IMAGE batch.
     """
 
-    def __init__(self, reference_image, reference, sequence, mouth_fill, even_size, audio=None):
+    def __init__(self, renderer, sequence, even_size, audio=None):
+        """``renderer``: a built :class:`ptalk_models.render.WarpRenderer` (so bad references fail in the
+        render node, not later inside Save Video); ``sequence``: the FaceLandmarks to render at its fps."""
         from ..ptalk_models.render import even_dims
 
-        self._args = (reference_image, reference, sequence)
-        self._kw = {"mouth_fill": mouth_fill, "even_size": even_size}
+        self._renderer, self._sequence, self._even_size = renderer, sequence, even_size
         self._audio = audio  # (float32 [C, N], Hz) or None
-        h, w = reference_image.shape[:2]
-        self._h, self._w = even_dims(h, w) if even_size else (h, w)
+        self._h, self._w = even_dims(renderer.height, renderer.width) if even_size else (renderer.height,
+                                                                                           renderer.width)
         self._fps = sequence.fps
 
     def _frames(self):
         from ..ptalk_models.render import iter_render
 
-        total = len(self._args[2])
+        total = len(self._sequence)
         progress = Progress(total)
-        for i, frame in enumerate(iter_render(*self._args, **self._kw)):
+        for i, frame in enumerate(iter_render(self._renderer, self._sequence, self._even_size)):
             yield frame
             progress(i + 1, total)
 
@@ -187,28 +205,26 @@ class StreamedTalkingVideo(_video_types()[0]):
         write_mp4(path, self._frames(), self._fps, self._w, self._h, wav, sr, metadata=meta)
 
     def get_components(self):
-        from fractions import Fraction
-
         components = _video_types()[1]
         frames = numpy_to_image(np.stack(list(self._frames())))
         audio = None
         if self._audio is not None:
             audio = {"waveform": torch.from_numpy(self._audio[0])[None], "sample_rate": self._audio[1]}
-        return components(images=frames, audio=audio, frame_rate=Fraction(round(self._fps * 1000), 1000))
+        return components(images=frames, audio=audio, frame_rate=self.get_frame_rate())
 
     def get_dimensions(self):
         return self._w, self._h
 
     def get_frame_count(self):
-        return len(self._args[2])
+        return len(self._sequence)
 
     def get_duration(self):
-        return len(self._args[2]) / self._fps
+        return self.get_frame_count() / self._fps
 
     def get_frame_rate(self):
-        from fractions import Fraction
+        from ..ptalk_models.media import frame_rate_fraction
 
-        return Fraction(round(self._fps * 1000), 1000)
+        return frame_rate_fraction(self._fps)  # the rate save_to's write_mp4 encodes
 
     def get_container_format(self):
         return "mp4"
@@ -226,13 +242,7 @@ INSIGHTFACE_FOLDER = "insightface"
 def register_insightface_folder() -> None:
     """Register ``models/insightface`` with ``folder_paths`` (the folder IPAdapter-FaceID / InstantID packs use;
     model packs live in ``models/insightface/models/<name>/*.onnx``); keeps other packs' registrations."""
-    import folder_paths
-
-    path = os.path.join(folder_paths.models_dir, INSIGHTFACE_FOLDER)
-    if INSIGHTFACE_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[INSIGHTFACE_FOLDER] = ([path], {".onnx"})
-    elif path not in folder_paths.get_folder_paths(INSIGHTFACE_FOLDER):
-        folder_paths.add_model_folder_path(INSIGHTFACE_FOLDER, path)
+    _register_folder(INSIGHTFACE_FOLDER, ".onnx")
 
 
 def insightface_root(model_name: str) -> str:

@@ -72,7 +72,7 @@ class ContourGuide(io.ComfyNode):
                                         use_face_oval=use_face_oval, source=SOURCE_OPTIONS[source], reference=ref,
                                         on_missing=on_missing, progress=Progress(len(frames)))
         except ContourInputError as e:
-            raise node_error(NODE, e.input, str(e).removeprefix(f"head_contour: {e.input}: ")) from None
+            raise node_error(NODE, e.input, e.message) from None
         return io.NodeOutput(numpy_to_image(edges[..., None].repeat(3, axis=-1)), numpy_to_mask(masks))
 
 

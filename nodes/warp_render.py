@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ptalk_models.face import NoFaceError, detect_landmarks
-from ..ptalk_models.render import MOUTH_FILLS, check_aspect, render_sequence
+from ..ptalk_models.render import MOUTH_FILLS, WarpRenderer, check_aspect, render_sequence
 from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedTalkingVideo, audio_to_numpy, image_to_numpy,
                             node_error, numpy_to_image)
 
@@ -30,6 +30,19 @@ def _inputs():
                         tooltip="Landmarks of reference_image (from Face Landmarks). When not connected they are "
                                 "detected, keeping the face closest to the sequence's first frame."),
     ]
+
+
+def _render_error_input(message: str) -> str:
+    """The node input a :mod:`ptalk_models.render` ValueError is about (its messages name the argument)."""
+    if "driving landmarks" in message:
+        return "landmarks"
+    if "reference landmarks" in message or message.startswith("reference must"):
+        return "reference_landmarks"
+    if message.startswith("reference_image"):
+        return "reference_image"
+    if message.startswith("mouth_fill"):
+        return "mouth_fill"
+    return "landmarks"
 
 
 def _prepare(node, reference_image, landmarks, reference_landmarks):
@@ -67,7 +80,7 @@ class LandmarkWarpRender(io.ComfyNode):
             frames = render_sequence(ref, ref_lm, landmarks, mouth_fill=mouth_fill, even_size=even_size,
                                      progress=Progress(len(landmarks)))
         except ValueError as e:
-            raise node_error(NODE, "landmarks", str(e)) from None
+            raise node_error(NODE, _render_error_input(str(e)), str(e)) from None
         return io.NodeOutput(numpy_to_image(frames))
 
 
@@ -94,7 +107,11 @@ class LandmarkWarpRenderVideo(io.ComfyNode):
             raise node_error(NODE_VIDEO, "landmarks", "has no frame rate (a still's landmarks); connect the "
                              "output of Audio → Landmarks")
         wav = audio_to_numpy(audio, NODE_VIDEO, "audio") if audio is not None else None
-        return io.NodeOutput(StreamedTalkingVideo(ref, ref_lm, landmarks, mouth_fill, even_size, wav))
+        try:  # built here, so a bad reference is reported by this node and not later inside Save Video
+            renderer = WarpRenderer(ref, ref_lm, mouth_fill=mouth_fill)
+        except ValueError as e:
+            raise node_error(NODE_VIDEO, _render_error_input(str(e)), str(e)) from None
+        return io.NodeOutput(StreamedTalkingVideo(renderer, landmarks, even_size, wav))
 
 
 NODES = [LandmarkWarpRender, LandmarkWarpRenderVideo]

@@ -1,6 +1,10 @@
 """PortraitTalk engine: pure torch/numpy/OpenCV models and algorithms, no ComfyUI import.
 
-Modules: ``landmarks`` (the PTALK_LANDMARKS structure), ``face`` (MediaPipe landmarks), ``audio``,
-``phonemes``, ``visemes``, ``motion``, ``audio2landmarks`` (speech → landmark sequence), ``render``
-(landmark warp renderer), ``draw`` (face-mesh drawing), ``images`` (array conventions).
+Modules: ``landmarks`` (the PTALK_LANDMARKS structure), ``face`` (MediaPipe landmarks), ``topology``
+(face-mesh triangles and connection sets), ``audio``, ``phonemes``, ``visemes``, ``motion``,
+``audio2landmarks`` (speech → landmark sequence), ``render`` (landmark warp renderer), ``draw`` (face-mesh
+drawing), ``contour`` (head-contour guide), ``identity`` (face embeddings, PTALK_FACE_EMBED), ``metrics``
+(ADFD and companions), ``plot`` (metric curves), ``media`` (audio/video/image I/O), ``images`` (array
+conventions). Heavy libraries (OpenCV, MediaPipe, dlib, pocketsphinx, soxr, PyAV) are imported inside the
+functions that use them, so importing the package stays cheap.
 """

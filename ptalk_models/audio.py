@@ -181,6 +181,9 @@ def rms_dbfs(mono: np.ndarray, sr: float, fps: float, n_frames: int) -> np.ndarr
     Args:
         mono: float ``[N]`` mono samples at ``sr`` Hz (NaN/Inf count as 0).
         sr: sample rate, Hz. fps: video frame rate. n_frames: number of video frames (>= 1).
+
+    Raises:
+        ValueError: ``sr`` or ``fps`` not > 0, or ``n_frames`` < 1.
     """
     mono, sr, fps, n_frames = _check_features_args(mono, sr, fps, n_frames)
     L = _window_len(sr, fps)

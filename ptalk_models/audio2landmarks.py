@@ -85,14 +85,12 @@ class PhonemeBackend:
             "head_motion": bool(head_motion),
             "mouth_params": {k: mouth.params[:, i].round(4).tolist() for i, k in enumerate(MOUTH_PARAMS)},
         })
-        W, H = rig.image_size
         out = np.empty((T, NUM_LANDMARKS, 3), np.float32)
         for s in range(0, T, _CHUNK):  # bounded float64 temporaries for long audio
             e = min(T, s + _CHUNK)
-            pts = animate(rig, mouth.params[s:e], None if blinks is None else blinks[s:e],
-                          None if head is None else head[s:e], expressiveness)
-            out[s:e, :, 0], out[s:e, :, 1], out[s:e, :, 2] = pts[..., 0] / W, pts[..., 1] / H, pts[..., 2] / W
-        return FaceLandmarks.from_points(out, (W, H), fps=fps, meta=meta)
+            out[s:e] = rig.to_normalised(animate(rig, mouth.params[s:e], None if blinks is None else blinks[s:e],
+                                                 None if head is None else head[s:e], expressiveness))
+        return FaceLandmarks.from_points(out, rig.image_size, fps=fps, meta=meta)
 
 
 BACKENDS: dict[str, type] = {PhonemeBackend.name: PhonemeBackend}

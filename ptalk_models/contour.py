@@ -41,11 +41,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import cv2
 import numpy as np
 
-from .images import as_rgb_uint8
-from .landmarks import FACE_OVAL, FaceLandmarks
+from .images import as_rgb_uint8, same_aspect
+from .landmarks import CHIN, FACE_OVAL, FOREHEAD, LEFT_EYE_OUTER, NUM_LANDMARKS, RIGHT_EYE_OUTER, FaceLandmarks
+
+# OpenCV is imported inside the functions that use it, so importing the pack (ComfyUI start-up) stays cheap.
 
 SOURCES = ("same", "previous")
 ON_MISSING = ("empty", "error")
@@ -72,8 +73,8 @@ def default_thickness(width: int, height: int) -> int:
 
 def _head_frame(px: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Origin (x, y), rotation matrix R (columns = u, v axes in image px) and unit s (px) of the head frame."""
-    p10, p152, p234, p454 = px[10], px[152], px[234], px[454]
-    e = px[263] - px[33]
+    p10, p152, p234, p454 = px[FOREHEAD], px[CHIN], px[234], px[454]
+    e = px[LEFT_EYE_OUTER] - px[RIGHT_EYE_OUTER]
     n = float(np.hypot(*e))
     ex = e / n if n > 1e-6 else np.array([1.0, 0.0])
     ey = np.array([-ex[1], ex[0]])
@@ -101,6 +102,8 @@ def _scaled_poly(poly: np.ndarray, k: float) -> np.ndarray:
 
 
 def _fill(shape, poly: np.ndarray) -> np.ndarray:
+    import cv2
+
     m = np.zeros(shape, np.uint8)
     cv2.fillPoly(m, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
     return m
@@ -114,6 +117,8 @@ def _odd(k: float) -> int:
 def _head_mask_one(img: np.ndarray, px: np.ndarray, detail: int, smoothing: float,
                    use_face_oval: bool) -> np.ndarray:
     """Binary head mask (uint8 0/1, frame size) for one RGB uint8 frame and its landmarks in pixels."""
+    import cv2
+
     H, W = img.shape[:2]
     n = int(detail)
     origin, R, s = _head_frame(px)
@@ -144,7 +149,7 @@ def _head_mask_one(img: np.ndarray, px: np.ndarray, detail: int, smoothing: floa
     du, dv = (_ROI_U[1] - _ROI_U[0]) / n, (_ROI_V[1] - _ROI_V[0]) / n
     oval = _apply(Ainv, px[FACE_OVAL])             # work pixel coordinates
     ou = _ROI_U[0] + (oval[:, 0] + 0.5) * du
-    vt = _ROI_V[0] + (_apply(Ainv, px[[10]])[0, 1] + 0.5) * dv
+    vt = _ROI_V[0] + (_apply(Ainv, px[[FOREHEAD]])[0, 1] + 0.5) * dv
     u = np.broadcast_to(_ROI_U[0] + (np.arange(n)[None, :] + 0.5) * du, (n, n))
     v = np.broadcast_to(_ROI_V[0] + (np.arange(n)[:, None] + 0.5) * dv, (n, n))
     (cu, cv_), (au, av) = _ELLIPSE
@@ -215,6 +220,8 @@ def _head_mask_one(img: np.ndarray, px: np.ndarray, detail: int, smoothing: floa
 def _extend(fg: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Give each work pixel outside the frame the value of the nearest pixel inside it, so that the smoothing
     and the frame border do not bend the outline where the head leaves the frame."""
+    import cv2
+
     if valid.all() or not valid.any():
         return fg
     _, labels = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5,
@@ -224,6 +231,8 @@ def _extend(fg: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def _component_at(mask01: np.ndarray, xy: np.ndarray, connectivity: int) -> np.ndarray:
     """The connected component of ``mask01`` holding pixel ``xy`` (x, y), with its holes filled (uint8 0/1)."""
+    import cv2
+
     _, lab = cv2.connectedComponents(mask01, connectivity=connectivity)
     comp = (lab == lab[xy[1], xy[0]]).astype(np.uint8)
     cnts, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -234,6 +243,8 @@ def _component_at(mask01: np.ndarray, xy: np.ndarray, connectivity: int) -> np.n
 
 def _edges_from_mask(mask01: np.ndarray, thickness: int) -> np.ndarray:
     """Boundary of a 0/1 mask (uint8 0/255), traced with cv2.Canny and dilated to ``thickness`` px."""
+    import cv2
+
     H, W = mask01.shape
     e = np.zeros((H, W), np.uint8)
     x0, y0, w, h = cv2.boundingRect(mask01)
@@ -256,11 +267,12 @@ def _edges_from_mask(mask01: np.ndarray, thickness: int) -> np.ndarray:
 
 class ContourInputError(ValueError):
     """A bad :func:`head_contour` input; ``.input`` names the argument (``images``, ``landmarks``, ``reference``,
-    ``reference_landmarks`` or a parameter name)."""
+    ``reference_landmarks`` or a parameter name) and ``.message`` the problem and its fix without that prefix."""
 
     def __init__(self, input_name: str, message: str):
         super().__init__(f"head_contour: {input_name}: {message}")
         self.input = input_name
+        self.message = message
 
 
 def _as_batch(images, name: str) -> np.ndarray:
@@ -295,13 +307,13 @@ def _landmarks_for(batch: np.ndarray, landmarks: FaceLandmarks | None, name: str
         try:
             landmarks = detect_landmarks(batch, on_missing="keep")
         except NoFaceError:  # not a single face in the batch
-            return np.zeros((T, 478, 2)), np.zeros(T, bool)
+            return np.zeros((T, NUM_LANDMARKS, 2)), np.zeros(T, bool)
     landmarks = _as_landmarks(landmarks, lm_name)
     if len(landmarks) not in (1, T):
         raise ContourInputError(lm_name, f"{len(landmarks)} landmark frames for {T} {name} frames; give one landmark "
                                 f"frame (used for all) or exactly one per frame")
     lw, lh = landmarks.image_size
-    if abs(lw / lh - W / H) > 0.01 * (W / H):
+    if not same_aspect((lw, lh), (W, H)):
         raise ContourInputError(lm_name, f"the landmarks were detected on {lw}x{lh} images but {name} are {W}x{H} "
                                 f"(another aspect ratio); detect the landmarks on these images")
     pts = landmarks.points[..., :2].astype(np.float64) * np.array([W, H], np.float64)
@@ -400,13 +412,15 @@ def head_contour(images, landmarks: FaceLandmarks | None = None, *, detail: int 
     if len(ref) != 1:
         raise ContourInputError("reference", f"expected one image, got a batch of {len(ref)}")
     rh, rw = ref.shape[1:3]
-    if abs(rw / rh - W / H) > 0.01 * (W / H):
+    if not same_aspect((rw, rh), (W, H)):
         raise ContourInputError("reference", f"it is {rw}x{rh} but the frames are {W}x{H} (another aspect ratio); "
                                 "crop or resize the reference to the frames' aspect ratio")
     if reference_landmarks is not None:
         reference_landmarks = _as_landmarks(reference_landmarks, "reference_landmarks").frame(0)
     rpts, rpresent = _landmarks_for(ref, reference_landmarks, "reference", "reference_landmarks")
     if (rw, rh) != (W, H):
+        import cv2
+
         ref = cv2.resize(ref[0], (W, H), interpolation=cv2.INTER_AREA if rw > W else cv2.INTER_CUBIC)[None]
         rpts = rpts * np.array([W / rw, H / rh])
     sources = [("reference", "the reference image")] + [("images", f"frame {t} of {T}") for t in range(T - 1)]

@@ -10,8 +10,9 @@ the iris rings, for inspecting landmarks.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+# OpenCV is imported inside the functions that use it, so importing the pack (ComfyUI start-up) stays cheap.
 
 from .images import as_rgb_uint8
 from .landmarks import FaceLandmarks
@@ -54,6 +55,8 @@ def _as_frames(frames, n_lm: int) -> np.ndarray:
 
 
 def _polylines(img, pts16: np.ndarray, edges: np.ndarray, color, thickness: int):
+    import cv2
+
     segs = pts16[edges]  # [E, 2, 2] int32
     cv2.polylines(img, list(segs), False, color, thickness, cv2.LINE_AA, _SHIFT)
 
@@ -79,6 +82,8 @@ def draw_landmarks(lm: FaceLandmarks, frames: np.ndarray | None = None, style: s
     Raises:
         ValueError: unknown style, bad frames shape, frame-count mismatch, thickness < 1.
     """
+    import cv2
+
     if not isinstance(lm, FaceLandmarks):
         raise ValueError(f"draw_landmarks: lm must be a FaceLandmarks, got {type(lm).__name__}")
     if style not in STYLES:

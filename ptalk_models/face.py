@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .images import as_rgb_uint8
-from .landmarks import NUM_LANDMARKS, FaceLandmarks
+from .landmarks import NOSE_TIP, NUM_LANDMARKS, FaceLandmarks, inter_ocular_px
 
 
 class NoFaceError(ValueError):
@@ -80,6 +80,9 @@ class FaceLandmarkDetector:
 
     @classmethod
     def shared(cls, model_path: str | None = None, max_faces: int = 8, min_confidence: float = 0.5):
+        """The process-wide detector for (model, max_faces, min_confidence), created on first use (thread-safe).
+
+        Raises FileNotFoundError as :func:`resolve_model_path`."""
         key = (resolve_model_path(model_path), int(max_faces), float(min_confidence))
         with _DETECTORS_LOCK:
             det = _DETECTORS.get(key)
@@ -110,9 +113,8 @@ class FaceLandmarkDetector:
                     g[:, 0] = (f[:, 0] * tw + x0) / W
                     g[:, 1] = (f[:, 1] * th + y0) / H
                     g[:, 2] = f[:, 2] * tw / W
-                    px = g[:, :2] * (W, H)
-                    iod = np.linalg.norm(px[33] - px[263])
-                    if all(np.linalg.norm((h[1, :2] - g[1, :2]) * (W, H)) > 0.5 * iod for h in faces):
+                    iod = inter_ocular_px(g[:, :2] * (W, H))
+                    if all(np.linalg.norm((h[NOSE_TIP, :2] - g[NOSE_TIP, :2]) * (W, H)) > 0.5 * iod for h in faces):
                         faces.append(g)
         return faces
 
@@ -129,6 +131,7 @@ class FaceLandmarkDetector:
         return faces
 
     def close(self):
+        """Release MediaPipe's landmarker (idempotent); the detector cannot detect afterwards."""
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
@@ -149,7 +152,6 @@ def _register_exit_hook():
     ``threading`` exit hook, which runs before ``atexit`` callbacks; hooks registered later run first.
     """
     import concurrent.futures.thread  # noqa: F401  (registers its pool shutdown first, so ours runs before it)
-    import threading
 
     register = getattr(threading, "_register_atexit", None)
     if register is None:  # pragma: no cover - not CPython >= 3.9
@@ -180,7 +182,7 @@ def select_face(faces: Sequence[np.ndarray], width: int, height: int, selection:
     if selection == "largest":
         return int(np.argmax([_bbox_area_px(f, width, height) for f in faces]))
     k = int(selection)
-    order = np.argsort([f[1, 0] for f in faces], kind="stable")
+    order = np.argsort([f[NOSE_TIP, 0] for f in faces], kind="stable")
     if not 0 <= k < len(faces):
         raise ValueError(f"face_index {k} is out of range: {len(faces)} face(s) found "
                          f"(0 = leftmost … {len(faces) - 1}); pick a smaller index or 'largest'")
@@ -207,6 +209,10 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
         progress: optional ``callable(done, total)``; may raise to interrupt.
     Returns:
         :class:`FaceLandmarks` with ``T`` frames, ``image_size`` = the images' (width, height).
+    Raises:
+        NoFaceError (a ValueError): see ``on_missing``. ValueError: bad images (:func:`as_rgb_uint8`) or a face
+        index beyond the faces found (:func:`select_face`). FileNotFoundError: no landmarker model
+        (:func:`resolve_model_path`).
     """
     batch = as_rgb_uint8(images, "images")
     if batch.ndim == 3:

@@ -46,7 +46,8 @@ from typing import Sequence
 import numpy as np
 
 from .images import as_rgb_uint8
-from .landmarks import FACE_OVAL, LEFT_EYE_INNER, LEFT_EYE_OUTER, RIGHT_EYE_INNER, RIGHT_EYE_OUTER, FaceLandmarks
+from .landmarks import (FACE_OVAL, LEFT_EYE_INNER, LEFT_EYE_OUTER, RIGHT_EYE_INNER, RIGHT_EYE_OUTER, FaceLandmarks,
+                        inter_ocular_px)
 
 BACKENDS = ("dlib", "insightface")
 INSIGHTFACE_MODELS = ("antelopev2", "buffalo_l")
@@ -182,14 +183,14 @@ def identity_similarity(a, b, backend: str | None = None) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- geometry
 def face_mask(size_wh: tuple[int, int], pts_px: np.ndarray, dilation: float = BACKGROUND_DILATION) -> np.ndarray:
     """uint8 ``[H, W]`` mask (255 inside) of the MediaPipe ``FACE_OVAL`` polygon dilated by ``dilation``
-    inter-ocular distances; ``pts_px`` is ``[478, 2]`` pixels."""
+    inter-ocular distances (outer eye corners, :func:`ptalk_models.landmarks.inter_ocular_px`); ``size_wh`` is
+    ``(W, H)`` pixels, ``pts_px`` float ``[478, 2]`` pixels. OpenCV ``fillPoly`` + elliptical ``dilate``."""
     import cv2
 
     w, h = size_wh
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [np.round(pts_px[FACE_OVAL]).astype(np.int32)], 255, lineType=cv2.LINE_8)
-    iod = float(np.linalg.norm(pts_px[LEFT_EYE_OUTER] - pts_px[RIGHT_EYE_OUTER]))
-    r = int(round(dilation * iod))
+    r = int(round(dilation * float(inter_ocular_px(pts_px))))
     if r > 0:
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     return mask
@@ -214,7 +215,8 @@ def arcface_points(pts_px: np.ndarray) -> np.ndarray:
 def arcface_align(image: np.ndarray, pts_px: np.ndarray, size: int = 112) -> np.ndarray:
     """2x3 float32 similarity transform mapping image pixels onto the ``size`` x ``size`` ArcFace template
     (``cv2.estimateAffinePartial2D`` of :func:`arcface_points` onto :data:`ARCFACE_TEMPLATE`, least squares over
-    all five points)."""
+    all five points). ``pts_px``: float ``[478, 2]`` MediaPipe pixels; ``image`` is not read (only the points
+    decide the transform). Raises ValueError when the fit fails (degenerate landmarks)."""
     import cv2
 
     dst = ARCFACE_TEMPLATE * (size / 112.0)

@@ -29,3 +29,12 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
             raise ValueError(f"{name}: contains NaN pixels; fix the node that produced it")
         a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(a)
+
+
+def same_aspect(size_wh: tuple[int, int], ref_wh: tuple[int, int], tol: float = 0.01) -> bool:
+    """Whether two ``(width, height)`` pixel sizes have the same aspect ratio within ``tol``, relative to
+    ``ref_wh``'s: ``|w/h - w_ref/h_ref| <= tol * w_ref/h_ref``. The one aspect rule of the engine (landmarks
+    are normalised, so a different resolution of the same framing is fine, another framing is not)."""
+    a = size_wh[0] / size_wh[1]
+    b = ref_wh[0] / ref_wh[1]
+    return abs(a - b) <= tol * b

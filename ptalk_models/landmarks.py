@@ -48,6 +48,9 @@ RIGHT_EYE_OUTER, RIGHT_EYE_INNER = 33, 133
 LEFT_EYE_OUTER, LEFT_EYE_INNER = 263, 362
 RIGHT_EYE_TOP, RIGHT_EYE_BOTTOM = 159, 145
 LEFT_EYE_TOP, LEFT_EYE_BOTTOM = 386, 374
+#: Inner upper/lower lip point pairs across the mouth's centre (13/14 midline, 82/87 and 312/317 beside it),
+#: whose mean distance is the inner-lip gap (:func:`inner_lip_gap_px`).
+INNER_LIP_PAIRS = ((UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID), (82, 87), (312, 317))
 NOSE_TIP = 1
 CHIN = 152
 FOREHEAD = 10
@@ -86,6 +89,10 @@ class FaceLandmarks:
 
     @classmethod
     def from_points(cls, points, image_size, fps=0.0, present=None, meta=None) -> "FaceLandmarks":
+        """A validated FaceLandmarks from float ``[T, 478, 3]`` (or one frame ``[478, 3]``) normalised points,
+        ``image_size`` ``(width, height)`` px, ``fps``, bool ``present [T]`` (None = all present) and a copy of
+        ``meta``. Raises ValueError for a wrong points shape, a non-positive size or a ``present`` length
+        mismatch."""
         return cls(points=points, image_size=image_size, fps=fps, present=present, meta=dict(meta or {}))
 
     def __len__(self) -> int:
@@ -129,6 +136,7 @@ class FaceLandmarks:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FaceLandmarks":
+        """Inverse of :meth:`to_dict` (validated as :meth:`from_points`)."""
         return cls(points=np.asarray(d["points"], np.float32), image_size=tuple(d["image_size"]),
                    fps=d.get("fps", 0.0), present=np.asarray(d.get("present"), bool) if d.get("present") is not None else None,
                    meta=d.get("meta", {}))
@@ -139,14 +147,23 @@ def inter_ocular_px(pts_px: np.ndarray) -> np.ndarray:
     return np.linalg.norm(pts_px[..., LEFT_EYE_OUTER, :2] - pts_px[..., RIGHT_EYE_OUTER, :2], axis=-1)
 
 
+def inner_lip_gap_px(pts_px: np.ndarray) -> np.ndarray:
+    """Mean gap in pixels between the inner upper and lower lip over :data:`INNER_LIP_PAIRS`.
+
+    ``pts_px`` is float ``[..., 478, 2]`` (or ``[..., 478, 3]``; only x, y are used) in pixels; returns an
+    array of the leading shape ``[...]`` (a 0-d array for one frame), same float dtype. 0 = lips touching.
+    """
+    return np.mean([np.linalg.norm(pts_px[..., a, :2] - pts_px[..., b, :2], axis=-1) for a, b in INNER_LIP_PAIRS],
+                   axis=0)
+
+
 def inner_lip_aperture(lm: FaceLandmarks) -> np.ndarray:
-    """Inner-lip opening per frame, float ``[T]``, as a fraction of the inter-ocular distance.
+    """Inner-lip opening per frame, float32 ``[T]``, as a fraction of the inter-ocular distance.
 
     Mean vertical gap between the inner upper-lip and inner lower-lip contours (three central point pairs
-    13/14, 82/87, 312/317), divided by the distance between the outer eye corners, so it is independent of
-    image size and face scale. 0 = lips closed; about 0.3–0.5 for a wide-open mouth.
+    13/14, 82/87, 312/317, :func:`inner_lip_gap_px`), divided by the distance between the outer eye corners
+    (:func:`inter_ocular_px`), so it is independent of image size and face scale. 0 = lips closed; about
+    0.3–0.5 for a wide-open mouth.
     """
     px = lm.pixels()
-    pairs = [(13, 14), (82, 87), (312, 317)]
-    gap = np.mean([np.linalg.norm(px[:, a] - px[:, b], axis=-1) for a, b in pairs], axis=0)
-    return (gap / np.maximum(inter_ocular_px(px), 1e-6)).astype(np.float32)
+    return (inner_lip_gap_px(px) / np.maximum(inter_ocular_px(px), 1e-6)).astype(np.float32)

@@ -16,6 +16,8 @@ def read_audio(path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream of any file PyAV/FFmpeg reads (wav, flac, mp3, mp4, flv …).
 
     Returns float32 ``[channels, samples]`` in [-1, 1] at the file's own rate (Hz), no resampling.
+    Raises FileNotFoundError (no such file), IndexError (no audio stream), ValueError (a stream without
+    samples) and PyAV's ``av.error.FFmpegError`` for data FFmpeg cannot decode.
     """
     import av
 
@@ -30,7 +32,11 @@ def read_audio(path) -> tuple[np.ndarray, int]:
 
 
 def read_video(path) -> tuple[np.ndarray, float]:
-    """Decode every frame of the first video stream: (uint8 RGB ``[T, H, W, 3]``, average fps)."""
+    """Decode every frame of the first video stream (PyAV): (uint8 RGB ``[T, H, W, 3]``, average fps).
+
+    Raises FileNotFoundError (no such file), IndexError (no video stream), ValueError (no frames) and PyAV's
+    ``av.error.FFmpegError`` for data FFmpeg cannot decode.
+    """
     import av
 
     with av.open(str(path)) as c:
@@ -49,6 +55,12 @@ def read_image(path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def frame_rate_fraction(fps: float) -> Fraction:
+    """``fps`` (frames per second) as the exact rational the encoder uses: rounded to 1/1000 fps (25 → 25,
+    29.97 → 2997/100)."""
+    return Fraction(round(fps * 1000), 1000)
+
+
 def write_mp4(path, frames: Iterable[np.ndarray], fps: float, width: int, height: int,
               audio: np.ndarray | None = None, sample_rate: int | None = None, crf: int = 19,
               metadata: dict[str, str] | None = None) -> int:
@@ -63,7 +75,7 @@ def write_mp4(path, frames: Iterable[np.ndarray], fps: float, width: int, height
     """
     import av
 
-    rate = Fraction(round(fps * 1000), 1000)
+    rate = frame_rate_fraction(fps)
     ew, eh = width + (width % 2), height + (height % 2)
     n = 0
     with av.open(path, mode="w", format="mp4", options={"movflags": "use_metadata_tags"}) as out:

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .landmarks import (LEFT_EYE_OUTER, LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, RIGHT_EYE_OUTER, FaceLandmarks,
-                        inner_lip_aperture)
+from .audio import SPEECH_BAND, TARGET_SR, band_log_energy, n_video_frames, prepare_audio
+from .images import same_aspect
+from .landmarks import LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, FaceLandmarks, inner_lip_aperture, inter_ocular_px
 
 #: Mouth landmarks for the mouth LMD: the outer and inner lip contours (40 MediaPipe points).
 MOUTH = sorted(set(LIPS_OUTER) | set(LIPS_INNER))
@@ -52,7 +53,7 @@ MOTION_VECTORS = ("face", "landmark")
 STATIC_EPS_PX = 1e-3
 SYNC_MAX_LAG = 5
 SYNC_MIN_FRAMES = 8
-AUDIO_BAND = (200.0, 4000.0)
+AUDIO_BAND = SPEECH_BAND  # Hz, 200-4000: the speech band of ptalk_models.audio.band_log_energy
 
 
 # ---------------------------------------------------------------------------------------------- alignment
@@ -112,7 +113,7 @@ def align_landmarks(generated: FaceLandmarks, ground_truth: FaceLandmarks) -> Al
                         "are compared by index, not resampled in time")
     W, H = gt.image_size
     gw, gh = gen.image_size
-    if abs(gw / gh - W / H) > 0.01 * (W / H):
+    if not same_aspect((gw, gh), (W, H)):
         warnings.append(f"aspect ratios differ (generated {gw}x{gh}, ground truth {W}x{H}); normalised "
                         "coordinates were stretched to the ground truth's grid -- crop both to the same framing")
     elif (gw, gh) != (W, H):
@@ -132,7 +133,7 @@ def align_landmarks(generated: FaceLandmarks, ground_truth: FaceLandmarks) -> Al
     if counts["excluded_no_face"]:
         warnings.append(f"{counts['excluded_no_face']} of {T} frames excluded: no face in the generated "
                         f"({counts['generated_no_face']}) / ground-truth ({counts['ground_truth_no_face']}) frame")
-    iod = np.linalg.norm(r[:, LEFT_EYE_OUTER] - r[:, RIGHT_EYE_OUTER], axis=-1)
+    iod = inter_ocular_px(r)
     return AlignedLandmarks(generated=g, ground_truth=r, valid=valid, size=(W, H), diagonal=float(np.hypot(W, H)),
                             iod=iod, counts=counts, warnings=warnings)
 
@@ -367,8 +368,6 @@ def sync_proxy(landmarks: FaceLandmarks, waveform, sample_rate: float, fps: floa
     Raises:
         ValueError: fps not > 0 (pass ``fps``), or bad audio (from :func:`ptalk_models.audio.prepare_audio`).
     """
-    from .audio import TARGET_SR, band_log_energy, n_video_frames, prepare_audio
-
     landmarks = _check_landmarks(landmarks, "landmarks")
     fps = float(landmarks.fps if fps is None or fps <= 0 else fps)
     if not (math.isfinite(fps) and fps > 0):
@@ -471,20 +470,21 @@ def evaluate(generated: FaceLandmarks, ground_truth: FaceLandmarks, w1: float = 
     """
     if int(identity_stride) < 1:
         raise ValueError(f"identity_stride must be >= 1 frame, got {identity_stride}")
-    generated = _check_landmarks(generated, "generated")
-    ground_truth = _check_landmarks(ground_truth, "ground_truth")
-    al = align_landmarks(generated, ground_truth)
+    al = align_landmarks(generated, ground_truth)  # validates both (ValueError naming the side)
+    T = len(al)
+    # the compared frames of each side
+    gen_t = generated.with_points(generated.points[:T], present=generated.present[:T])
+    gt_t = ground_truth.with_points(ground_truth.points[:T], present=ground_truth.present[:T])
     res = adfd(al, w1=w1, w2=w2, motion_vectors=motion_vectors)
     warnings = list(al.warnings) + list(res.warnings)
     mouth = landmark_distance(al, MOUTH)
     face = landmark_distance(al, FACE)
-    jg = landmark_jitter(al.generated, generated.present[:len(al)], al.iod)
-    jr = landmark_jitter(al.ground_truth, ground_truth.present[:len(al)], al.iod)
+    jg = landmark_jitter(al.generated, gen_t.present, al.iod)
+    jr = landmark_jitter(al.ground_truth, gt_t.present, al.iod)
     if jg["triples"] == 0:
         warnings.append("jitter undefined: needs 3 consecutive frames with a face")
-    T = len(al)
-    ap_gen = np.where(generated.present[:T], inner_lip_aperture(generated)[:T], np.nan)
-    ap_gt = np.where(ground_truth.present[:T], inner_lip_aperture(ground_truth)[:T], np.nan)
+    ap_gen = np.where(gen_t.present, inner_lip_aperture(gen_t), np.nan)
+    ap_gt = np.where(gt_t.present, inner_lip_aperture(gt_t), np.nan)
 
     fps_used = float(fps) if fps is not None and fps > 0 else (generated.fps or ground_truth.fps or 0.0)
     sync = None
@@ -493,9 +493,8 @@ def evaluate(generated: FaceLandmarks, ground_truth: FaceLandmarks, w1: float = 
         wav, sr = audio
         if fps_used <= 0:
             raise ValueError("fps: the landmarks carry no frame rate and fps is 0; set fps for the sync proxy")
-        sg = sync_proxy(generated.with_points(generated.points[:T], present=generated.present[:T]), wav, sr, fps_used)
-        sr_ = sync_proxy(ground_truth.with_points(ground_truth.points[:T], present=ground_truth.present[:T]), wav, sr,
-                         fps_used)
+        sg = sync_proxy(gen_t, wav, sr, fps_used)
+        sr_ = sync_proxy(gt_t, wav, sr, fps_used)
         energy = sg.pop("energy_db")
         sg.pop("aperture")
         sr_.pop("energy_db")
@@ -513,8 +512,7 @@ def evaluate(generated: FaceLandmarks, ground_truth: FaceLandmarks, w1: float = 
         first = int(np.flatnonzero(ground_truth.present)[0])
         try:
             identity = identity_per_frame(np.asarray(generated_frames)[:T], np.asarray(ground_truth_frames)[first],
-                                          generated.with_points(generated.points[:T], present=generated.present[:T]),
-                                          ground_truth.frame(first), backend=identity_backend,
+                                          gen_t, ground_truth.frame(first), backend=identity_backend,
                                           stride=identity_stride, **dict(identity_kwargs or {}))
             identity["reference_frame"] = first
         except ImportError as e:

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .landmarks import (FACE_OVAL, LEFT_EYE, LEFT_EYE_OUTER, LEFT_EYEBROW, LEFT_IRIS, LIPS_INNER_LOWER,
+from .landmarks import (CHIN, FACE_OVAL, LEFT_EYE, LEFT_EYE_OUTER, LEFT_EYEBROW, LEFT_IRIS, LIPS_INNER_LOWER,
                         LIPS_INNER_UPPER, LIPS_OUTER, MOUTH_CORNER_LEFT, MOUTH_CORNER_RIGHT, NUM_LANDMARKS,
                         RIGHT_EYE, RIGHT_EYE_OUTER, RIGHT_EYEBROW, RIGHT_IRIS, FaceLandmarks, inner_lip_aperture)
-from .topology import tesselation_edges
-from .visemes import WIDE_OPEN_IOD
+from .topology import eye_halves, tesselation_edges
+from .visemes import WIDE_OPEN_IOD, smoothstep
 
 # Mouth topology derived from the ordered contours in landmarks.py.
 _CORNERS = (MOUTH_CORNER_RIGHT, MOUTH_CORNER_LEFT, LIPS_INNER_UPPER[0], LIPS_INNER_UPPER[-1])
@@ -43,7 +43,6 @@ _OUTER_LO = LIPS_OUTER[11:]       # 375 ... 146 (291 -> 61 under the lower lip)
 _LIPS = sorted(set(LIPS_OUTER) | set(LIPS_INNER_UPPER) | set(LIPS_INNER_LOWER))
 _SUBNASALE = 2
 _TMJ_PROXY = (234, 454)           # face-oval points at the ears: depth of the jaw joint
-_CHIN = 152
 
 GAP_KNEE_IOD, GAP_MAX_IOD = 0.35, 0.55   # soft saturation of the inner-lip gap (expressiveness > 1)
 EYE_REACH_IOD = 0.15              # eye-region points farther than this from the lid contours stay fixed
@@ -60,11 +59,6 @@ BLINK_DURATION_S = (0.15, 0.25)   # uniform blink duration
 BLINK_CLOSE_SHARE = 0.4           # fraction of a blink spent closing (opening is slower)
 
 FIELDS = ("open", "close", "spread", "round", "press", "tuck", "blink")
-
-
-def _smoothstep(x):
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
 
 
 def _harmonic_matrix(xy: np.ndarray, ctrl: np.ndarray) -> np.ndarray:
@@ -114,6 +108,16 @@ class FaceRig:
     pivot: np.ndarray
     image_size: tuple
 
+    def to_normalised(self, pts_px: np.ndarray) -> np.ndarray:
+        """Points in this rig's pixels (float ``[..., 478, 3]``: x, y, z * width, as :func:`animate` returns)
+        → float32 ``[..., 478, 3]`` normalised like :class:`FaceLandmarks` (x / width, y / height, z / width)."""
+        W, H = self.image_size
+        out = np.empty(pts_px.shape, np.float32)
+        out[..., 0] = pts_px[..., 0] / W
+        out[..., 1] = pts_px[..., 1] / H
+        out[..., 2] = pts_px[..., 2] / W
+        return out
+
 
 def build_rig(reference: FaceLandmarks) -> FaceRig:
     """Deformation fields for frame 0 of ``reference`` (the rest pose).
@@ -156,7 +160,8 @@ def build_rig(reference: FaceLandmarks) -> FaceRig:
     # Calibrate "open": one unit must add exactly 1 IOD of inner_lip_aperture (measured, not assumed).
     probe = 0.2
     pts = rig.ref_px + probe * rig.fields[FIELDS.index("open")]
-    gain = (float(inner_lip_aperture(_to_landmarks(rig, pts[None]))[0]) - gap0) / probe
+    probe_lm = FaceLandmarks.from_points(rig.to_normalised(pts[None]), rig.image_size)
+    gain = (float(inner_lip_aperture(probe_lm)[0]) - gap0) / probe
     if gain > 1e-3:
         rig.fields[FIELDS.index("open")] /= gain
     return rig
@@ -172,7 +177,7 @@ def _mouth_fields(a, b, z, gap0) -> dict:
     oval = np.array(FACE_OVAL)
     jaw = [int(i) for i in oval[b[oval] > b_corner + 0.05]]
     z_tmj = float(np.mean(z[list(_TMJ_PROXY)]))
-    lever = np.clip((z_tmj - z) / max(z_tmj - z[_CHIN], 1e-6), 0.0, 1.0)
+    lever = np.clip((z_tmj - z) / max(z_tmj - z[CHIN], 1e-6), 0.0, 1.0)
     is_ctrl = np.zeros(n, bool)
     is_ctrl[_LIPS] = True
     is_ctrl[jaw] = True
@@ -253,14 +258,15 @@ def _mouth_fields(a, b, z, gap0) -> dict:
 
 def _eye_pairs(contour):
     """(upper lid points, lower lid points) paired by position; the corners (0, 8) are excluded."""
-    return list(contour[1:8]), list(contour[15:8:-1])
+    upper, lower = eye_halves(contour)
+    return upper[1:-1], lower[1:-1]
 
 
 def _blink_field(a, b) -> np.ndarray:
     """Full-closure blink field in IOD units: upper lids to 85 % of the opening, lower lids up 15 %."""
     n = len(a)
     disp = {}
-    for contour, iris in ((RIGHT_EYE, RIGHT_IRIS), (LEFT_EYE, LEFT_IRIS)):
+    for contour in (RIGHT_EYE, LEFT_EYE):
         upper, lower = _eye_pairs(contour)
         for iu, il in zip(upper, lower):
             d = np.array([a[il] - a[iu], b[il] - b[iu]])
@@ -351,7 +357,7 @@ def head_motion(n_frames: int, fps: float, seed: int, speech=None) -> np.ndarray
         k /= k.sum()
         s = np.convolve(np.pad(s, r, mode="edge"), k, mode="valid")[:n_frames]
         pose[:, 1] += HEAD_SPEECH_NOD_DEG * (s - s.mean())
-    fade = _smoothstep((np.arange(n_frames) / fps) / HEAD_FADE_IN_S)
+    fade = smoothstep((np.arange(n_frames) / fps) / HEAD_FADE_IN_S)
     return (pose * fade[:, None]).astype(np.float32)
 
 
@@ -364,15 +370,6 @@ def _rotation(yaw, pitch, roll) -> np.ndarray:
     Rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, cp, -sp], -1), np.stack([zero, sp, cp], -1)], -2)
     Rz = np.stack([np.stack([cr, -sr, zero], -1), np.stack([sr, cr, zero], -1), np.stack([zero, zero, one], -1)], -2)
     return Rz @ Ry @ Rx
-
-
-def _to_landmarks(rig: FaceRig, pts_px: np.ndarray, fps: float = 0.0, meta=None) -> FaceLandmarks:
-    W, H = rig.image_size
-    out = np.empty(pts_px.shape, np.float32)
-    out[..., 0] = pts_px[..., 0] / W
-    out[..., 1] = pts_px[..., 1] / H
-    out[..., 2] = pts_px[..., 2] / W
-    return FaceLandmarks.from_points(out, (W, H), fps=fps, meta=meta)
 
 
 def soft_gap(g: np.ndarray) -> np.ndarray:

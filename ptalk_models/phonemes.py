@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .audio import TARGET_SR as SAMPLE_RATE  # 16 kHz, the rate of pocketsphinx's en-us acoustic model
 FRAME_S = 0.01                       # pocketsphinx frame hop (frate = 100)
 _WLEN_S = 0.025625                   # pocketsphinx default analysis window
 FRAME_OFFSET_S = (_WLEN_S - FRAME_S) / 2.0   # ~7.8 ms: frame index -> boundary time

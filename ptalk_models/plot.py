@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
+
+# OpenCV is imported inside the functions that use it, so importing the pack (ComfyUI start-up) stays cheap.
 
 BG = (255, 255, 255)
 AXIS = (60, 60, 60)
@@ -16,7 +17,6 @@ GRID = (225, 225, 225)
 TEXT = (20, 20, 20)
 #: RGB colours for successive curves of a panel.
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @dataclass
@@ -42,7 +42,9 @@ def _fmt(v: float) -> str:
 
 
 def _text(img, s, org, scale=0.42, color=TEXT, thickness=1):
-    cv2.putText(img, s, (int(org[0]), int(org[1])), _FONT, scale, color, thickness, cv2.LINE_AA)
+    import cv2
+
+    cv2.putText(img, s, (int(org[0]), int(org[1])), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
 
 
 def plot_panels(panels: list[Panel], x: np.ndarray | None = None, x_label: str = "frame", width: int = 960,
@@ -58,6 +60,8 @@ def plot_panels(panels: list[Panel], x: np.ndarray | None = None, x_label: str =
     Raises:
         ValueError: no panels, or curves of different lengths.
     """
+    import cv2
+
     if not panels:
         raise ValueError("plot_panels: give at least one panel")
     lens = {len(np.asarray(y)) for p in panels for _, y in p.curves}
@@ -128,7 +132,7 @@ def plot_panels(panels: list[Panel], x: np.ndarray | None = None, x_label: str =
                     else:
                         cv2.polylines(img, [run], False, color, 1, cv2.LINE_AA, 4)
                     start = None
-            tw = cv2.getTextSize(label, _FONT, 0.4, 1)[0][0]
+            tw = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
             lx -= tw + 26
             cv2.line(img, (lx, y_top - 9), (lx + 16, y_top - 9), color, 2)
             _text(img, label, (lx + 19, y_top - 5), 0.4, color)
@@ -139,7 +143,7 @@ def plot_panels(panels: list[Panel], x: np.ndarray | None = None, x_label: str =
         xx = int(round(px_x(v)))
         cv2.line(img, (xx, yb), (xx, yb + 4), AXIS, 1)
         s = _fmt(v) if x_label != "frame" else str(int(round(v)))
-        tw = cv2.getTextSize(s, _FONT, 0.36, 1)[0][0]
+        tw = cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, 0.36, 1)[0][0]
         _text(img, s, (xx - tw // 2, yb + 16), 0.36)
     _text(img, x_label, (left + pw - 40, H - 4), 0.38)
     return img

@@ -46,20 +46,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 
 from . import landmarks as L
-from .images import as_rgb_uint8
-from .landmarks import FaceLandmarks, NUM_LANDMARKS
+from .images import as_rgb_uint8, same_aspect
+from .landmarks import FaceLandmarks, NUM_LANDMARKS, inner_lip_gap_px
 from .topology import face_mesh_triangles, hole_triangles, strip_triangles
+from .visemes import smoothstep
+
+# OpenCV is imported inside the functions that use it, so importing the pack (ComfyUI start-up) stays cheap.
 
 _SHIFT = 4                     # sub-pixel bits for cv2.fillConvexPoly
 _SUB = float(1 << _SHIFT)
 _RING_FRACTION = 0.45          # intermediate ring position between face oval (0) and crop border (1)
 _RING_FOLLOW = 0.5             # fraction of the oval point's displacement the intermediate ring follows
 _ESCALATE = (1.0, 1.45, 2.1)   # crop-scale multipliers tried when a frame would fold the border rings
-_APERTURE_PAIRS = ((13, 14), (82, 87), (312, 317))
 _OPEN_REF_RATIO = 0.12         # reference inner-lip gap / inner mouth width above which its interior is kept
 MOUTH_FILLS = ("cavity_and_teeth", "cavity", "none")
 """``mouth_fill`` options: dark cavity with upper (and, wide open, lower) teeth; dark cavity only; nothing
@@ -85,10 +86,10 @@ def _as_image(image, name: str) -> np.ndarray:
 
 def check_aspect(image_wh: tuple[int, int], lm_wh: tuple[int, int], image_name: str, lm_name: str,
                  tol: float = 0.01) -> None:
-    """Raise ValueError unless two (width, height) sizes have the same aspect ratio within ``tol`` (relative)."""
-    a = image_wh[0] / image_wh[1]
-    b = lm_wh[0] / lm_wh[1]
-    if abs(a - b) > tol * b:
+    """Raise ValueError unless two (width, height) sizes have the same aspect ratio within ``tol`` (relative;
+    :func:`ptalk_models.images.same_aspect`); the message names ``image_name`` / ``lm_name`` and the fix."""
+    if not same_aspect(image_wh, lm_wh, tol):
+        a, b = image_wh[0] / image_wh[1], lm_wh[0] / lm_wh[1]
         raise ValueError(
             f"{image_name} is {image_wh[0]}x{image_wh[1]} px (aspect {a:.4f}) but {lm_name} refer to a "
             f"{lm_wh[0]}x{lm_wh[1]} image (aspect {b:.4f}); the aspect ratios must match within {tol:.0%}. "
@@ -97,8 +98,9 @@ def check_aspect(image_wh: tuple[int, int], lm_wh: tuple[int, int], image_name: 
 
 
 def aperture_px(pts_px: np.ndarray) -> float:
-    """Mean inner-lip gap in pixels (pairs 13/14, 82/87, 312/317) of one frame's ``[478, 2]`` pixel points."""
-    return float(np.mean([np.linalg.norm(pts_px[a] - pts_px[b]) for a, b in _APERTURE_PAIRS]))
+    """Mean inner-lip gap in pixels (:func:`ptalk_models.landmarks.inner_lip_gap_px`) of one frame's
+    ``[478, 2]`` pixel points."""
+    return float(inner_lip_gap_px(pts_px))
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -156,6 +158,8 @@ def _strip_between(inner: list[int], outer: list[int], v: np.ndarray) -> list[tu
 def _ring_triangles_delaunay(v: np.ndarray, oval: list[int], others: list[int]) -> list[tuple[int, int, int]]:
     """Fallback ring triangulation for a non-star-shaped oval: Delaunay of oval + ring points (cv2.Subdiv2D),
     keeping the triangles outside the face-oval polygon."""
+    import cv2
+
     ids = list(oval) + list(others)
     pts = v[ids]
     lo = pts.min(0) - 10
@@ -187,6 +191,8 @@ def _ring_triangles_delaunay(v: np.ndarray, oval: list[int], others: list[int]) 
 
 
 def _build_layout(img: np.ndarray, ref_px: np.ndarray, crop_scale: float, feather: float) -> _Layout:
+    import cv2
+
     H, W = img.shape[:2]
     face = ref_px[:NUM_LANDMARKS]
     lo, hi = face.min(0), face.max(0)
@@ -270,8 +276,7 @@ def _build_layout(img: np.ndarray, ref_px: np.ndarray, crop_scale: float, feathe
             wy = np.minimum(wy, (q + 0.5) / band)
         if y1 < H:
             wy = np.minimum(wy, (ch - 0.5 - q) / band)
-        wgt = np.clip(np.minimum(wy[:, None], wx[None, :]), 0.0, 1.0)
-        wgt = wgt * wgt * (3 - 2 * wgt)  # smoothstep
+        wgt = smoothstep(np.minimum(wy[:, None], wx[None, :]))
         if (wgt < 1).any():
             weight = wgt[:, :, None].astype(np.float32)
 
@@ -284,13 +289,10 @@ def _build_layout(img: np.ndarray, ref_px: np.ndarray, crop_scale: float, feathe
 
 # ------------------------------------------------------------------------------------------- mouth fill
 
-def _smoothstep(x):
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
 def _reference_colours(img: np.ndarray, ref_px: np.ndarray) -> dict:
     """Lip colour, teeth colour and image saturation sampled from the reference (float32 RGB 0-255)."""
+    import cv2
+
     H, W = img.shape[:2]
     pts = ref_px[:, :2]
     lo = np.floor(pts[L.FACE_OVAL].min(0)).astype(int) - 2
@@ -392,13 +394,13 @@ def _paint_mouth(crop: np.ndarray, upper: np.ndarray, lower: np.ndarray, mid_up:
 
     # cavity: lit next to the lips, darkest in the middle
     depth = np.clip(np.minimum(v - lip_u, lip_l - v) / np.maximum(0.5 * gap, 0.5), 0, 1)
-    deep = _smoothstep(depth ** 0.8 * across ** 0.5)
+    deep = smoothstep(depth ** 0.8 * across ** 0.5)
     col = colours["cavity_edge"] + (colours["cavity_core"] - colours["cavity_edge"]) * deep[..., None]
     # faint tongue tone low in a well-opened mouth
     tongue_on = float(np.clip((gap_mid / wm - 0.12) / 0.15, 0, 1))
     if tongue_on > 0:
         t_top = lip_l - 0.38 * gap * across
-        tw = (_smoothstep((v - t_top) / np.maximum(0.25 * gap, 1.0)) * _smoothstep(across / 0.5)
+        tw = (smoothstep((v - t_top) / np.maximum(0.25 * gap, 1.0)) * smoothstep(across / 0.5)
               * 0.55 * tongue_on)
         col = col + (colours["tongue"] * (0.55 + 0.45 * across[..., None]) - col) * tw[..., None]
 
@@ -414,7 +416,7 @@ def _paint_mouth(crop: np.ndarray, upper: np.ndarray, lower: np.ndarray, mid_up:
         h_lo = np.minimum(0.065 * wm, 0.3 * gap) * prof_lo * low_on
         t_lo = np.clip(v - (lip_l - h_lo) + 0.5, 0, 1) * (h_lo > 0.3)
     shade = 0.58 + 0.42 * prof
-    shadow = 0.78 + 0.22 * _smoothstep((v - lip_u) / np.maximum(0.3 * h_up, 0.75))   # under the upper lip
+    shadow = 0.78 + 0.22 * smoothstep((v - lip_u) / np.maximum(0.3 * h_up, 0.75))   # under the upper lip
     # faint gaps between the front teeth (central incisors ~0.17, laterals ~0.13 of the mouth width)
     gaps_u = np.array([0.5, 0.33, 0.67, 0.2, 0.8])
     line = np.exp(-(((uc[..., None] - gaps_u) * wm) / 0.55) ** 2).max(-1)
@@ -588,6 +590,8 @@ class WarpRenderer:
         return out
 
     def _warp(self, lay: _Layout, tv: np.ndarray, tgt_z: np.ndarray) -> np.ndarray:
+        import cv2
+
         tris = lay.tris
         ns = lay.n_static
         # mesh triangles far-to-near (MediaPipe z: smaller = nearer) so the nearer surface is drawn last
@@ -630,17 +634,18 @@ class WarpRenderer:
         return cv2.remap(lay.ref_crop, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def iter_render(reference_image: np.ndarray, reference: FaceLandmarks, sequence: FaceLandmarks,
-                even_size: bool = False, **renderer_kwargs) -> Iterator[np.ndarray]:
-    """Yield the rendered frames of ``sequence`` one by one (uint8 ``[H, W, 3]``, a fresh array each).
+def iter_render(renderer: WarpRenderer, sequence: FaceLandmarks, even_size: bool = False) -> Iterator[np.ndarray]:
+    """Yield the frames of ``sequence`` rendered by ``renderer``, one by one (uint8 ``[H, W, 3]``, fresh arrays).
 
-    Memory stays at one frame, for streaming straight into a video encoder. ``even_size`` crops the last
-    row/column when the height/width is odd (H.264 in yuv420p needs even sizes). Frames with
-    ``present == False`` are the reference unchanged. Raises ValueError as :func:`render_sequence`.
+    Memory stays at one frame, for streaming straight into a video encoder; build the renderer first, so bad
+    references fail before any encoding starts. ``even_size`` crops the last row/column when the
+    height/width is odd (H.264 in yuv420p needs even sizes). Frames with ``present == False`` are the
+    reference unchanged. Raises ValueError for a ``sequence`` that is not a FaceLandmarks or has another
+    aspect ratio than the renderer's image.
     """
     if not isinstance(sequence, FaceLandmarks):
         raise ValueError(f"sequence must be a FaceLandmarks, got {type(sequence).__name__}")
-    r = WarpRenderer(reference_image, reference, **renderer_kwargs)
+    r = renderer
     check_aspect((r.width, r.height), sequence.image_size, "reference_image", "driving landmarks (sequence)")
     h, w = even_dims(r.height, r.width) if even_size else (r.height, r.width)
     for i in range(len(sequence)):
@@ -671,8 +676,8 @@ def render_sequence(reference_image: np.ndarray, reference: FaceLandmarks, seque
     """
     frames = None
     T = len(sequence) if isinstance(sequence, FaceLandmarks) else 0
-    for i, frame in enumerate(iter_render(reference_image, reference, sequence, even_size=even_size,
-                                          **renderer_kwargs)):
+    renderer = WarpRenderer(reference_image, reference, **renderer_kwargs)
+    for i, frame in enumerate(iter_render(renderer, sequence, even_size=even_size)):
         if frames is None:
             frames = np.empty((T,) + frame.shape, np.uint8)
         frames[i] = frame

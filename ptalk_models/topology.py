@@ -111,8 +111,13 @@ def strip_triangles(upper, lower) -> list[tuple[int, int, int]]:
     return tris
 
 
-def _eye_halves(contour: list[int]) -> tuple[list[int], list[int]]:
-    # landmarks.RIGHT_EYE / LEFT_EYE: 16 points, corner, 7 upper-lid points, other corner, 7 lower-lid points.
+def eye_halves(contour: list[int]) -> tuple[list[int], list[int]]:
+    """(upper lid, lower lid) of an eye contour, each corner to corner (9 landmark indices, same direction).
+
+    ``contour`` is :data:`ptalk_models.landmarks.RIGHT_EYE` or ``LEFT_EYE``: 16 points, a corner, 7 upper-lid
+    points, the other corner, 7 lower-lid points. Element k of both lists lies at about the same position
+    along the eye, so ``zip`` pairs each upper-lid point with the lower-lid point below it.
+    """
     upper = contour[:9]
     lower = [contour[0]] + contour[9:][::-1] + [contour[8]]
     return upper, lower
@@ -127,19 +132,8 @@ def hole_triangles() -> dict[str, np.ndarray]:
     """
     out = {"mouth": np.array(strip_triangles(L.LIPS_INNER_UPPER, L.LIPS_INNER_LOWER), np.int32)}
     for name, contour in (("right_eye", L.RIGHT_EYE), ("left_eye", L.LEFT_EYE)):
-        up, lo = _eye_halves(contour)
+        up, lo = eye_halves(contour)
         out[name] = np.array(strip_triangles(up, lo), np.int32)
     for v in out.values():
         v.setflags(write=False)
-    return out
-
-
-@lru_cache(maxsize=None)
-def mesh_boundary_edges() -> np.ndarray:
-    """Edges of the face mesh used by exactly one triangle, ``int32 [B, 2]`` (the oval, inner lips, eyes: 88)."""
-    tris = face_mesh_triangles()
-    e = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
-    uniq, cnt = np.unique(e, axis=0, return_counts=True)
-    out = uniq[cnt == 1].astype(np.int32)
-    out.setflags(write=False)
     return out

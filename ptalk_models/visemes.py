@@ -63,6 +63,7 @@ class Viseme:
     dominance: float
 
     def vector(self) -> np.ndarray:
+        """float64 ``[5]``: the target in :data:`MOUTH_PARAMS` order (open, spread, round, press, tuck)."""
         return np.array([self.open, self.spread, self.round, self.press, self.tuck], dtype=np.float64)
 
 
@@ -140,6 +141,14 @@ PHONE_OPEN_SCALE: dict[str, float] = {"AH": 0.7, "AE": 0.9, "HH": 0.8, "IY": 0.8
                                       "W": 0.5, "L": 1.2, "ER": 1.2, "NG": 0.8}
 
 _VISEME_NAMES = list(VISEMES)
+
+
+def smoothstep(x):
+    """Hermite smoothstep ``3 x^2 - 2 x^3`` of ``x`` clipped to [0, 1] (0 below 0, 1 above 1, zero slope at
+    both ends); same shape and float dtype as ``x``. Shared by the loudness gate here, the head-motion fade-in
+    (:mod:`ptalk_models.motion`) and the renderer's feathering and mouth shading (:mod:`ptalk_models.render`)."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
 
 
 def phone_to_visemes(phone: str) -> tuple:
@@ -261,11 +270,6 @@ def loudness_gain(level_db: np.ndarray) -> np.ndarray:
     L = np.asarray(level_db, dtype=np.float64).reshape(-1)
     if L.size == 0:
         return np.zeros(0, np.float32)
-
-    def smoothstep(x):
-        x = np.clip(x, 0.0, 1.0)
-        return x * x * (3.0 - 2.0 * x)
-
     g_abs = smoothstep((L - SILENCE_GATE_DB[0]) / (SILENCE_GATE_DB[1] - SILENCE_GATE_DB[0]))
     loud = L[L > SILENCE_GATE_DB[0]]
     if loud.size == 0:
