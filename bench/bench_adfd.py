@@ -16,32 +16,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
+from _common import require_shared_data  # also appends the repo root to sys.path
 
-from ptalk_models.face import detect_landmarks  # noqa: E402
-from ptalk_models.media import read_audio, read_video  # noqa: E402
-from ptalk_models.metrics import evaluate, report_json  # noqa: E402
-from ptalk_models.plot import report_plot  # noqa: E402
+from ptalk_models.face import detect_landmarks
+from ptalk_models.media import read_audio, read_video
+from ptalk_models.metrics import evaluate, report_json
+from ptalk_models.plot import report_plot
 
 PAIRS = [  # (generated, ground truth): a different speaker of the same corpus, or the clip shifted
     ("GRID lwbsza vs lbax4n (360x288, 75 f)", "video/lwbsza.mpg", "video/lbax4n.mpg", 0),
     ("CREMA-D HAP vs ANG (480x360, flv)", "video/crema-d/1001_DFA_HAP_XX.flv", "video/crema-d/1001_DFA_ANG_XX.flv", 0),
     ("retalking shifted 3 f (524x524, 122 f)", "video/retalking_face_5.mp4", "video/retalking_face_5.mp4", 3),
 ]
-
-
-def shared_dir() -> Path:
-    d = Path(os.environ.get("PTALK_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not d.is_dir():
-        sys.exit(f"shared media not found at {d}; set PTALK_SHARED_DATA")
-    return d
 
 
 def best_time(fn, repeats: int) -> float:
@@ -69,7 +59,7 @@ def main():
         import cv2
 
         cv2.setNumThreads(args.threads)
-    data = shared_dir()
+    data = require_shared_data()
     print(f"CPU cores: {os.cpu_count()}, repeats: {args.repeats} (best)")
     print(f"{'pair':42s} {'frames':>6s} {'landmarks→report':>17s} {'frames→report':>14s} {'identity':>9s}  ADFD")
     for label, g_rel, r_rel, shift in PAIRS:
@@ -93,7 +83,7 @@ def main():
             import ptalk_models.identity  # noqa: F401
 
             n_id = min(T, 25)
-            rep = evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf, identity_backend="dlib")
+            evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf, identity_backend="dlib")  # warm-up
             t_id = best_time(lambda: evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf,
                                               identity_backend="dlib"), 1)
             id_fps = f"{n_id / t_id:8.1f}"

@@ -22,37 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
+from _common import REPO, require_shared_data  # also appends the repo root to sys.path
 
-from ptalk_models.audio2landmarks import generate_landmarks  # noqa: E402
-from ptalk_models.face import detect_landmarks  # noqa: E402
-from ptalk_models.media import read_audio, read_image, read_video  # noqa: E402
-from ptalk_models.render import render_sequence  # noqa: E402
+from ptalk_models.audio2landmarks import generate_landmarks
+from ptalk_models.face import detect_landmarks
+from ptalk_models.media import read_audio, read_image, read_video, write_wav
+from ptalk_models.render import render_sequence
 
-BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 JFK_TEXT = ("And so, my fellow Americans: ask not what your country can do for you, ask what you can do for "
             "your country.")
-
-
-def shared_dir() -> Path:
-    d = Path(os.environ.get("PTALK_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not d.is_dir():
-        sys.exit(f"shared media not found at {d}; set PTALK_SHARED_DATA")
-    return d
-
-
-def write_wav16(path, mono16k: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(mono16k, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def speech_track(data: Path, seconds: float) -> np.ndarray:
@@ -70,8 +52,8 @@ def speech_track(data: Path, seconds: float) -> np.ndarray:
     return np.concatenate(out)[: int(seconds * 16000)].astype(np.float32)
 
 
-def run_job(workflow: str, image: Path, audio: Path, out: Path) -> tuple[float, float]:
-    """Run a workflow in a fresh process; (wall seconds of the workflow itself, peak RSS in GB)."""
+def run_job(workflow: str, image: Path, audio: Path, out: Path) -> tuple[float, float, float]:
+    """Run a workflow in a fresh process; (seconds of the workflow itself, peak RSS in GB, process wall seconds)."""
     cmd = [sys.executable, str(REPO / "scripts" / "run_workflow.py"), str(REPO / "workflows" / workflow),
            "--image", str(image), "--audio", str(audio), "--out", str(out)]
     t0 = time.perf_counter()
@@ -90,7 +72,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--long-minutes", type=float, default=10.0, help="length of the long job (0 = skip)")
     args = ap.parse_args()
-    data = shared_dir()
+    data = require_shared_data()
     import cv2
 
     print(f"CPU: {os.cpu_count()} cores; OpenCV threads {cv2.getNumThreads()}")
@@ -126,7 +108,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_wav16(tmp / "speech44.wav", speech_track(data, 44.0))
+        write_wav(tmp / "speech44.wav", speech_track(data, 44.0), 16000)
         job, rss, wall = run_job("talking_photo.json", data / "photos" / "astronaut.png", tmp / "speech44.wav",
                                  tmp / "out44.mp4")
         print(f"Whole job, talking_photo.json, 44 s audio: workflow {job:.1f} s = {job / 44:.2f}x audio duration "
@@ -137,7 +119,7 @@ def main():
               f"{job / 44:.2f}x audio duration; peak RSS {rss:.2f} GB")
         if args.long_minutes > 0:
             secs = args.long_minutes * 60
-            write_wav16(tmp / "speech_long.wav", speech_track(data, secs))
+            write_wav(tmp / "speech_long.wav", speech_track(data, secs), 16000)
             job, rss, wall = run_job("talking_photo_long.json", data / "photos" / "astronaut.png",
                                      tmp / "speech_long.wav", tmp / "out_long.mp4")
             print(f"Whole job, talking_photo_long.json (streamed), {secs / 60:.0f} min audio: workflow {job:.1f} s = "

@@ -18,28 +18,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
+from _common import require_shared_data  # also appends the repo root to sys.path
 
-from ptalk_models.face import detect_landmarks  # noqa: E402
-from ptalk_models.identity import embed_faces  # noqa: E402
-from ptalk_models.media import read_video  # noqa: E402
-
-
-def shared_data() -> Path:
-    env = os.environ.get("PTALK_SHARED_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+from ptalk_models.face import detect_landmarks
+from ptalk_models.identity import embed_faces
+from ptalk_models.media import read_video
 
 
 def load_frames(n: int) -> dict[str, np.ndarray]:
-    d = shared_data() / "video"
+    d = require_shared_data() / "video"
     grid = sorted(d.glob("*.mpg"))
     per = max(1, n // len(grid))
     g = np.concatenate([f[np.linspace(0, len(f) - 1, per).astype(int)] for f in (read_video(p)[0] for p in grid)])

@@ -13,32 +13,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.append(str(REPO))  # append: never shadow ComfyUI's top-level `nodes`
+from _common import require_shared_data  # also appends the repo root to sys.path
 
-from ptalk_models.draw import draw_landmarks  # noqa: E402
-from ptalk_models.face import detect_landmarks  # noqa: E402
-from ptalk_models.landmarks import FaceLandmarks  # noqa: E402
-from ptalk_models.media import read_audio, read_image  # noqa: E402
-from ptalk_models.render import WarpRenderer  # noqa: E402
-from ptalk_models.audio2landmarks import generate_landmarks  # noqa: E402
-
-
-def shared_data() -> Path:
-    env = os.environ.get("PTALK_SHARED_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+from ptalk_models.draw import draw_landmarks
+from ptalk_models.face import detect_landmarks
+from ptalk_models.landmarks import FaceLandmarks
+from ptalk_models.media import read_audio, read_image
+from ptalk_models.render import WarpRenderer
+from ptalk_models.audio2landmarks import generate_landmarks
 
 
 def driving_sequence(ref: FaceLandmarks, n: int, fps: float = 25.0) -> FaceLandmarks:
     """The real Audio → Landmarks engine on jfk.flac (speech, blinks, head motion), first ``n`` frames."""
-    wav, sr = read_audio(shared_data() / "audio" / "jfk.flac")
+    wav, sr = read_audio(require_shared_data() / "audio" / "jfk.flac")
     seq = generate_landmarks(wav, sr, ref, fps=fps, seed=0)
     return seq.with_points(seq.points[np.arange(n) % len(seq)])
 
@@ -56,7 +48,7 @@ def main():
     ap.add_argument("--frames", type=int, default=200)
     args = ap.parse_args()
 
-    img = read_image(shared_data() / "photos" / "astronaut.png")
+    img = read_image(require_shared_data() / "photos" / "astronaut.png")
     ref = detect_landmarks(img)
     seq = driving_sequence(ref, args.frames)
     frames = list(seq.points)

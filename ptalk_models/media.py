@@ -31,6 +31,25 @@ def read_audio(path) -> tuple[np.ndarray, int]:
         return np.concatenate(chunks, axis=1).astype(np.float32), int(s.rate)
 
 
+def write_wav(path, waveform: np.ndarray, sample_rate: int):
+    """Write float ``[C, N]`` (or ``[N]``) samples in [-1, 1] as 16-bit PCM WAV (stdlib ``wave``); returns ``path``.
+
+    Samples outside [-1, 1] are clipped; NaN is not allowed (ValueError).
+    """
+    import wave
+
+    x = np.atleast_2d(np.asarray(waveform, np.float64))
+    if np.isnan(x).any():
+        raise ValueError("write_wav: waveform contains NaN")
+    pcm = (np.clip(x.T, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(x.shape[0])
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return path
+
+
 def read_video(path) -> tuple[np.ndarray, float]:
     """Decode every frame of the first video stream (PyAV): (uint8 RGB ``[T, H, W, 3]``, average fps).
 

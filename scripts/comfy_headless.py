@@ -154,10 +154,6 @@ class Comfy:
     device: str = "cpu"
     boot_seconds: float = 0.0
 
-    @property
-    def node_class_mappings(self) -> dict:
-        return self.nodes.NODE_CLASS_MAPPINGS
-
 
 _STATE: Comfy | None = None
 _TEMP_ROOT: tempfile.TemporaryDirectory | None = None
@@ -275,12 +271,6 @@ def _load_pack(nodes_mod, core_names: set[str]) -> tuple[str, list[str]]:
 _PREPARED: Path | None = None
 
 
-def comfy_cli_args():
-    """ComfyUI's parsed command-line arguments object (``comfy.cli_args.args``); defaults in-process."""
-    import comfy.cli_args
-    return comfy.cli_args.args
-
-
 def prepare() -> Path:
     """Make ComfyUI importable without initialising it (cheap, idempotent); returns the ComfyUI dir.
 
@@ -301,7 +291,8 @@ def prepare() -> Path:
     sys.path.insert(0, cd)
     if _PREPARED is None:
         import comfy.options  # noqa: F401  (args parsing stays disabled: not run through main.py)
-        args = comfy_cli_args()
+        import comfy.cli_args  # its ``args``: ComfyUI's command-line arguments object, defaults in-process
+        args = comfy.cli_args.args
         import torch
         if not torch.cuda.is_available():
             if "comfy.model_management" in sys.modules and not args.cpu:
@@ -316,10 +307,8 @@ def boot(input_dir: str | os.PathLike | None = None, output_dir: str | os.PathLi
          temp_dir: str | os.PathLike | None = None, load_pack: bool = True) -> Comfy:
     """Import and initialise the real ComfyUI in this process (idempotent) and return a :class:`Comfy`.
 
-    Steps (mirroring ComfyUI's ``main.py``): ComfyUI dir at ``sys.path[0]``; ``--cpu`` when CUDA is not
-    available (set on ``comfy.cli_args.args`` before ``comfy.model_management`` is imported; ComfyUI parses
-    no command line unless run through main.py); ``utils.install_util`` imported before ``nodes`` (nodes.py
-    puts ``comfy/`` at sys.path[0], whose ``utils.py`` would otherwise shadow ComfyUI's ``utils`` package);
+    Steps (mirroring ComfyUI's ``main.py``): :func:`prepare` (ComfyUI dir at ``sys.path[0]``, ``--cpu``
+    without CUDA, ComfyUI's ``utils`` package bound before ``nodes``);
     input/output/temp directories set in ``folder_paths`` (fresh temporary directories by default);
     ``nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)`` for the core + comfy_extras
     nodes; finally this pack via ``nodes.load_custom_node(<repo root>)``.
@@ -764,7 +753,7 @@ def workflow_to_prompt(ui_workflow: Mapping) -> dict:
         for name, v in _widget_values_for(n, layout).items():
             # a list value would be read as a link; the frontend wraps it the same way
             inputs[name] = {"__value__": v} if isinstance(v, list) else v
-        for slot, inp in enumerate(n.get("inputs") or []):
+        for inp in n.get("inputs") or []:
             link_id = inp.get("link")
             if link_id is None:
                 continue
@@ -912,11 +901,11 @@ def check_workflow(ui_workflow: Mapping) -> list[str]:
     for nid, n in nodes_by_id.items():
         t = n["type"]
         label = _node_label(n)
-        for slot, inp in enumerate(n.get("inputs") or []):
+        for inp in n.get("inputs") or []:
             if inp.get("link") is not None and inp["link"] not in links:
                 problems.append(f"{label}: input {inp.get('name')!r} refers to link {inp['link']}, which is "
                                 f"not in 'links'")
-        for slot, out in enumerate(n.get("outputs") or []):
+        for out in n.get("outputs") or []:
             for lid in out.get("links") or []:
                 if lid not in links:
                     problems.append(f"{label}: output {out.get('name')!r} refers to link {lid}, which is not in "
@@ -948,18 +937,17 @@ def check_workflow(ui_workflow: Mapping) -> list[str]:
                     f"{need if need == len(layout) else f'{need}..{len(layout)}'} for this node "
                     f"({[s.name + ('' if s.kind == 'value' else ':' + s.kind) for s in layout]})")
         linked = {inp.get("name") for inp in n.get("inputs") or [] if inp.get("link") is not None}
-        if isinstance(wv, list):
-            for i, s in enumerate(layout):
-                if i < len(wv) and s.name not in linked:
-                    msg = _check_value(label, s, wv[i])
-                    if msg:
-                        problems.append(msg)
-        elif isinstance(wv, Mapping):
-            for s in layout:
-                if s.kind == "value" and s.name in wv and s.name not in linked:
-                    msg = _check_value(label, s, wv[s.name])
-                    if msg:
-                        problems.append(msg)
+        if isinstance(wv, list):  # by position, as the frontend saves them
+            entries = list(zip(layout, wv))
+        elif isinstance(wv, Mapping):  # keyed by widget name: values only
+            entries = [(s, wv[s.name]) for s in layout if s.kind == "value" and s.name in wv]
+        else:
+            entries = []
+        for s, v in entries:
+            if s.name not in linked:
+                msg = _check_value(label, s, v)
+                if msg:
+                    problems.append(msg)
         widget_vals = _widget_values_for(n, layout)
         it = _input_types(class_def)
         for name, spec in (it.get("required") or {}).items():
@@ -971,7 +959,7 @@ def check_workflow(ui_workflow: Mapping) -> list[str]:
             problems.append(f"{label}: required input {name!r} ({_type_name(t_in)}) is not connected"
                             + ("" if not _is_widget_input(t_in, opts) else " and has no widget value"))
         # link types
-        for slot, inp in enumerate(n.get("inputs") or []):
+        for inp in n.get("inputs") or []:
             lid = inp.get("link")
             if lid is None or lid not in links:
                 continue

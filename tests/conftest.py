@@ -4,6 +4,8 @@
   temporary input/output/temp directories and this pack loaded through ``nodes.load_custom_node``.
 * ``shared_data``: ``Path`` of the shared real-media directory (``$PTALK_SHARED_DATA`` or
   ``<repo>/../shared/data``); skips when absent, but fails under CI (env ``CI`` set), where it must exist.
+* real media read once per session: ``astronaut``, ``grid_still`` (uint8 RGB photos), ``jfk``, ``beckett``
+  (``(waveform, sample_rate)``), and the photos' MediaPipe landmarks ``astronaut_lm``, ``grid_still_lm``.
 
 ``import ptalk_models`` in a test gives the modules of the pack as ComfyUI loads it (see
 ``_PackEngineAlias``); the repo root is never put on ``sys.path``, so this pack's ``nodes/`` package cannot
@@ -118,3 +120,21 @@ def beckett(shared_data):
     from ptalk_models.media import read_audio
 
     return read_audio(shared_data / "audio" / "beckett.wav")
+
+
+# MediaPipe landmarks of the two photos (IMAGE mode: deterministic), detected once per session for the tests
+# that need them as an input rather than as the thing under test. Shared objects: do not modify them.
+@pytest.fixture(scope="session")
+def astronaut_lm(astronaut):
+    """``detect_landmarks(astronaut)``: one-frame FaceLandmarks, image_size (512, 512)."""
+    from ptalk_models.face import detect_landmarks
+
+    return detect_landmarks(astronaut)
+
+
+@pytest.fixture(scope="session")
+def grid_still_lm(grid_still):
+    """``detect_landmarks(grid_still)``: one-frame FaceLandmarks, image_size (360, 288)."""
+    from ptalk_models.face import detect_landmarks
+
+    return detect_landmarks(grid_still)

@@ -217,7 +217,6 @@ def test_bad_weights_and_readings(clips):
 
 # ------------------------------------------------------------------------------------------------ identity
 def test_identity_per_frame_separates_people(clips):
-    pytest.importorskip("ptalk_models.identity")
     g, g2 = clips["grid"], clips["grid2"]
     same = metrics.evaluate(g["lm"], g["lm"], generated_frames=g["frames"], ground_truth_frames=g["frames"],
                             identity_backend="dlib", identity_stride=15)

@@ -5,7 +5,6 @@ photo for the reference face, real speech from the shared media directory.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -13,34 +12,21 @@ from ptalk_models import landmarks as L
 from ptalk_models.audio import (band_log_energy, n_video_frames, prepare_audio, rms_dbfs,
                                 to_mono_16k)
 from ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
+from ptalk_models.media import read_audio, read_video
+from ptalk_models.metrics import lag_correlations
 from ptalk_models.phonemes import SILENCE, normalize_transcript, phones_from_audio
 from ptalk_models.visemes import mouth_parameters, viseme_curves
-from ptalk_models.media import read_audio, read_video
 
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
-JFK_TEXT = ("And so, my fellow Americans: ask not what your country can do for you, "
-            "ask what you can do for your country.")
 FPS = 25.0
 
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def reference(astronaut):
+def reference(astronaut_lm):
     """MediaPipe landmarks of the astronaut photo (smiling, lips parted: inner-lip aperture ~0.1 IOD)."""
-    from ptalk_models.face import detect_landmarks
-
-    lm = detect_landmarks(astronaut)
-    assert lm.present[0]
-    return lm
-
-
-def xcorr(a: np.ndarray, b: np.ndarray, max_lag: int = 6) -> dict[int, float]:
-    """Pearson correlation of a[t + lag] with b[t] for each lag (lag > 0: a lags behind b)."""
-    out = {}
-    for lag in range(-max_lag, max_lag + 1):
-        x, y = (a[lag:], b[:len(b) - lag]) if lag >= 0 else (a[:lag], b[-lag:])
-        out[lag] = float(np.corrcoef(x, y)[0, 1])
-    return out
+    assert astronaut_lm.present[0]
+    return astronaut_lm
 
 
 def eye_openness(lm: L.FaceLandmarks) -> np.ndarray:
@@ -143,7 +129,7 @@ def test_aperture_follows_speech_energy_without_lag(clip, text, jfk, beckett, re
     lm = generate_landmarks(x, sr, reference, fps=FPS, seed=0, transcript=text)
     aperture = L.inner_lip_aperture(lm)
     energy = band_log_energy(x.mean(axis=0), sr, FPS, len(lm))   # original rate, independent of the engine
-    c = xcorr(aperture, energy)
+    c = lag_correlations(aperture, energy, max_lag=6)   # aperture[t] vs energy[t - lag]
     best = max(c, key=c.get)
     assert abs(best) <= 1, c
     assert c[0] > 0.4, c
@@ -151,18 +137,18 @@ def test_aperture_follows_speech_energy_without_lag(clip, text, jfk, beckett, re
     assert aperture.max() > 0.15 and np.percentile(aperture, 10) < 0.02
 
 
-def test_generated_mouth_matches_real_video_of_the_same_speech(shared_data, grid_still):
+def test_generated_mouth_matches_real_video_of_the_same_speech(shared_data, grid_still_lm):
     """GRID clip lbax4n: audio -> landmarks on the speaker's own still vs. MediaPipe on the real video."""
     from ptalk_models.face import detect_landmarks
 
     path = shared_data / "video" / "lbax4n.mpg"
     frames, _ = read_video(path)
     x, sr = read_audio(path)
-    ref = detect_landmarks(grid_still)
-    real = L.inner_lip_aperture(detect_landmarks(frames[::1], fps=FPS))
-    gen = L.inner_lip_aperture(generate_landmarks(x, sr, ref, fps=FPS, transcript="lay blue at x four now"))
+    real = L.inner_lip_aperture(detect_landmarks(frames, fps=FPS))
+    gen = L.inner_lip_aperture(generate_landmarks(x, sr, grid_still_lm, fps=FPS,
+                                                  transcript="lay blue at x four now"))
     n = min(len(real), len(gen))
-    c = xcorr(gen[:n], real[:n])
+    c = lag_correlations(gen[:n], real[:n], max_lag=6)
     assert abs(max(c, key=c.get)) <= 1, c
     assert c[0] > 0.5, c
 

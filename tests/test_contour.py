@@ -4,8 +4,6 @@ Every check runs the real engine (OpenCV GrabCut/Canny) on landmarks from the re
 and the node inside the real ComfyUI (direct call and an API-format graph LoadImage → Contour Guide →
 PreviewImage).
 """
-import shutil
-
 import cv2
 import numpy as np
 import pytest
@@ -16,25 +14,30 @@ from ptalk_models import landmarks as L
 from ptalk_models.contour import ContourInputError, default_thickness, head_contour
 from ptalk_models.face import detect_landmarks
 from ptalk_models.landmarks import FaceLandmarks
-from ptalk_models.media import read_image, read_video
+from ptalk_models.media import read_video
 
 
 @pytest.fixture(scope="module")
-def samples(shared_data):
+def grid_video(shared_data):
+    """video/lbax4n.mpg: (uint8 RGB frames [75, 288, 360, 3], fps)."""
+    return read_video(shared_data / "video" / "lbax4n.mpg")
+
+
+@pytest.fixture(scope="module")
+def samples(shared_data, astronaut, grid_still, grid_video):
     """{name: uint8 RGB image}: the two photos and frames of three real talking-face videos (GRID mpg,
     video-retalking mp4, CREMA-D flv)."""
-    grid, _ = read_video(shared_data / "video" / "lbax4n.mpg")
     retalk, _ = read_video(shared_data / "video" / "retalking_face_5.mp4")
     crema, _ = read_video(shared_data / "video" / "crema-d" / "1001_DFA_ANG_XX.flv")
-    return {"astronaut": read_image(shared_data / "photos" / "astronaut.png"),
-            "grid_still": read_image(shared_data / "photos" / "grid_still_lbax4n.png"),
-            "grid_lbax4n_40": grid[40], "retalking_0": retalk[0], "retalking_60": retalk[60],
+    return {"astronaut": astronaut, "grid_still": grid_still,
+            "grid_lbax4n_40": grid_video[0][40], "retalking_0": retalk[0], "retalking_60": retalk[60],
             "cremad_ang_30": crema[30]}
 
 
 @pytest.fixture(scope="module")
-def grid_frames(shared_data):
-    frames, fps = read_video(shared_data / "video" / "lbax4n.mpg")
+def grid_frames(grid_video):
+    """The first 6 frames of lbax4n.mpg and their MediaPipe landmarks."""
+    frames, fps = grid_video
     return frames[:6], detect_landmarks(frames[:6], fps=fps)
 
 
@@ -72,8 +75,7 @@ def test_one_connected_outer_contour_around_the_head(samples, name):
     e, m = edges[0], mask[0] > 0
 
     # one connected curve, long enough to go round the head (> 2 face heights of pixels along it)
-    n, lab = cv2.connectedComponents(e, connectivity=8)
-    assert n - 1 == 1
+    assert cv2.connectedComponents(e, connectivity=8)[0] - 1 == 1
     face_h = np.linalg.norm(px[L.CHIN] - px[L.FOREHEAD])
     thick = default_thickness(W, H)
     assert (e > 0).sum() / thick > 2.0 * face_h
@@ -104,11 +106,10 @@ def test_one_connected_outer_contour_around_the_head(samples, name):
     assert (plain[inner] > 0).sum() > 0.02 * inner.sum()
 
 
-def test_without_face_oval_the_outline_is_the_image_silhouette(samples):
-    img = samples["grid_still"]
-    lm = detect_landmarks(img)
+def test_without_face_oval_the_outline_is_the_image_silhouette(grid_still, grid_still_lm):
+    img, lm = grid_still, grid_still_lm
     px = lm.pixels()[0]
-    e_oval, m_oval = head_contour(img, lm)
+    _, m_oval = head_contour(img, lm)
     e_img, m_img = head_contour(img, lm, use_face_oval=False)
     assert cv2.connectedComponents(e_img[0])[0] - 1 == 1
     face_h = np.linalg.norm(px[L.CHIN] - px[L.FOREHEAD])
@@ -178,9 +179,8 @@ def test_tracks_a_10_pixel_shift(samples, name):
     assert abs(dx) <= 2 and abs(dy - 10) <= 2
 
 
-def test_follows_head_roll(samples):
-    img = samples["astronaut"]
-    lm = detect_landmarks(img)
+def test_follows_head_roll(astronaut, astronaut_lm):
+    img, lm = astronaut, astronaut_lm
     c = tuple(map(float, lm.pixels()[0, L.NOSE_TIP]))
     R = cv2.getRotationMatrix2D(c, 20, 1.0)
     rot = cv2.warpAffine(img, R, img.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -214,10 +214,9 @@ def test_previous_mode_uses_frame_t_minus_1_and_the_reference(grid_frames, sampl
     assert _iou_dilated(big_e[0], ref_e[0]) > 0.8
 
 
-def test_previous_mode_with_reference_landmarks(grid_frames, samples):
+def test_previous_mode_with_reference_landmarks(grid_frames, grid_still, grid_still_lm):
     frames, lm = grid_frames
-    ref = samples["grid_still"]
-    ref_lm = detect_landmarks(ref)
+    ref, ref_lm = grid_still, grid_still_lm
     a, _ = head_contour(frames[:3], lm.with_points(lm.points[:3], present=lm.present[:3]), source="previous",
                         reference=ref, reference_landmarks=ref_lm)
     assert np.array_equal(a[0], head_contour(ref, ref_lm)[0][0])
@@ -257,15 +256,15 @@ def test_a_faceless_frame_inside_a_video_is_empty(grid_frames):
     assert err.value.input == "reference"
 
 
-def test_one_frame_gray_rgba_float_and_odd_sizes(samples):
-    img = samples["astronaut"]
+def test_one_frame_gray_rgba_float_and_odd_sizes(astronaut, astronaut_lm):
+    img = astronaut
     gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     lm_gray = detect_landmarks(gray)
     e_gray, _ = head_contour(gray, lm_gray)                       # [H, W]
     assert e_gray.shape == (1, 512, 512) and cv2.connectedComponents(e_gray[0])[0] - 1 == 1
     assert np.array_equal(head_contour(gray[..., None], lm_gray)[0], e_gray)         # [H, W, 1]
     assert np.array_equal(head_contour(np.repeat(gray[..., None], 3, -1), lm_gray)[0], e_gray)
-    lm = detect_landmarks(img)
+    lm = astronaut_lm
     rgba = np.dstack([img, np.full(img.shape[:2], 128, np.uint8)])
     assert np.array_equal(head_contour(rgba, lm)[0], head_contour(img, lm)[0])
     assert np.array_equal(head_contour(img[None].astype(np.float32) / 255.0, lm)[0], head_contour(img, lm)[0])
@@ -304,8 +303,8 @@ def _node(comfy):
     return comfy.nodes.NODE_CLASS_MAPPINGS["PTalkContourGuide"]
 
 
-def test_node_direct(comfy, grid_frames, samples):
-    frames, lm = grid_frames
+def test_node_direct(comfy, grid_frames, grid_still):
+    frames, _ = grid_frames
     node = _node(comfy)
     schema = node.GET_SCHEMA()
     assert schema.display_name == "Contour Guide (PortraitTalk)" and all(i.tooltip for i in schema.inputs)
@@ -323,10 +322,10 @@ def test_node_direct(comfy, grid_frames, samples):
     lm_node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkFaceLandmarks"].execute(
         image=images, model="auto", face="largest", face_index=0, on_missing="error", fps=25.0,
         min_confidence=0.5)[0]
-    ref = torch.from_numpy(samples["grid_still"])[None].float() / 255.0
+    ref = torch.from_numpy(grid_still)[None].float() / 255.0
     out = node.execute(images=images, detail=128, smoothing=0.06, thickness=2, use_face_oval=True,
                        source="previous frame", on_missing="empty", landmarks=lm_node, reference=ref)
-    ep, _ = head_contour(frames[:3], lm_node, thickness=2, source="previous", reference=samples["grid_still"])
+    ep, _ = head_contour(frames[:3], lm_node, thickness=2, source="previous", reference=grid_still)
     assert np.array_equal((out.args[0][..., 1].numpy() * 255).round().astype(np.uint8), ep)
 
 
@@ -345,11 +344,10 @@ def test_node_errors_name_the_input(comfy, grid_frames):
                      use_face_oval=True, source="this frame", on_missing="empty", landmarks=lm)
 
 
-def test_node_in_an_api_graph(comfy, shared_data):
-    photo = shared_data / "photos" / "astronaut.png"
-    shutil.copy(photo, comfy.input_dir / "contour_astronaut.png")
+def test_node_in_an_api_graph(comfy, shared_data, astronaut):
+    name = comfy_headless.stage_input_file(shared_data / "photos" / "astronaut.png")
     prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "contour_astronaut.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
         "2": {"class_type": "PTalkContourGuide",
               "inputs": {"images": ["1", 0], "detail": 128, "smoothing": 0.06, "thickness": 0,
                          "use_face_oval": True, "source": "this frame", "on_missing": "empty"}},
@@ -364,17 +362,16 @@ def test_node_in_an_api_graph(comfy, shared_data):
     assert len(files["3"]) == 1 and len(files["5"]) == 1
     edges = cv2.imread(str(files["3"][0]))
     mask = cv2.imread(str(files["5"][0]), cv2.IMREAD_GRAYSCALE)
-    e, m = head_contour(read_image(photo))
+    e, m = head_contour(astronaut)
     assert edges.shape == (512, 512, 3) and np.array_equal(edges[..., 0], e[0]) and np.array_equal(edges[..., 2], e[0])
     assert np.array_equal(mask, m[0])
 
 
-def test_landmarks_of_another_resolution_same_aspect(samples):
-    img = samples["astronaut"]
-    lm = detect_landmarks(img)
+def test_landmarks_of_another_resolution_same_aspect(astronaut, astronaut_lm):
+    img, lm = astronaut, astronaut_lm
     small = cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA)
     # normalised landmarks of the 512 image drive the 256 image
-    e, m = head_contour(small, FaceLandmarks.from_points(lm.points, (512, 512)))
+    e, _ = head_contour(small, FaceLandmarks.from_points(lm.points, (512, 512)))
     e_ref, _ = head_contour(img, lm)
     e_up = cv2.resize(e[0], (512, 512), interpolation=cv2.INTER_NEAREST)
     assert _iou_dilated(e_up, e_ref[0], r=6) > 0.7

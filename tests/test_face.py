@@ -17,8 +17,8 @@ def test_astronaut_landmarks_are_a_face(astronaut):
     assert 40 < inter_ocular_px(px) < 120  # the face is ~1/4 of the 512 px photo
 
 
-def test_grayscale_and_rgba_match_rgb(astronaut):
-    ref = detect_landmarks(astronaut).pixels(0)
+def test_grayscale_and_rgba_match_rgb(astronaut, astronaut_lm):
+    ref = astronaut_lm.pixels(0)
     gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 128, np.uint8)])
     for img in (gray, gray[..., None], rgba, astronaut.astype(np.float32) / 255.0):
@@ -26,13 +26,13 @@ def test_grayscale_and_rgba_match_rgb(astronaut):
         assert np.abs(px - ref).mean() < 3.0
 
 
-def test_odd_size_and_aspect(astronaut):
+def test_odd_size_and_aspect(astronaut, astronaut_lm):
     """513x771 (odd, portrait aspect): the face is found where it was pasted, in pixels."""
     canvas = np.full((771, 513, 3), 90, np.uint8)
     canvas[100:612, 0:512] = astronaut
     lm = detect_landmarks(canvas)
     assert lm.image_size == (513, 771)
-    ref = detect_landmarks(astronaut).pixels(0) + np.array([0, 100], np.float32)
+    ref = astronaut_lm.pixels(0) + np.array([0, 100], np.float32)
     assert np.abs(lm.pixels(0) - ref).mean() < 3.0
 
 
@@ -61,9 +61,11 @@ def test_group_photo_selection(astronaut, grid_still):
         detect_landmarks(group, selection=2)
 
 
-def test_aperture_is_small_for_closed_mouths(astronaut, grid_still):
+def test_aperture_of_slightly_parted_lips(astronaut, grid_still):
+    """Both portraits show lips parted by a few pixels (her smile shows teeth; his lips just part):
+    the inner-lip aperture is clearly above closed (0) and far below an open mouth (~0.35)."""
     for img in (astronaut, grid_still):
-        assert 0.0 <= inner_lip_aperture(detect_landmarks(img))[0] < 0.2
+        assert 0.05 < inner_lip_aperture(detect_landmarks(img))[0] < 0.16
 
 
 def test_node_resolves_models_mediapipe_before_the_embedded_model(comfy, astronaut, tmp_path):

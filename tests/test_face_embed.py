@@ -41,8 +41,9 @@ def grid_emb(grid):
 
 
 @pytest.fixture(scope="module")
-def astronaut(shared_data):
-    return read_image(shared_data / "photos" / "astronaut.png")
+def retalking(shared_data):
+    """Frame 10 of video/retalking_face_5.mp4 (uint8 RGB 524x524)."""
+    return read_video(shared_data / "video" / "retalking_face_5.mp4")[0][10]
 
 
 def _within_cross(emb: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +116,8 @@ def test_several_references_mean(shared_data, grid_emb):
     assert (to_mean < pair.max(1)).all()
 
 
-def test_references_of_different_sizes(shared_data, astronaut, grid):
+def test_references_of_different_sizes(astronaut, retalking, grid):
     """A list of references of different sizes (512x512 photo, 524x524 video frame, 360x288 GRID frame)."""
-    retalking = read_video(shared_data / "video" / "retalking_face_5.mp4")[0][10]
     e = embed_faces([astronaut, retalking, grid["lbax4n"][0][0]])
     assert e.present.all() and e.meta["image_sizes"] == [(512, 512), (524, 524), (360, 288)]
     d = np.linalg.norm(e.embeddings[:, None] - e.embeddings[None], axis=-1)
@@ -169,10 +169,9 @@ def test_insightface_missing_is_a_clear_error(grid, tmp_path):
                     insightface_model="buffalo_l")
 
 
-def test_arcface_alignment_on_real_faces(astronaut, shared_data):
+def test_arcface_alignment_on_real_faces(astronaut, retalking):
     """The 112x112 ArcFace crop: least-squares similarity onto the template, eyes/nose/mouth where the
     template puts them when MediaPipe re-detects them in the crop (so nothing is mirrored or swapped)."""
-    retalking = read_video(shared_data / "video" / "retalking_face_5.mp4")[0][10]
     for img in (astronaut, retalking):
         p = detect_landmarks(img).pixels(0).astype(np.float64)
         M = arcface_align(img, p)
@@ -195,7 +194,7 @@ def _node(comfy):
 
 
 def test_node_execute_with_and_without_landmarks(comfy, grid, grid_emb):
-    frames, lm = grid["lwbsza"]
+    frames, _ = grid["lwbsza"]
     image = torch.from_numpy(frames).float() / 255
     emb, crops = _node(comfy).execute(image, "dlib", "antelopev2", True).args
     assert type(emb).__name__ == "FaceEmbedding" and emb.present.all()  # the pack's own module copy

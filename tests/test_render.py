@@ -12,18 +12,13 @@ from ptalk_models import landmarks as L
 from ptalk_models.draw import CONTROLNET_COLORS, draw_landmarks
 from ptalk_models.face import detect_landmarks
 from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
-from ptalk_models.media import read_image
 from ptalk_models.render import WarpRenderer, render_sequence
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data):
+def photos(astronaut, astronaut_lm, grid_still, grid_still_lm):
     """{name: (image uint8 RGB, FaceLandmarks)} for the two real portraits."""
-    out = {}
-    for name in ("astronaut", "grid_still_lbax4n"):
-        img = read_image(shared_data / "photos" / f"{name}.png")
-        out[name] = (img, detect_landmarks(img))
-    return out
+    return {"astronaut": (astronaut, astronaut_lm), "grid_still_lbax4n": (grid_still, grid_still_lm)}
 
 
 def _psnr(a, b):

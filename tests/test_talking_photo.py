@@ -5,7 +5,6 @@ the rendered frames vs the audio's 200-4000 Hz log energy), silence, and bad inp
 """
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import av
@@ -19,7 +18,8 @@ import comfy_headless
 from ptalk_models.audio import band_log_energy, n_video_frames, prepare_audio
 from ptalk_models.face import detect_landmarks
 from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
-from ptalk_models.media import read_audio, read_image, read_video
+from ptalk_models.media import read_video, write_wav
+from ptalk_models.metrics import lag_correlations
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "talking_photo.json"
@@ -29,18 +29,6 @@ PACK_NODES = {"PTalkFaceLandmarks", "PTalkAudioToLandmarks", "PTalkDrawLandmarks
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def write_wav(path, x: np.ndarray, sr: int) -> Path:
-    """float [C, N] in [-1, 1] → 16-bit PCM WAV (stdlib ``wave``)."""
-    x = np.atleast_2d(x)
-    pcm = (np.clip(x.T, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(x.shape[0])
-        w.setsampwidth(2)
-        w.setframerate(int(sr))
-        w.writeframes(pcm.tobytes())
-    return Path(path)
-
-
 def probe_mp4(path) -> dict:
     """Decoded RGB frames, fps, size and the decoded audio duration of an mp4."""
     frames, fps = read_video(path)
@@ -54,20 +42,9 @@ def probe_mp4(path) -> dict:
     return {"frames": frames, "fps": fps, "audio_s": audio_s, "size": (frames.shape[2], frames.shape[1])}
 
 
-def lag_correlations(aperture: np.ndarray, energy: np.ndarray, max_lag: int = 5) -> dict[int, float]:
-    """Pearson correlation of aperture[t] with energy[t - lag] for lag in [-max_lag, max_lag]."""
-    out = {}
-    for lag in range(-max_lag, max_lag + 1):
-        a = aperture[max(lag, 0): len(aperture) + min(lag, 0)]
-        e = energy[max(-lag, 0): len(energy) + min(-lag, 0)]
-        out[lag] = float(np.corrcoef(a, e)[0, 1])
-    return out
-
-
-def run(comfy, image, audio, tmp_path, **widgets) -> Path:
-    inputs = {"Portrait": str(image), "Speech": str(audio)}
-    for node, values in widgets.items():
-        inputs[node] = values
+def run(image, audio, tmp_path, **widgets) -> Path:
+    """talking_photo.json on ``image`` + ``audio`` (paths), widget overrides by node; the one mp4 it saved."""
+    inputs = {"Portrait": str(image), "Speech": str(audio), **widgets}
     files = comfy_headless.run_workflow(WORKFLOW, inputs=inputs, out_dir=tmp_path)
     mp4s = [f for f in files if f.suffix == ".mp4"]
     assert len(mp4s) == 1, files
@@ -81,22 +58,25 @@ def test_pack_registers_every_node(comfy, grid_still):
     lm = mappings["PTalkFaceLandmarks"].execute(torch.from_numpy(grid_still)[None].float() / 255, "auto",
                                                 "largest", 0, "error", 0.0, 0.5)[0]
     assert type(lm) is FaceLandmarks
-    assert PACK_NODES <= set(mappings)
-    for node_id in PACK_NODES:
+    assert PACK_NODES <= set(comfy.pack_nodes)  # registered by the pack itself (not core)
+    for node_id in comfy.pack_nodes:  # every node the pack registered, also ones this list does not know yet
         schema = mappings[node_id].GET_SCHEMA()
         assert schema.category == "PortraitTalk" and schema.description
         assert all(i.tooltip for i in schema.inputs), f"{node_id}: every input needs a tooltip"
         assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].endswith("(PortraitTalk)")
 
 
-@pytest.fixture(scope="module", params=[("astronaut.png", "jfk.flac"), ("grid_still_lbax4n.png", "beckett.wav")],
-                ids=["astronaut+jfk", "grid+beckett"])
+# (photo fixture, its file; speech fixture, its file): the session fixtures of conftest.py and their sources
+TALKING = {"astronaut+jfk": ("astronaut", "photos/astronaut.png", "jfk", "audio/jfk.flac"),
+           "grid+beckett": ("grid_still", "photos/grid_still_lbax4n.png", "beckett", "audio/beckett.wav")}
+
+
+@pytest.fixture(scope="module", params=list(TALKING.values()), ids=list(TALKING))
 def talking(request, comfy, shared_data, tmp_path_factory):
-    image = shared_data / "photos" / request.param[0]
-    audio = shared_data / "audio" / request.param[1]
-    mp4 = run(comfy, image, audio, tmp_path_factory.mktemp("talking"))
-    wav, sr = read_audio(audio)
-    return {"image": image, "wav": wav, "sr": sr, "mp4": mp4, **probe_mp4(mp4)}
+    photo, photo_file, speech, speech_file = request.param
+    mp4 = run(shared_data / photo_file, shared_data / speech_file, tmp_path_factory.mktemp("talking"))
+    wav, sr = request.getfixturevalue(speech)
+    return {"ref": request.getfixturevalue(photo), "wav": wav, "sr": sr, "mp4": mp4, **probe_mp4(mp4)}
 
 
 def test_mp4_streams_and_duration(talking):
@@ -104,7 +84,7 @@ def test_mp4_streams_and_duration(talking):
     assert talking["fps"] == pytest.approx(FPS)
     assert len(talking["frames"]) == n_video_frames(talking["wav"].shape[1], talking["sr"], FPS)
     assert abs(talking["audio_s"] - duration) <= 1.0 / FPS
-    ref = read_image(talking["image"])
+    ref = talking["ref"]
     assert talking["size"] == (ref.shape[1] - ref.shape[1] % 2, ref.shape[0] - ref.shape[0] % 2)
 
 
@@ -115,7 +95,7 @@ def test_lip_sync_on_rendered_frames(talking):
     aperture = inner_lip_aperture(lm)
     mono = prepare_audio(talking["wav"], talking["sr"]).samples
     energy = band_log_energy(mono, 16000, FPS, len(aperture))
-    corr = lag_correlations(aperture, energy)
+    corr = lag_correlations(aperture, energy, max_lag=5)  # aperture[t] vs energy[t - lag]
     best = max(corr, key=corr.get)
     assert abs(best) <= 1, corr
     assert corr[best] > 0.3, corr
@@ -125,7 +105,7 @@ def test_lip_sync_on_rendered_frames(talking):
 def test_silence_keeps_the_mouth_closed(comfy, shared_data, tmp_path):
     image = shared_data / "photos" / "astronaut.png"
     silent = write_wav(tmp_path / "silence.wav", np.zeros((1, 16000 * 2), np.float32), 16000)
-    out = probe_mp4(run(comfy, image, silent, tmp_path))
+    out = probe_mp4(run(image, silent, tmp_path))
     assert len(out["frames"]) == 50
     ap = inner_lip_aperture(detect_landmarks(out["frames"], on_missing="keep"))
     # her smile shows teeth (aperture 0.10); in silence the lips close and stay closed
@@ -133,10 +113,9 @@ def test_silence_keeps_the_mouth_closed(comfy, shared_data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def short_speech(shared_data):
+def short_speech(beckett, jfk):
     """Two real seconds of beckett.wav (16 kHz mono) and of jfk.flac (44.1 kHz stereo)."""
-    b, bsr = read_audio(shared_data / "audio" / "beckett.wav")
-    j, jsr = read_audio(shared_data / "audio" / "jfk.flac")
+    (b, bsr), (j, jsr) = beckett, jfk
     return (b[:, int(0.5 * bsr): int(2.5 * bsr)], bsr), (j[:, int(0.3 * jsr): int(2.3 * jsr)], jsr)
 
 
@@ -150,7 +129,7 @@ def test_audio_formats(kind, comfy, shared_data, short_speech, tmp_path):
     else:
         x, sr = b[:, : bsr // 10], bsr
     path = write_wav(tmp_path / f"{kind}.wav", x, sr)
-    out = probe_mp4(run(comfy, shared_data / "photos" / "grid_still_lbax4n.png", path, tmp_path))
+    out = probe_mp4(run(shared_data / "photos" / "grid_still_lbax4n.png", path, tmp_path))
     assert len(out["frames"]) == n_video_frames(x.shape[1], sr, FPS)
     assert abs(out["audio_s"] - x.shape[1] / sr) <= 1.0 / FPS
 
@@ -160,7 +139,7 @@ def test_image_without_face_is_a_clear_error(comfy, shared_data, short_speech, t
     cv2.imwrite(str(tmp_path / "suit.png"), photo[330:512, 280:512])  # the flag and suit, no face
     speech = write_wav(tmp_path / "s.wav", *short_speech[0])
     with pytest.raises(comfy_headless.PromptExecutionError) as e:
-        run(comfy, tmp_path / "suit.png", speech, tmp_path)
+        run(tmp_path / "suit.png", speech, tmp_path)
     msg = str(e.value)
     assert "Face Landmarks" in msg and "no face found in frame 0" in msg and "'image'" in msg
 
@@ -184,7 +163,7 @@ def test_image_variants(variant, comfy, shared_data, short_speech, tmp_path):
         widgets = {"PTalkFaceLandmarks": {"face": "by index", "face_index": 0}}
     cv2.imwrite(str(tmp_path / f"{variant}.png"), img)
     speech = write_wav(tmp_path / "s.wav", *short_speech[0])
-    out = probe_mp4(run(comfy, tmp_path / f"{variant}.png", speech, tmp_path, **widgets))
+    out = probe_mp4(run(tmp_path / f"{variant}.png", speech, tmp_path, **widgets))
     h, w = img.shape[:2]
     assert out["size"] == (w - w % 2, h - h % 2)
     lm = detect_landmarks(out["frames"], on_missing="keep", selection=0 if variant == "group" else "largest")
@@ -201,9 +180,9 @@ def _node(comfy, node_id):
 
 
 @pytest.fixture(scope="module")
-def reference_lm(comfy, shared_data):
-    img = read_image(shared_data / "photos" / "grid_still_lbax4n.png")
-    image = torch.from_numpy(img)[None].float() / 255
+def reference_lm(comfy, grid_still):
+    """Face Landmarks node output on photos/grid_still_lbax4n.png."""
+    image = torch.from_numpy(grid_still)[None].float() / 255
     return _node(comfy, "PTalkFaceLandmarks").execute(image, "auto", "largest", 0, "error", 0.0, 0.5)[0]
 
 
@@ -244,7 +223,7 @@ def test_streamed_video_node_renders_the_same_frames(comfy, shared_data, short_s
     """talking_photo_long.json (frames rendered while Save Video encodes) = talking_photo.json's frames."""
     image = shared_data / "photos" / "grid_still_lbax4n.png"
     speech = write_wav(tmp_path / "s.wav", *short_speech[0])
-    batch = probe_mp4(run(comfy, image, speech, tmp_path))
+    batch = probe_mp4(run(image, speech, tmp_path))
     files = comfy_headless.run_workflow(REPO / "workflows" / "talking_photo_long.json",
                                         inputs={"Portrait": str(image), "Speech": str(speech)}, out_dir=tmp_path)
     streamed = probe_mp4([f for f in files if f.suffix == ".mp4"][0])
@@ -254,7 +233,7 @@ def test_streamed_video_node_renders_the_same_frames(comfy, shared_data, short_s
     assert 10 * np.log10(255 ** 2 / mse) > 32  # only the two H.264 encodings differ
 
 
-def test_draw_landmarks_node(comfy, reference_lm, shared_data):
+def test_draw_landmarks_node(comfy, reference_lm, grid_still):
     draw = _node(comfy, "PTalkDrawLandmarks")
     (img,) = draw.execute(reference_lm, "controlnet", 0).args
     assert tuple(img.shape) == (1, 288, 360, 3) and img.dtype == torch.float32
@@ -262,8 +241,18 @@ def test_draw_landmarks_node(comfy, reference_lm, shared_data):
     px = reference_lm.pixels(0).round().astype(int)
     assert lit[px[13, 1] - 2: px[13, 1] + 3, px[13, 0] - 2: px[13, 0] + 3].any()  # the lips are drawn
     assert lit.float().mean() < 0.1                                                # on black
-    photo = torch.from_numpy(read_image(shared_data / "photos" / "grid_still_lbax4n.png"))[None].float() / 255
+    photo = torch.from_numpy(grid_still)[None].float() / 255
     (over,) = draw.execute(reference_lm, "mesh", 2, images=photo).args
     assert tuple(over.shape) == (1, 288, 360, 3) and (over - photo).abs().amax() > 0.2
     with pytest.raises(ValueError, match=r"Draw Landmarks.*'images'"):
         draw.execute(reference_lm, "mesh", 2, images=photo.repeat(3, 1, 1, 1))
+
+
+def test_streamed_video_node_reports_a_bad_reference_itself(comfy, grid_still, reference_lm):
+    """A reference whose landmarks are unusable fails in Landmark Warp Render → Video, not inside Save Video."""
+    node = _node(comfy, "PTalkLandmarkWarpRenderVideo")
+    seq, _ = _a2l(comfy, reference_lm, np.zeros((1, 8000), np.float32), 16000)
+    broken = reference_lm.with_points(np.full_like(reference_lm.points, np.nan))
+    image = torch.from_numpy(grid_still)[None].float() / 255
+    with pytest.raises(ValueError, match=r"Landmark Warp Render → Video.*'reference_landmarks'"):
+        node.execute(image, seq, "cavity_and_teeth", True, reference_landmarks=broken)
