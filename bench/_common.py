@@ -5,19 +5,16 @@ must not shadow ComfyUI's top-level ``nodes``), so the scripts can ``import ptal
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))
+for _p in (str(REPO), str(REPO / "scripts")):
+    if _p not in sys.path:
+        sys.path.append(_p)
 
-
-def shared_data() -> Path:
-    """Directory of the real media: ``$PTALK_SHARED_DATA``, else ``<repo>/../shared/data`` (may not exist)."""
-    env = os.environ.get("PTALK_SHARED_DATA")
-    return Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+#: Directory of the real media: ``$PTALK_SHARED_DATA``, else ``<repo>/../shared/data`` (may not exist).
+from comfy_headless import shared_data_dir as shared_data  # noqa: E402  (importing it has no side effects)
 
 
 def require_shared_data() -> Path:

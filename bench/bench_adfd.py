@@ -79,16 +79,11 @@ def main():
             return full_report(a, b, (wav, sr), identity_backend=None)
 
         t_fr = best_time(from_frames, args.repeats)
-        try:
-            import ptalk_models.identity  # noqa: F401
-
-            n_id = min(T, 25)
-            evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf, identity_backend="dlib")  # warm-up
-            t_id = best_time(lambda: evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf,
-                                              identity_backend="dlib"), 1)
-            id_fps = f"{n_id / t_id:8.1f}"
-        except ImportError:
-            id_fps = "     n/a"
+        n_id = min(T, 25)
+        evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf, identity_backend="dlib")  # warm-up
+        t_id = best_time(lambda: evaluate(g_lm, r_lm, generated_frames=gf[:n_id], ground_truth_frames=rf,
+                                          identity_backend="dlib"), 1)
+        id_fps = f"{n_id / t_id:8.1f}"
         rep = full_report(g_lm, r_lm, (wav, sr), identity_backend=None)
         print(f"{label:42s} {T:6d} {T / t_lm:13.0f} f/s {T / t_fr:10.1f} f/s {id_fps} f/s  {rep['adfd']:.4f}")
 

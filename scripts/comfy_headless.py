@@ -99,6 +99,15 @@ def _is_comfyui_dir(p: Path) -> bool:
     return (p / "main.py").is_file() and (p / "nodes.py").is_file() and (p / "folder_paths.py").is_file()
 
 
+def shared_data_dir() -> Path:
+    """Directory of the real test/demo media: ``$PTALK_SHARED_DATA``, else ``<repo>/../shared/data``.
+
+    The one rule used by the tests, the demo runner and the benchmarks; the directory may not exist.
+    """
+    env = os.environ.get("PTALK_SHARED_DATA")
+    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+
+
 def find_comfyui_dir() -> Path:
     """Return the ComfyUI source directory to run in-process.
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import time
@@ -30,11 +29,6 @@ if str(HERE) not in sys.path:
 import comfy_headless as ch  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
-
-
-def _shared_data() -> Path:
-    env = os.environ.get("PTALK_SHARED_DATA")
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
 
 
 def _parse(argv):
@@ -75,7 +69,7 @@ def main(argv=None) -> int:
     if not wf_path.is_file():
         return _fail(f"workflow {wf_path} not found", 2)
 
-    shared = _shared_data()
+    shared = ch.shared_data_dir()
     image = Path(args.image) if args.image else shared / "photos" / "astronaut.png"
     audio = Path(args.audio) if args.audio else shared / "audio" / "jfk.flac"
     for given, path, what in ((args.image, image, "--image"), (args.audio, audio, "--audio")):

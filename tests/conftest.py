@@ -63,15 +63,10 @@ class _PackEngineAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 sys.meta_path.insert(0, _PackEngineAlias())
 
 
-def _shared_data_dir() -> Path:
-    env = os.environ.get("PTALK_SHARED_DATA")
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Directory of the shared real media (photos/, audio/, video/, grid_s1/; see its MANIFEST.md)."""
-    d = _shared_data_dir()
+    d = comfy_headless.shared_data_dir()
     if not d.is_dir():
         msg = (f"shared media directory {d} not found; set PTALK_SHARED_DATA to the directory holding "
                f"photos/ audio/ video/")
