@@ -1,0 +1,287 @@
+"""Randomly initialised Stable Diffusion 1.5 checkpoints in the real single-file LDM layout.
+
+The state dict has the key layout of ``v1-5-pruned.safetensors`` -- ``model.diffusion_model.*`` (UNet),
+``cond_stage_model.transformer.text_model.*`` (CLIP ViT-L/14 text encoder), ``first_stage_model.*`` (VAE) --
+so that ComfyUI's core ``CheckpointLoaderSimple`` (``comfy.sd.load_checkpoint_guess_config``) detects it as
+``supported_models.SD15`` and returns a MODEL, CLIP and VAE that run with the core CLIPTextEncode, KSampler,
+VAEDecode and VAEEncode nodes. No weight is downloaded: the shapes come from ComfyUI's own modules
+(``openaimodel.UNetModel``, ``clip_model.CLIPTextModel``, ``taesd.TAESD`` / ``autoencoder.AutoencoderKL``),
+instantiated on the ``meta`` device with exactly the configuration ComfyUI infers from the keys, and every
+tensor is filled from a ``torch.Generator``:
+
+* Linear / Conv weights: normal, std ``1/sqrt(fan_in)`` (LeCun normal: activations keep a unit scale, so a
+  forward pass stays finite in fp16 as well as fp32 and the UNet output is not degenerate);
+* Embedding weights: normal, std 0.02 (CLIP's own initializer range);
+* GroupNorm / LayerNorm weights: ones; all biases: zeros, except the TAESD decoder's last conv bias: 0.5
+  (TAESD decodes to [0, 1], so the random image is centred on mid-grey instead of half clamped to black);
+* TAESD ``vae_scale`` / ``vae_shift``: 0.18215 / 0 (what ComfyUI's VAELoader sets for ``taesd``), stored as
+  fp32 scalars whatever ``dtype``.
+
+Each tensor has its own generator, seeded from ``seed`` and the tensor's key (CRC32), so the same ``seed``
+gives bit-identical tensors (and files) whatever the order or the size of the other components.
+
+Sizes
+-----
+``"full"``: the real SD1.5 architecture -- UNet ``model_channels`` 320, ``channel_mult`` [1, 2, 4, 4],
+    2 res blocks per level, one transformer at the first three levels and in the middle, context 768, 8 heads
+    (859.5 M parameters); CLIP ViT-L/14 text encoder, 12 layers, width 768 (123.1 M); the SD KL-f8 VAE,
+    ``ch`` 128, ``ch_mult`` [1, 2, 4, 4] (83.7 M). About 2.1 GB in fp16.
+``"tiny"``: :data:`TINY_UNET` (``channel_mult`` [1, 2], one res block per level, one transformer at both
+    levels and in the middle; 320 and 640 channels) -- still detected as SD15, since ComfyUI's SD15 entry only
+    requires ``model_channels`` 320, ``context_dim`` 768, conv ``proj_in`` (``use_linear_in_transformer``
+    False), no ADM input and no temporal layers; the full CLIP text encoder (its config is fixed in ComfyUI:
+    ``comfy/sd1_clip_config.json``); and a TAESD VAE (``first_stage_model.taesd_encoder.*`` /
+    ``taesd_decoder.*``, 2.4 M parameters), which ``comfy.sd.VAE`` recognises inside a checkpoint and runs
+    with the SD15 latent format (4 channels, factor 8). 232.9 M parameters (UNet 107.4 M, text encoder
+    123.1 M, TAESD 2.4 M), 466 MB in fp16.
+
+Importing this module does not import ComfyUI; the functions do, so the caller must have made ComfyUI
+importable first (``comfy_headless.prepare()``).
+
+Command line::
+
+    python scripts/random_sd15.py OUT.safetensors [--size tiny|full] [--seed N] [--dtype fp16|bf16|fp32]
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pathlib
+import time
+import zlib
+
+import torch
+
+__all__ = ["TINY_UNET", "FULL_UNET", "CLIP_PREFIX", "UNET_PREFIX", "VAE_PREFIX", "build_sd15_state_dict",
+           "write_sd15_checkpoint"]
+
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer."  # + "text_model.*"
+VAE_PREFIX = "first_stage_model."
+
+#: UNet config of size "tiny", exactly as ComfyUI builds it for this checkpoint
+#: (``model_detection.detect_unet_config`` of the keys + ``supported_models.SD15.unet_extra_config``).
+#: input_blocks: 0 conv_in | 1 res+attn (320) | 2 downsample | 3 res+attn (640); middle: res, attn (640), res;
+#: output_blocks: 0 res+attn (640) | 1 res+attn (640) + upsample | 2 res+attn (320) | 3 res+attn (320).
+#: Cross-attention (attn2) layers: ("input", 1) 320, ("input", 3) 640, ("middle", 0) 640, ("output", 0) 640,
+#: ("output", 1) 640, ("output", 2) 320, ("output", 3) 320 -- 7 in all, transformer_index 0 in each block.
+TINY_UNET: dict = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "num_heads": 8,
+    "num_head_channels": -1,
+}
+
+#: UNet config of size "full": the real SD1.5 UNet as ComfyUI detects v1-5-pruned.safetensors.
+FULL_UNET: dict = {
+    **TINY_UNET,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+}
+
+#: The SD KL-f8 VAE (ComfyUI's default SD1.x ddconfig in comfy.sd.VAE).
+FULL_VAE_DDCONFIG: dict = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                           "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
+                           "dropout": 0.0}
+
+#: ``vae_scale`` of a TAESD for SD1.x latents (as ComfyUI's VAELoader sets it for "taesd").
+TAESD_SD15_SCALE = 0.18215
+
+_SIZES = ("tiny", "full")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# module skeletons (meta device: shapes and module types only, no memory)
+# ----------------------------------------------------------------------------------------------------------
+def _unet_module(size: str) -> torch.nn.Module:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    cfg = copy.deepcopy(TINY_UNET if size == "tiny" else FULL_UNET)
+    return UNetModel(**cfg, dtype=torch.float32, device=torch.device("meta"),
+                     operations=comfy.ops.disable_weight_init)
+
+
+def _clip_module() -> torch.nn.Module:
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.sd1_clip
+
+    with open(pathlib.Path(comfy.sd1_clip.__file__).with_name("sd1_clip_config.json")) as f:
+        config = json.load(f)
+    return comfy.clip_model.CLIPTextModel(config, torch.float32, torch.device("meta"),
+                                          comfy.ops.disable_weight_init)
+
+
+def _vae_module(size: str) -> torch.nn.Module:
+    if size == "tiny":
+        import comfy.taesd.taesd
+        with torch.device("meta"):
+            return comfy.taesd.taesd.TAESD(latent_channels=4)
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    with torch.device("meta"):
+        return AutoencoderKL(ddconfig=dict(FULL_VAE_DDCONFIG), embed_dim=4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# initialisation
+# ----------------------------------------------------------------------------------------------------------
+def _tensor_seed(seed: int, key: str) -> int:
+    return (int(seed) * 0x9E3779B1 + zlib.crc32(key.encode())) % (1 << 63)
+
+
+def _init_module(module: torch.nn.Module, prefix: str, seed: int, dtype, out: dict, skip=()) -> None:
+    """Fill ``out[prefix + name]`` for every parameter and buffer of ``module`` (except names in ``skip``)."""
+    norm_types = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    weight_types = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                    torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)
+    gen = torch.Generator(device="cpu")
+    state_names = set(module.state_dict().keys())
+    done = set()
+    for mname, mod in module.named_modules():
+        tensors = list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
+        for pname, t in tensors:
+            name = f"{mname}.{pname}" if mname else pname
+            if name in skip or name not in state_names:
+                continue
+            key = prefix + name
+            shape = tuple(t.shape)
+            if pname == "bias":
+                value = torch.zeros(shape)
+            elif isinstance(mod, norm_types) and pname == "weight":
+                value = torch.ones(shape)
+            elif isinstance(mod, torch.nn.Embedding) and pname == "weight":
+                gen.manual_seed(_tensor_seed(seed, key))
+                value = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+            elif isinstance(mod, weight_types) and pname == "weight":
+                transposed = isinstance(mod, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d))
+                fan_in = shape[0 if transposed else 1] * math.prod(shape[2:])
+                gen.manual_seed(_tensor_seed(seed, key))
+                value = torch.empty(shape).normal_(0.0, fan_in ** -0.5, generator=gen)
+            elif name == "vae_scale":
+                value = torch.tensor(TAESD_SD15_SCALE)
+            elif name == "vae_shift":
+                value = torch.tensor(0.0)
+            else:
+                raise TypeError(f"random_sd15: no init rule for {key} ({type(mod).__name__}.{pname}, "
+                                f"shape {shape})")
+            # the two TAESD scalars stay fp32 (0.18215 is 0.182129 in fp16), as ComfyUI's VAELoader makes them
+            out[key] = (value if name in ("vae_scale", "vae_shift") else value.to(dtype)).contiguous()
+            done.add(name)
+    missing = state_names - done - set(skip)
+    if missing:
+        raise RuntimeError(f"random_sd15: tensors left uninitialised under {prefix!r}: {sorted(missing)[:10]}")
+
+
+def build_sd15_state_dict(size: str = "tiny", seed: int = 0, dtype=torch.float16) -> dict[str, torch.Tensor]:
+    """Build a random SD1.5 checkpoint state dict in the single-file LDM layout.
+
+    Args:
+        size: ``"tiny"`` (UNet :data:`TINY_UNET`, 107.4 M parameters; full CLIP-L text encoder, 123.1 M;
+            TAESD VAE, 2.4 M; 232.9 M in all, 466 MB in fp16) or ``"full"`` (the real SD1.5 shapes:
+            UNet 859.5 M, CLIP-L 123.1 M, KL-f8 VAE 83.7 M; 1066.2 M, 2.13 GB in fp16).
+        seed: seeds every tensor (same seed -> bit-identical tensors).
+        dtype: dtype of the stored tensors (fp16 like v1-5-pruned-emaonly-fp16; fp32 and bf16 work too).
+
+    Returns:
+        ``{key: tensor}`` (CPU, contiguous) with keys ``model.diffusion_model.*``,
+        ``cond_stage_model.transformer.text_model.*`` and ``first_stage_model.*`` (``encoder.*``,
+        ``decoder.*``, ``quant_conv.*``, ``post_quant_conv.*`` for "full"; ``taesd_encoder.*``,
+        ``taesd_decoder.*``, ``vae_scale``, ``vae_shift`` for "tiny"). Like v1-5-pruned it has no
+        ``text_projection`` (SD1.5 does not use the pooled CLIP output) and no ``position_ids``.
+
+    Raises:
+        ValueError: unknown ``size``.
+        RuntimeError: ComfyUI would not detect the result as SD15 (a ComfyUI whose detection differs).
+    """
+    if size not in _SIZES:
+        raise ValueError(f"size must be one of {_SIZES}, not {size!r}")
+    import comfy.model_detection
+    import comfy.supported_models
+
+    sd: dict[str, torch.Tensor] = {}
+    _init_module(_unet_module(size), UNET_PREFIX, seed, dtype, sd)
+    _init_module(_clip_module(), CLIP_PREFIX, seed, dtype, sd, skip=("text_projection.weight",))
+    vae = _vae_module(size)
+    _init_module(vae, VAE_PREFIX, seed, dtype, sd)
+    if size == "tiny":  # TAESD decodes to [0, 1] (ComfyUI clamps it): centre the random image on mid-grey
+        last = len(vae.taesd_decoder) - 1
+        sd[f"{VAE_PREFIX}taesd_decoder.{last}.bias"].fill_(0.5)
+
+    # what CheckpointLoaderSimple will infer from these keys
+    want = dict(TINY_UNET if size == "tiny" else FULL_UNET)
+    detected = comfy.model_detection.detect_unet_config(sd, UNET_PREFIX)
+    model_config = comfy.model_detection.model_config_from_unet_config(detected, sd)
+    if type(model_config) is not comfy.supported_models.SD15:
+        raise RuntimeError(f"random_sd15: ComfyUI detects {type(model_config).__name__} instead of SD15 "
+                           f"(detected unet config {detected})")
+    if model_config.unet_config != want:
+        raise RuntimeError(f"random_sd15: ComfyUI would build the UNet with {model_config.unet_config}, not {want}")
+    return sd
+
+
+def write_sd15_checkpoint(path, size: str = "tiny", seed: int = 0, dtype=torch.float16) -> pathlib.Path:
+    """Build (:func:`build_sd15_state_dict`) and write a random SD1.5 checkpoint as ``.safetensors``.
+
+    The file holds only the tensors plus the metadata ``{"ptalk.random_sd15": '{"size": ..., "seed": ...,
+    "dtype": ...}'}``; the same arguments give a byte-identical file.
+    Sizes in fp16: "tiny" 466 MB, "full" 2.13 GB. Parent directories are created.
+
+    Returns:
+        the resolved path written.
+    """
+    from safetensors.torch import save_file
+
+    path = pathlib.Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = build_sd15_state_dict(size=size, seed=seed, dtype=dtype)
+    # one metadata entry only: safetensors writes the metadata map in hash order, so with two entries the
+    # header (and the file bytes) could differ between two runs
+    meta = {"ptalk.random_sd15": json.dumps({"size": size, "seed": int(seed), "dtype": str(dtype)})}
+    tmp = path.with_name(path.name + ".part")
+    save_file(sd, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def _main(argv=None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Write a randomly initialised SD1.5 checkpoint (.safetensors).")
+    ap.add_argument("out", help="output .safetensors path")
+    ap.add_argument("--size", choices=_SIZES, default="tiny")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    a = ap.parse_args(argv)
+    sys.path.append(str(pathlib.Path(__file__).resolve().parent))
+    import comfy_headless
+
+    comfy_headless.prepare()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    t0 = time.perf_counter()
+    p = write_sd15_checkpoint(a.out, size=a.size, seed=a.seed, dtype=dtype)
+    print(f"{p}: {p.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
