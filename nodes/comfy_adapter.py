@@ -256,3 +256,271 @@ def insightface_root(model_name: str) -> str:
         if os.path.isdir(os.path.join(root, "models", model_name)):
             return root
     return roots[0] if roots else os.path.join(folder_paths.models_dir, INSIGHTFACE_FOLDER)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# IdentityNet (issue 4): weights folders, attn2 replace patches on a MODEL clone, per-conditioning face tokens
+# ----------------------------------------------------------------------------------------------------------
+#: ComfyUI socket type carrying a :class:`ptalk_models.identitynet.IdentityNet`.
+IdentityNetType = io.Custom("PTALK_IDENTITYNET")
+
+#: Key of the face tokens in a CONDITIONING entry's dict (float ``[1, N, T]``, set by Text Encode) and of the
+#: per-step identity state in ``transformer_options`` (set by the sampling wrapper below).
+IDENTITY_KEY = "ptalk_identity"
+IDENTITYNET_FOLDERS = ("portraittalk", "ipadapter")
+_WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def register_identitynet_folders() -> None:
+    """Register ``models/portraittalk`` and ``models/ipadapter`` (``.safetensors``/``.bin``/``.pt``/``.pth``) with
+    ``folder_paths``, keeping entries other packs (IPAdapter_plus) or extra_model_paths.yaml made."""
+    import folder_paths
+
+    for name in IDENTITYNET_FOLDERS:
+        _register_folder(name, ".safetensors")
+        folder_paths.folder_names_and_paths[name][1].update(_WEIGHT_EXTENSIONS)
+
+
+def identitynet_options() -> list[str]:
+    """Combo options: ``portraittalk/<file>`` and ``ipadapter/<file>`` for every weights file in those folders."""
+    import folder_paths
+
+    register_identitynet_folders()
+    return [f"{folder}/{f}" for folder in IDENTITYNET_FOLDERS for f in folder_paths.get_filename_list(folder)]
+
+
+def resolve_identitynet(choice: str) -> str:
+    """Full path of a :func:`identitynet_options` entry; FileNotFoundError naming the folders when missing."""
+    import folder_paths
+
+    register_identitynet_folders()
+    folder, _, name = choice.partition("/")
+    path = folder_paths.get_full_path(folder, name) if folder in IDENTITYNET_FOLDERS else None
+    if path is None:
+        raise FileNotFoundError(f"{choice!r} was not found; put IdentityNet / IP-Adapter-FaceID weights in "
+                                f"ComfyUI/models/portraittalk or ComfyUI/models/ipadapter")
+    return path
+
+
+def cross_attention_layers(model) -> list[tuple[tuple, int, int]]:
+    """The UNet cross-attention layers of a MODEL in IP-Adapter order (input blocks, output blocks, middle):
+    ``[(("input", block_id, transformer_index), width W, context width T), …]`` — the keys ComfyUI's attn2
+    replace patches use."""
+    dm = model.get_model_object("diffusion_model")
+    out = []
+
+    def scan(name, block_id, block):
+        for m in block:
+            for t, tb in enumerate(getattr(m, "transformer_blocks", ())):
+                attn2 = getattr(tb, "attn2", None)
+                if attn2 is not None:
+                    out.append(((name, block_id, t), attn2.to_k.out_features, attn2.to_k.in_features))
+
+    for i, blk in enumerate(getattr(dm, "input_blocks", ())):
+        scan("input", i, blk)
+    for i, blk in enumerate(getattr(dm, "output_blocks", ())):
+        scan("output", i, blk)
+    if getattr(dm, "middle_block", None) is not None:
+        scan("middle", 0, dm.middle_block)
+    return out
+
+
+class _IdentityRuntime:
+    """What the attn2 patches of one IdentityNet Apply share: the net, strength, active sigma range and the
+    fallback face tokens for positive conditionings that carry none."""
+
+    def __init__(self, net, strength: float, sigma_start: float, sigma_end: float, default_tokens):
+        self.net, self.strength = net, float(strength)
+        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self.default_tokens = default_tokens
+
+    def rows_and_tokens(self, batch: int, opts: dict):
+        """(row index ``[R]`` or None for all rows, face tokens ``[R, N, T]``) for this forward pass, or None
+        when no row has an identity or the step is outside [start, end]."""
+        if self.strength == 0.0:
+            return None
+        sigmas = opts.get("sigmas")
+        if sigmas is not None and torch.is_tensor(sigmas) and sigmas.numel():
+            s = float(sigmas.detach().flatten()[0])
+            if not (self.sigma_end <= s <= self.sigma_start):
+                return None
+        state = opts.get(IDENTITY_KEY) or {}
+        if "rows" in state:  # direct UNet calls (training): one token set per batch row
+            return None, state["rows"]
+        by_uuid = state.get("by_uuid", {})
+        uuids, cond_or_uncond = opts.get("uuids"), opts.get("cond_or_uncond")
+        if not cond_or_uncond:
+            return None
+        per = batch // len(cond_or_uncond)
+        rows, toks = [], []
+        for j, kind in enumerate(cond_or_uncond):
+            tok = by_uuid.get(uuids[j]) if uuids else None
+            if tok is None and kind == 0:  # positive without its own identity → the Apply node's face embed
+                tok = self.default_tokens
+            if tok is None:  # negative / no identity: zero face tokens contribute exactly nothing
+                continue
+            tok = tok.reshape(-1, tok.shape[-2], tok.shape[-1])
+            rows.extend(range(j * per, (j + 1) * per))
+            toks.append(tok.expand(per, -1, -1) if tok.shape[0] == 1 else tok[:per])
+        if not rows:
+            return None
+        return torch.tensor(rows, dtype=torch.long), torch.cat(toks)
+
+
+class _IdentityAttn2Patch:
+    """attn2 replace patch of one cross-attention layer: ComfyUI hands it the layer's projected ``q, k, v``;
+    it returns the decoupled cross-attention (paper §III-A), ``Attn(q, k, v) + strength · Attn(q, K_face,
+    V_face)``, computed with ComfyUI's own attention function so strength 0 is bit-identical."""
+
+    def __init__(self, runtime: _IdentityRuntime, layer: int):
+        self.runtime, self.layer = runtime, layer
+
+    def __call__(self, q, k, v, extra_options):
+        import comfy.ldm.modules.attention as attention_module
+
+        from ..ptalk_models.identitynet import decoupled_attention
+
+        def attention(q_, k_, v_, heads):
+            return attention_module.optimized_attention(q_, k_, v_, heads,
+                                                        attn_precision=extra_options.get("attn_precision"),
+                                                        transformer_options=extra_options)
+
+        heads = extra_options["n_heads"]
+        found = self.runtime.rows_and_tokens(q.shape[0], extra_options)
+        if found is None:
+            return attention(q, k, v, heads)
+        rows, tokens = found
+        kv = self.runtime.net.layer(self.layer)
+        w_k, w_v = kv.to_k_ip.weight, kv.to_v_ip.weight
+        t = tokens.to(device=w_k.device, dtype=w_k.dtype)
+        k_face = torch.nn.functional.linear(t, w_k).to(q.device)
+        v_face = torch.nn.functional.linear(t, w_v).to(q.device)
+        return decoupled_attention(q, k, v, k_face, v_face, heads, self.runtime.strength, attention,
+                                   None if rows is None else rows.to(q.device))
+
+
+def _identity_cond_wrapper(executor, model, conds, x_in, timestep, model_options):
+    """CALC_COND_BATCH wrapper: maps each conditioning's uuid to the face tokens it carries (Text Encode) and
+    hands that map to the attn2 patches through ``transformer_options[IDENTITY_KEY]``."""
+    by_uuid = {}
+    for group in conds:
+        for c in group or ():
+            tok = c.get(IDENTITY_KEY)
+            if tok is not None:
+                by_uuid[c["uuid"]] = tok
+    options = dict(model_options)
+    transformer_options = dict(options.get("transformer_options", {}))
+    transformer_options[IDENTITY_KEY] = {"by_uuid": by_uuid}
+    options["transformer_options"] = transformer_options
+    return executor(model, conds, x_in, timestep, options)
+
+
+_NET_PATCHERS = {}
+
+
+def _identitynet_patcher(net):
+    """A ModelPatcher for the IdentityNet weights (cached per net), so ``comfy.model_management`` loads them
+    to the sampling device with the UNet and offloads them after."""
+    import weakref
+
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    key = id(net)
+    entry = _NET_PATCHERS.get(key)
+    if entry is None or entry[0]() is not net:
+        patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        entry = (weakref.ref(net), patcher)
+        _NET_PATCHERS[key] = entry
+    return entry[1]
+
+
+def apply_identitynet(model, net, strength: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0,
+                      default_tokens: torch.Tensor | None = None, node: str = "IdentityNet Apply"):
+    """A clone of the ComfyUI MODEL ``model`` with IdentityNet installed; ``model`` itself is untouched.
+
+    Every cross-attention layer gets an attn2 replace patch (decoupled cross-attention, §III-A); a
+    CALC_COND_BATCH wrapper passes each CONDITIONING's face tokens (``IDENTITY_KEY``, from Text Encode) to the
+    patches, so positive and negative conditionings keep their own identity: a conditioning without tokens
+    gets none (zero face tokens), except that positive ones fall back to ``default_tokens`` (``[1, N, T]``)
+    when given. ``strength`` scales the face term; it is active for sampling progress in
+    [``start_percent``, ``end_percent``]. The net's weights are an additional model of the clone (loaded and
+    offloaded by ``comfy.model_management``).
+
+    Raises :class:`NodeInputError` when the net does not fit the model (layer count/widths, context width).
+    """
+    import comfy.patcher_extension
+
+    from ..ptalk_models.identitynet import IdentityNetFormatError
+
+    layers = cross_attention_layers(model)
+    if not layers:
+        raise node_error(node, "model", "this MODEL has no UNet cross-attention layers; IdentityNet needs an "
+                                        "SD1.5 checkpoint")
+    try:
+        net.check_layers([w for _, w, _ in layers], layers[0][2])
+    except IdentityNetFormatError as e:
+        raise node_error(node, "identitynet", f"{e}. Use an SD1.5 checkpoint with an SD1.5 IdentityNet") from None
+    sampling = model.get_model_object("model_sampling")
+    runtime = _IdentityRuntime(net, strength, sampling.percent_to_sigma(float(start_percent)),
+                               sampling.percent_to_sigma(float(end_percent)), default_tokens)
+    patched = model.clone()
+    for i, (key, _, _) in enumerate(layers):
+        patched.set_model_attn2_replace(_IdentityAttn2Patch(runtime, i), *key)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, IDENTITY_KEY,
+                                 _identity_cond_wrapper)
+    patched.set_additional_models(IDENTITY_KEY, [_identitynet_patcher(net)])
+    return patched
+
+
+def with_row_tokens(transformer_options: dict, tokens: torch.Tensor) -> dict:
+    """``transformer_options`` (a copy) for a direct ``diffusion_model(x, t, context, transformer_options=…)``
+    call of a patched MODEL in which batch row b uses face tokens ``tokens[b]`` (``[B, N, T]``; gradients flow
+    to the net — the trainer's path)."""
+    out = dict(transformer_options)
+    out[IDENTITY_KEY] = {"rows": tokens}
+    return out
+
+
+def attach_face_tokens(conditioning: list, tokens: torch.Tensor) -> list:
+    """A copy of a CONDITIONING list whose every entry carries ``tokens`` (``[1, N, T]``) under IDENTITY_KEY."""
+    out = []
+    for cond, extra in conditioning:
+        extra = dict(extra)
+        extra[IDENTITY_KEY] = tokens
+        out.append([cond, extra])
+    return out
+
+
+def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
+                  scheduler: str, denoise: float) -> dict:
+    """ComfyUI's own sampling (``comfy.sample.sample``, as core KSampler does): seeded noise, live preview and
+    progress bar, interruptible between steps. Returns the LATENT dict with the new ``samples``."""
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, steps)
+    out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                              denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
+                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    result = dict(latent)
+    result["samples"] = out
+    return result
+
+
+def sampler_names() -> list[str]:
+    """ComfyUI's sampler names (the KSampler combo)."""
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    """ComfyUI's scheduler names (the KSampler combo)."""
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)

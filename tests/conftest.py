@@ -133,3 +133,59 @@ def grid_still_lm(grid_still):
     from ptalk_models.face import detect_landmarks
 
     return detect_landmarks(grid_still)
+
+
+# A randomly initialised tiny SD1.5 checkpoint (scripts/random_sd15.py) for tests of the core SD graph
+# (CheckpointLoaderSimple → CLIPTextEncode → KSampler → VAEDecode); written once per session (a few seconds, 466 MB).
+@pytest.fixture(scope="session")
+def tiny_sd15(comfy, tmp_path_factory):
+    """``(path, name)`` of a tiny random SD1.5 checkpoint (size "tiny", seed 0, fp16) in a temporary directory
+    registered as a ComfyUI "checkpoints" folder: ``name`` is the value for CheckpointLoaderSimple's
+    ``ckpt_name``."""
+    from collections import namedtuple
+
+    import random_sd15  # scripts/, on sys.path above
+
+    d = tmp_path_factory.mktemp("checkpoints")
+    path = random_sd15.write_sd15_checkpoint(d / "ptalk_random_sd15_tiny.safetensors", size="tiny", seed=0)
+    comfy.folder_paths.add_model_folder_path("checkpoints", str(d))
+    yield namedtuple("TinySD15", "path name")(path, path.name)
+    paths = comfy.folder_paths.folder_names_and_paths["checkpoints"][0]
+    if str(d) in paths:
+        paths.remove(str(d))
+
+
+@pytest.fixture(scope="session")
+def pack_adapter(comfy):
+    """The loaded pack's ``nodes.comfy_adapter`` module (ComfyUI glue: IdentityNet patches, sampling)."""
+    return importlib.import_module(f"{PACK_MODULE}.nodes.comfy_adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_loaded(comfy, tiny_sd15):
+    """(MODEL, CLIP, VAE) of :func:`tiny_sd15`, loaded once by core CheckpointLoaderSimple."""
+    return comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(tiny_sd15.name)[:3]
+
+
+@pytest.fixture(scope="session")
+def tiny_identitynet(comfy, tiny_sd15_loaded, pack_adapter, tmp_path_factory):
+    """A random IdentityNet for the tiny UNet (dlib 128-D projection, seed 1) in a temporary
+    ``models/portraittalk`` registered with folder_paths (a temporary ``models/ipadapter`` too).
+
+    ``.root``: the temporary models dir; ``.name``: the IdentityNet Loader option
+    (``portraittalk/ptalk_tiny_dlib.safetensors``); ``.layer_dims``: the tiny UNet's cross-attention widths.
+    """
+    from collections import namedtuple
+
+    from ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
+
+    root = tmp_path_factory.mktemp("models")
+    pack_adapter.register_identitynet_folders()
+    for folder in pack_adapter.IDENTITYNET_FOLDERS:
+        (root / folder).mkdir()
+        comfy.folder_paths.add_model_folder_path(folder, str(root / folder))
+    dims = [w for _, w, _ in pack_adapter.cross_attention_layers(tiny_sd15_loaded[0])]
+    cfg = IdentityNetConfig(id_dim=128, hidden=256, layer_dims=dims, embed_backend="dlib")
+    save_identitynet(new_identitynet(cfg, seed=1), root / "portraittalk" / "ptalk_tiny_dlib.safetensors")
+    return namedtuple("TinyIdentityNet", "root name layer_dims")(root, "portraittalk/ptalk_tiny_dlib.safetensors",
+                                                                   dims)

@@ -149,9 +149,25 @@ def _stage_for_upload_nodes(ui: dict, shared_data: Path) -> dict:
     return ch.apply_inputs(ui, inputs)
 
 
+#: Model-file widgets of shipped workflows: (node type, widget) → the fixture giving the test's random model.
+MODEL_WIDGETS = {("CheckpointLoaderSimple", "ckpt_name"): "tiny_sd15",
+                 ("PTalkIdentityNetLoader", "weights"): "tiny_identitynet"}
+
+
+def _stage_models(ui: dict, request) -> dict:
+    """Point model-file combos (the author's SD1.5 checkpoint, IdentityNet weights) at the tiny random models
+    the tests build, since no real weights exist offline."""
+    inputs = {}
+    for n in ui["nodes"]:
+        for (node_type, widget), fixture in MODEL_WIDGETS.items():
+            if n.get("type") == node_type and n.get("mode", 0) not in (2, 4):
+                inputs[str(n["id"])] = {widget: request.getfixturevalue(fixture).name}
+    return ch.apply_inputs(ui, inputs) if inputs else ui
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
-def test_shipped_workflow_checks_and_validates(comfy, shared_data, path):
-    ui = ch.load_workflow(path)
+def test_shipped_workflow_checks_and_validates(comfy, shared_data, path, request):
+    ui = _stage_models(ch.load_workflow(path), request)
     assert ch.check_workflow(ui) == []
     prompt = ch.workflow_to_prompt(_stage_for_upload_nodes(ui, shared_data))
     ok, error, outputs, node_errors = _validate(comfy, prompt)

@@ -1,0 +1,307 @@
+"""IdentityNet (paper §III-A) in the real ComfyUI: a tiny random SD1.5-layout checkpoint loaded by core
+CheckpointLoaderSimple, tiny IdentityNets with the real IP-Adapter-FaceID key names, real dlib face embeddings
+of real photos, ComfyUI's own sampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import comfy_headless
+from ptalk_models.identity import embed_faces
+from ptalk_models.identitynet import (IdentityNetConfig, IdentityNetFormatError, infer_config, load_identitynet,
+                                      new_identitynet, save_identitynet)
+
+STEPS, CFG, SIZE = 2, 4.0, 64
+
+
+@pytest.fixture(scope="module")
+def adapter(pack_adapter):
+    return pack_adapter
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_sd15_loaded):
+    """(MODEL, CLIP, VAE) of the tiny checkpoint, loaded by core CheckpointLoaderSimple."""
+    return tiny_sd15_loaded
+
+
+@pytest.fixture(scope="module")
+def layer_dims(tiny_identitynet):
+    return tiny_identitynet.layer_dims
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tiny_identitynet, layer_dims):
+    """The registered temp models dir: portraittalk/ptalk_tiny_dlib.safetensors (our format, 128-D dlib
+    projection, the tiny UNet's layers; from conftest) plus ipadapter/tiny-faceid_sd15.bin (IP-Adapter-FaceID
+    nested .bin layout, 512-D, with its LoRA keys) and broken files."""
+    root = tiny_identitynet.root
+    ours, ipa = root / "portraittalk", root / "ipadapter"
+    sd512 = new_identitynet(IdentityNetConfig(layer_dims=layer_dims), seed=2).state_dict()
+    nested = {"image_proj": {k[len("image_proj."):]: v for k, v in sd512.items() if k.startswith("image_proj.")},
+              "ip_adapter": {k[len("ip_adapter."):]: v for k, v in sd512.items() if k.startswith("ip_adapter.")}}
+    for i in range(len(layer_dims)):  # the FaceID LoRA weights that ship inside the .bin
+        nested["ip_adapter"][f"{2 * i + 1}.to_q_lora.down.weight"] = torch.zeros(128, layer_dims[i])
+    torch.save(nested, ipa / "tiny-faceid_sd15.bin")
+    # broken / wrong files
+    good = (ours / "ptalk_tiny_dlib.safetensors").read_bytes()
+    (ours / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (ipa / "truncated.bin").write_bytes((ipa / "tiny-faceid_sd15.bin").read_bytes()[:5000])
+    sdxl = new_identitynet(IdentityNetConfig(token_dim=2048, layer_dims=[640, 1280]), seed=3).state_dict()
+    save_file({k: v.contiguous() for k, v in sdxl.items()}, ipa / "sdxl-faceid.safetensors")
+    save_file({"image_proj.proj.weight": torch.zeros(3072, 1024), "image_proj.norm.weight": torch.ones(768),
+               "ip_adapter.1.to_k_ip.weight": torch.zeros(320, 768)}, ipa / "ip-adapter_sd15.safetensors")
+    save_identitynet(new_identitynet(IdentityNetConfig(), seed=4), ours / "sd15_16_layers.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def nets(comfy, weights_dir):
+    load = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkIdentityNetLoader"].execute
+    return {"dlib": load("portraittalk/ptalk_tiny_dlib.safetensors").result[0],
+            "faceid": load("ipadapter/tiny-faceid_sd15.bin").result[0]}
+
+
+@pytest.fixture(scope="module")
+def faces(astronaut, grid_still, astronaut_lm, grid_still_lm):
+    """Real dlib embeddings (PTALK_FACE_EMBED) of two different people."""
+    return {"astronaut": embed_faces(astronaut[None], landmarks=astronaut_lm),
+            "grid": embed_faces(grid_still[None], landmarks=grid_still_lm)}
+
+
+def _encode(comfy, clip, text, face=None, net=None):
+    return comfy.nodes.NODE_CLASS_MAPPINGS["PTalkTextEncode"].execute(clip, text, face, net).result[0]
+
+
+def _sample(adapter, model, pos, neg, seed=7, cfg=CFG):
+    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    return adapter.sample_latent(model, pos, neg, latent, seed, STEPS, cfg, "euler", "normal", 1.0)["samples"]
+
+
+@pytest.fixture(scope="module")
+def conds(comfy, sd, nets, faces):
+    clip = sd[1]
+    text = "portrait photo of a person, red hair"
+    return {"plain": _encode(comfy, clip, text), "neg": _encode(comfy, clip, "blurry"),
+            "astronaut": _encode(comfy, clip, text, faces["astronaut"], nets["dlib"]),
+            "grid": _encode(comfy, clip, text, faces["grid"], nets["dlib"]),
+            "neg_astronaut": _encode(comfy, clip, "blurry", faces["astronaut"], nets["dlib"])}
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def test_strength_zero_is_bit_identical(adapter, sd, nets, conds):
+    model = sd[0]
+    base = _sample(adapter, model, conds["plain"], conds["neg"])
+    patched0 = adapter.apply_identitynet(model, nets["dlib"], strength=0.0)
+    assert torch.equal(_sample(adapter, patched0, conds["astronaut"], conds["neg"]), base)
+    # strength > 0 but active only at sampling progress 1.0 (σ = 0, never evaluated) → also untouched
+    late = adapter.apply_identitynet(model, nets["dlib"], strength=1.0, start_percent=1.0, end_percent=1.0)
+    assert torch.equal(_sample(adapter, late, conds["astronaut"], conds["neg"]), base)
+
+
+def test_identity_changes_output_and_depends_on_face(adapter, sd, nets, conds):
+    model = sd[0]
+    patched = adapter.apply_identitynet(model, nets["dlib"], strength=1.0)
+    base = _sample(adapter, model, conds["plain"], conds["neg"])
+    a = _sample(adapter, patched, conds["astronaut"], conds["neg"])
+    a2 = _sample(adapter, patched, conds["astronaut"], conds["neg"])
+    g = _sample(adapter, patched, conds["grid"], conds["neg"])
+    no_face = _sample(adapter, patched, conds["plain"], conds["neg"])
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, a2), "same seed, same face → same latent"
+    assert (a - base).abs().mean() > 1e-3 * base.abs().mean()
+    assert (a - g).abs().mean() > 1e-3 * base.abs().mean(), "a different face must give a different image"
+    assert torch.equal(no_face, base), "a conditioning without face tokens gets no identity"
+    # more strength → further from the unpatched result
+    strong = _sample(adapter, adapter.apply_identitynet(model, nets["dlib"], strength=2.0), conds["astronaut"],
+                     conds["neg"])
+    assert (strong - base).abs().mean() > (a - base).abs().mean()
+    # active for the first half only (σ 14.6 yes, σ 0.03 no): neither the full effect nor none
+    half = _sample(adapter, adapter.apply_identitynet(model, nets["dlib"], strength=1.0, end_percent=0.5),
+                   conds["astronaut"], conds["neg"])
+    assert not torch.equal(half, a) and not torch.equal(half, base)
+
+
+def _first_step_predictions(adapter, model, pos, neg):
+    """(cond, uncond) denoised predictions of the first sampling step, read through ComfyUI's own
+    sampler_cfg_function hook."""
+    seen = {}
+
+    def cfg_function(args):
+        seen.setdefault("cond", args["cond_denoised"].clone())
+        seen.setdefault("uncond", args["uncond_denoised"].clone())
+        return args["uncond_denoised"] + (args["cond_denoised"] - args["uncond_denoised"]) * CFG
+
+    m = model.clone()
+    m.set_model_sampler_cfg_function(cfg_function)
+    _sample(adapter, m, pos, neg)
+    return seen["cond"], seen["uncond"]
+
+
+def test_negative_gets_no_identity(adapter, sd, nets, conds):
+    model = sd[0]
+    patched = adapter.apply_identitynet(model, nets["dlib"], strength=1.0)
+    c0, u0 = _first_step_predictions(adapter, model, conds["plain"], conds["neg"])
+    c1, u1 = _first_step_predictions(adapter, patched, conds["astronaut"], conds["neg"])
+    assert torch.equal(u1, u0), "the negative (no face tokens) must be computed exactly as without IdentityNet"
+    assert not torch.equal(c1, c0)
+    # a negative that explicitly carries face tokens does get them
+    _, u2 = _first_step_predictions(adapter, patched, conds["astronaut"], conds["neg_astronaut"])
+    assert not torch.equal(u2, u0)
+
+
+def test_apply_fallback_face_is_for_positives_only(comfy, adapter, sd, nets, conds, faces):
+    apply = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkIdentityNetApply"].execute
+    model = sd[0]
+    patched = apply(model, nets["dlib"], 1.0, 0.0, 1.0, faces["astronaut"]).result[0]
+    c0, u0 = _first_step_predictions(adapter, model, conds["plain"], conds["neg"])
+    c1, u1 = _first_step_predictions(adapter, patched, conds["plain"], conds["neg"])
+    c2, _ = _first_step_predictions(adapter, adapter.apply_identitynet(model, nets["dlib"]), conds["astronaut"],
+                                    conds["neg"])
+    assert torch.equal(u1, u0) and not torch.equal(c1, c0)
+    assert torch.equal(c1, c2), "fallback face on the model = the same face carried by the conditioning"
+
+
+def test_clone_isolates_patches(adapter, sd, nets, conds):
+    model = sd[0]
+    before = _sample(adapter, model, conds["astronaut"], conds["neg"])
+    patched = adapter.apply_identitynet(model, nets["dlib"], strength=1.0)
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(replace) == len(adapter.cross_attention_layers(model))
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+    assert torch.equal(_sample(adapter, model, conds["astronaut"], conds["neg"]), before)
+    assert not torch.equal(_sample(adapter, patched, conds["astronaut"], conds["neg"]), before)
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def test_ip_adapter_faceid_layout_loads(nets, layer_dims):
+    net = nets["faceid"]
+    cfg = net.config
+    assert (cfg.kind, cfg.id_dim, cfg.token_dim, cfg.num_tokens) == ("faceid", 512, 768, 4)
+    assert cfg.layer_dims == layer_dims
+    assert len(net.ignored_keys) == len(layer_dims) and all("lora" in k for k in net.ignored_keys)
+    tokens = net.face_tokens(torch.nn.functional.normalize(torch.randn(1, 512), dim=-1))
+    assert tokens.shape == (1, 4, 768) and torch.isfinite(tokens).all()
+
+
+def test_plusv2_layout(tmp_path):
+    """FaceID-PlusV2 key layout (perceiver resampler over CLIP-vision features) is recognised and needs CLIP."""
+    cfg = IdentityNetConfig(kind="faceid_plusv2", clip_dim=96, resampler_depth=2, layer_dims=[320, 640])
+    net = new_identitynet(cfg, seed=5)
+    keys = set(net.state_dict())
+    assert {"image_proj.perceiver_resampler.proj_in.weight", "image_proj.perceiver_resampler.layers.1.0.to_kv.weight",
+            "image_proj.perceiver_resampler.layers.1.1.3.weight", "ip_adapter.3.to_v_ip.weight"} <= keys
+    torch.save({"image_proj": {k[11:]: v for k, v in net.state_dict().items() if k.startswith("image_proj.")},
+                "ip_adapter": {k[11:]: v for k, v in net.state_dict().items() if k.startswith("ip_adapter.")}},
+               tmp_path / "plusv2.bin")
+    loaded = load_identitynet(tmp_path / "plusv2.bin")
+    assert loaded.config == cfg
+    emb, clip = torch.randn(1, 512), torch.randn(1, 257, 96)
+    assert torch.allclose(loaded.face_tokens(emb, clip), net.face_tokens(emb, clip))
+    with pytest.raises(IdentityNetFormatError, match="CLIP"):
+        loaded.face_tokens(emb)
+
+
+def test_our_format_round_trips(tmp_path, layer_dims):
+    net = new_identitynet(IdentityNetConfig(id_dim=128, hidden=256, layer_dims=layer_dims), seed=9)
+    save_identitynet(net, tmp_path / "n.safetensors", {"step": 12})
+    back = load_identitynet(tmp_path / "n.safetensors")
+    assert back.config == net.config
+    for k, v in net.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert infer_config(net.state_dict()).layer_dims == layer_dims
+
+
+@pytest.mark.parametrize("name, match", [
+    ("portraittalk/truncated.safetensors", "truncated"),
+    ("ipadapter/truncated.bin", "truncated"),
+    ("ipadapter/sdxl-faceid.safetensors", "SDXL"),
+    ("ipadapter/ip-adapter_sd15.safetensors", "CLIP-image IP-Adapter"),
+])
+def test_bad_weights_give_clear_errors(comfy, weights_dir, name, match):
+    load = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkIdentityNetLoader"].execute
+    with pytest.raises(ValueError, match=match) as e:
+        load(name)
+    assert "IdentityNet Loader" in str(e.value) and "'weights'" in str(e.value)
+
+
+def test_wrong_unet_and_wrong_embedding(comfy, sd, weights_dir, nets, faces):
+    mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    full = mappings["PTalkIdentityNetLoader"].execute("portraittalk/sd15_16_layers.safetensors").result[0]
+    with pytest.raises(ValueError, match=r"16 cross-attention layers.*IdentityNet Apply|IdentityNet Apply.*16"):
+        mappings["PTalkIdentityNetApply"].execute(sd[0], full, 1.0, 0.0, 1.0)
+    # a 128-D dlib embedding into the 512-D (ArcFace) projection of IP-Adapter-FaceID
+    with pytest.raises(ValueError, match=r"Text Encode.*'face_embed'.*128-D \(dlib\).*512-D") as e:
+        _encode(comfy, sd[1], "a person", faces["astronaut"], nets["faceid"])
+    assert "insightface" in str(e.value)
+    with pytest.raises(ValueError, match=r"'identitynet'.*IdentityNet Loader"):
+        _encode(comfy, sd[1], "a person", faces["astronaut"], None)
+
+
+# ------------------------------------------------------------------------------------------------ graphs
+def test_sampler_node_in_a_graph(comfy, tiny_sd15, weights_dir, shared_data):
+    """LoadImage → Face Embed → Text Encode (+face) / Text Encode → IdentityNet Sampler (init image) → SaveImage,
+    validated and executed by ComfyUI; same seed twice → the same PNG bytes."""
+    name = comfy_headless.stage_input_file(shared_data / "photos" / "astronaut.png")
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_sd15.name}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "3": {"class_type": "PTalkFaceEmbed", "inputs": {"image": ["2", 0], "backend": "dlib",
+                                                          "insightface_model": "antelopev2",
+                                                          "remove_background": True}},
+        "4": {"class_type": "PTalkIdentityNetLoader", "inputs": {"weights": "portraittalk/ptalk_tiny_dlib.safetensors"}},
+        "5": {"class_type": "PTalkTextEncode", "inputs": {"clip": ["1", 1], "text": "older, red hair",
+                                                           "face_embed": ["3", 0], "identitynet": ["4", 0]}},
+        "6": {"class_type": "PTalkTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}},
+        "7": {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "area", "width": 96,
+                                                      "height": 96, "crop": "disabled"}},
+        "8": {"class_type": "PTalkIdentityNetSampler", "inputs": {
+            "model": ["1", 0], "identitynet": ["4", 0], "positive": ["5", 0], "negative": ["6", 0], "vae": ["1", 2],
+            "seed": 3, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.6,
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "width": 512, "height": 512,
+            "batch_size": 1, "init_image": ["7", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "idnet"}},
+    }
+    files = [comfy_headless.output_files(comfy_headless.run_prompt(prompt))[0] for _ in range(2)]
+    from ptalk_models.media import read_image
+
+    img = read_image(files[0])
+    assert img.shape == (96, 96, 3)
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
+def test_attribute_editing_workflow_end_to_end(comfy, tiny_sd15, tiny_identitynet, astronaut, shared_data,
+                                               tmp_path):
+    """workflows/attribute_editing.json on real inputs with the tiny random models: IdentityNet Sampler edits the
+    portrait (dlib identity, 2 steps), then the foundation's talking-photo path animates it with speech → mp4
+    with audio. A random model cannot draw a face, so here Face Landmarks reads the source photo (same size)
+    instead of the edited one; every other link is as shipped."""
+    import cv2
+
+    from ptalk_models.media import read_video
+
+    small = tmp_path / "astronaut_128.png"
+    cv2.imwrite(str(small), cv2.cvtColor(cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA),
+                                         cv2.COLOR_RGB2BGR))
+    ui = comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" / "attribute_editing.json")
+    ui = comfy_headless.apply_inputs(ui, {
+        "Reference portrait": small, "Speech": shared_data / "audio" / "beckett.wav",
+        "CheckpointLoaderSimple": {"ckpt_name": tiny_sd15.name},
+        "PTalkIdentityNetLoader": {"weights": tiny_identitynet.name},
+        "PTalkFaceEmbed": {"backend": "dlib"},
+        "PTalkIdentityNetSampler": {"steps": 2, "sampler_name": "euler", "scheduler": "normal"},
+    })
+    src = next(n["id"] for n in ui["nodes"] if n.get("title") == "Reference portrait")
+    lm_node = next(n for n in ui["nodes"] if n["type"] == "PTalkFaceLandmarks")
+    for link in ui["links"]:
+        if link[3] == lm_node["id"]:
+            link[1], link[2] = src, 0
+    files = comfy_headless.run_workflow(ui, out_dir=tmp_path / "out")
+    videos = [f for f in files if f.suffix == ".mp4"]
+    images = [f for f in files if f.suffix == ".png"]
+    assert len(videos) == 1 and len(images) == 1
+    frames, fps = read_video(videos[0])
+    assert frames.shape[1:] == (128, 128, 3) and abs(fps - 25) < 1e-6
+    assert len(frames) > 25  # beckett.wav is several seconds of speech
