@@ -415,25 +415,18 @@ def _identity_cond_wrapper(executor, model, conds, x_in, timestep, model_options
     return executor(model, conds, x_in, timestep, options)
 
 
-_NET_PATCHERS = {}
-
-
 def _identitynet_patcher(net):
-    """A ModelPatcher for the IdentityNet weights (cached per net), so ``comfy.model_management`` loads them
-    to the sampling device with the UNet and offloads them after."""
-    import weakref
+    """A ModelPatcher for the IdentityNet weights (made once per net and kept on it), so
+    ``comfy.model_management`` loads them to the sampling device with the UNet and offloads them after."""
+    patcher = net.__dict__.get("_ptalk_patcher")
+    if patcher is None:
+        import comfy.model_management as mm
+        import comfy.model_patcher
 
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    key = id(net)
-    entry = _NET_PATCHERS.get(key)
-    if entry is None or entry[0]() is not net:
         patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
-        entry = (weakref.ref(net), patcher)
-        _NET_PATCHERS[key] = entry
-    return entry[1]
+        net.__dict__["_ptalk_patcher"] = patcher  # a plain attribute (not a submodule); freed with the net
+    return patcher
 
 
 def apply_identitynet(model, net, strength: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0,

@@ -421,13 +421,24 @@ def load_identitynet(path: str | os.PathLike) -> IdentityNet:
 def save_identitynet(net: IdentityNet, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write ``net`` as safetensors (IP-Adapter-FaceID key layout, fp32) with ``{"format", "config"}`` metadata
     (+ ``metadata``), atomically (temp file + rename)."""
+    meta = {"format": FORMAT, "config": json.dumps(asdict(net.config))}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    write_safetensors({k: v.detach().float() for k, v in net.state_dict().items()}, path, meta)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (moved to CPU, made contiguous) as safetensors atomically (temp file + rename), with the
+    permissions the umask gives (safetensors itself creates 0600 files, unreadable to a ComfyUI running as
+    another user)."""
     from safetensors.torch import save_file
 
     path = os.fspath(path)
-    meta = {"format": FORMAT, "config": json.dumps(asdict(net.config))}
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
     tmp = path + ".tmp"
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}, tmp, metadata=meta)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
