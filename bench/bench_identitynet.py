@@ -1,6 +1,7 @@
-"""Benchmark IdentityNet's cost at sampling time: seconds per sampling step, patched vs unpatched MODEL.
+"""Benchmark IdentityNet: sampling step time patched vs plain MODEL, and training samples/s.
 
     .venv/bin/python bench/bench_identitynet.py [--size 512] [--steps 4] [--repeats 3] [--cfg 7] [--device auto]
+    .venv/bin/python bench/bench_identitynet.py --train [--size 512] [--train-steps 3] [--micro-batch 4]
 
 Builds the full-size SD1.5 architecture with random weights in memory (``scripts/random_sd15.py``: UNet 859.5 M
 parameters, CLIP ViT-L/14 text encoder, KL-f8 VAE; fp16 on GPU, fp32 on CPU as ComfyUI picks), loads it through
@@ -14,13 +15,18 @@ SD1.5 shapes: 512-D ArcFace → 4 tokens of 768, 16 face K/V pairs). The same ``
 Runs alternate, after one warm-up each; each figure is the best of ``--repeats`` in seconds per step, and the
 overhead is patched/plain − 1 (goal: ≤ 10 %). ComfyUI runs in-process (no server); its device choice applies
 (``--device cpu`` forces CPU). Random weights: the figures are about speed only.
+
+``--train``: masked fine-tuning throughput (``scripts/train_identitynet.py``, bf16 autocast on CUDA, fp32 on CPU)
+with the same full-size random checkpoint (written to a temp file, 2.1 GB) on a dataset prepared from the real
+photos and GRID frames of ``../shared/data`` at ``--size``: ``--train-steps`` optimiser steps of one micro-batch
+each after one warm-up step; samples/s = samples / time of the timed steps.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import _common  # noqa: F401  (puts the repo root and scripts/ on sys.path)
+import _common  # puts the repo root and scripts/ on sys.path
 import comfy_headless
 
 
@@ -31,7 +37,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--device", choices=["auto", "cpu"], default="auto")
+    ap.add_argument("--train", action="store_true", help="measure training samples/s instead")
+    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--micro-batch", type=int, default=4)
     args = ap.parse_args(argv)
+    if args.train:
+        return bench_training(args)
 
     if args.device == "cpu":
         import sys
@@ -90,6 +101,39 @@ def main(argv=None) -> int:
           f"{args.repeats}:")
     print(f"  plain MODEL          {a * 1000:9.1f} ms/step")
     print(f"  IdentityNet patched  {b * 1000:9.1f} ms/step   overhead {100 * (b / a - 1):+.1f} %  (goal <= +10 %)")
+    return 0
+
+
+def bench_training(args) -> int:
+    """Training samples/s on the full-size random SD1.5 (see the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import prepare_identity_data as prep
+    import random_sd15
+    import torch
+    import train_identitynet as trainer
+
+    data_src = _common.require_shared_data()
+    comfy_headless.prepare()  # ComfyUI importable (random_sd15 builds the shapes with comfy's own modules)
+    root = Path(tempfile.mkdtemp(prefix="ptalk_bench_train_"))
+    src = root / "src"
+    src.mkdir()
+    for f in ("photos/astronaut.png", "photos/grid_still_lbax4n.png", "video/bbaf2n.mpg", "video/lwbsza.mpg"):
+        (src / Path(f).name).symlink_to(data_src / f)
+    prep.prepare_dataset(src, root / "data", frames_per_video=4, size=args.size, backend="dlib")
+    t = time.perf_counter()
+    ckpt = random_sd15.write_sd15_checkpoint(root / "sd15_full_random.safetensors", size="full", seed=0)
+    print(f"full random checkpoint written in {time.perf_counter() - t:.1f} s")
+    common = ["--data", str(root / "data"), "--checkpoint", str(ckpt), "--resolution", str(args.size),
+              "--batch", str(args.micro_batch), "--micro-batch", str(args.micro_batch), "--eval-samples", "0",
+              "--save-every", "100000", "-q", "--device", "cpu" if args.device == "cpu" else "auto"]
+    trainer.train(trainer._parse(common + ["--out", str(root / "warm"), "--steps", "1"]))  # load + warm-up
+    s = trainer.train(trainer._parse(common + ["--out", str(root / "run"), "--steps", str(args.train_steps)]))
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() and s["device"] != "cpu" else "cpu"
+    print(f"IdentityNet training, full-size SD1.5 UNet (random), {args.size}x{args.size}, micro-batch "
+          f"{args.micro_batch}, {s['precision']} on {dev}: {s['seconds_per_step']:.2f} s/step = "
+          f"{s['samples_per_second']:.2f} samples/s")
     return 0
 
 
