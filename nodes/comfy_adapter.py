@@ -278,7 +278,9 @@ def register_identitynet_folders() -> None:
 
     for name in IDENTITYNET_FOLDERS:
         _register_folder(name, ".safetensors")
-        folder_paths.folder_names_and_paths[name][1].update(_WEIGHT_EXTENSIONS)
+        paths, exts = folder_paths.folder_names_and_paths[name]
+        if not set(_WEIGHT_EXTENSIONS) <= set(exts):  # a new set: another pack's may be shared with other folders
+            folder_paths.folder_names_and_paths[name] = (paths, set(exts) | set(_WEIGHT_EXTENSIONS))
 
 
 def identitynet_options() -> list[str]:
@@ -295,7 +297,10 @@ def resolve_identitynet(choice: str) -> str:
 
     register_identitynet_folders()
     folder, _, name = choice.partition("/")
-    path = folder_paths.get_full_path(folder, name) if folder in IDENTITYNET_FOLDERS else None
+    if folder in IDENTITYNET_FOLDERS:
+        path = folder_paths.get_full_path(folder, name)
+    else:  # a bare file name (older workflows, IPAdapter-style): look in both folders
+        path = next((p for p in (folder_paths.get_full_path(f, choice) for f in IDENTITYNET_FOLDERS) if p), None)
     if path is None:
         raise FileNotFoundError(f"{choice!r} was not found; put IdentityNet / IP-Adapter-FaceID weights in "
                                 f"ComfyUI/models/portraittalk or ComfyUI/models/ipadapter")
@@ -325,60 +330,124 @@ def cross_attention_layers(model) -> list[tuple[tuple, int, int]]:
     return out
 
 
-class _IdentityRuntime:
-    """What the attn2 patches of one IdentityNet Apply share: the net, strength, active sigma range and the
-    fallback face tokens for positive conditionings that carry none."""
+def module_patcher(module):
+    """A ModelPatcher for an extra torch module (IdentityNet, AnimateNet), made once per module and kept on it,
+    so ``comfy.model_management`` loads it to the sampling device with the UNet and offloads it after."""
+    patcher = module.__dict__.get("_ptalk_patcher")
+    if patcher is None:
+        import comfy.model_management as mm
+        import comfy.model_patcher
 
-    def __init__(self, net, strength: float, sigma_start: float, sigma_end: float, default_tokens):
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        module.__dict__["_ptalk_patcher"] = patcher  # a plain attribute (not a submodule); freed with the module
+    return patcher
+
+
+def load_module(module) -> None:
+    """Load an extra module (IdentityNet, AnimateNet) fully onto ComfyUI's compute device through
+    ``comfy.model_management`` before using it outside a sampler (e.g. to make tokens)."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([module_patcher(module)], force_full_load=True)
+
+
+class _IdentityRuntime:
+    """What the attn2 patches of one IdentityNet Apply share: the net, strength, the active range of sampling
+    progress and the fallback face tokens for positive conditionings that carry none.
+
+    Per sampling run, the OUTER_SAMPLE wrapper puts ``{"by_uuid": {uuid: tokens}, "positive": {uuids},
+    "model_sampling": …}`` into ``transformer_options[IDENTITY_KEY]``; direct UNet calls (the trainer) put
+    ``{"rows": tokens [B, N, T]}`` there instead. ``ModelPatcher.clone`` deep-copies ``model_options``; the
+    runtime is shared by clones, never copied (the net stays the one ``comfy.model_management`` manages).
+    """
+
+    def __init__(self, net, strength: float, start_percent: float, end_percent: float, default_tokens):
         self.net, self.strength = net, float(strength)
-        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self.percent_range = (float(start_percent), float(end_percent))
         self.default_tokens = default_tokens
+        self._memo = None  # (uuids list, sigmas tensor, batch, model_sampling, result) of the last lookup
+        self._sigma_range = (None, None)  # (model_sampling, (sigma_start, sigma_end))
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _active(self, sigmas, model_sampling) -> bool:
+        if sigmas is None or model_sampling is None or not torch.is_tensor(sigmas) or not sigmas.numel():
+            return True
+        if self._sigma_range[0] is not model_sampling:  # thresholds of the model sampling used now
+            self._sigma_range = (model_sampling, tuple(float(model_sampling.percent_to_sigma(p))
+                                                       for p in self.percent_range))
+        hi, lo = self._sigma_range[1]
+        return lo <= float(sigmas.detach().flatten()[0]) <= hi
+
+    def _check(self, tok: torch.Tensor, per: int) -> torch.Tensor:
+        tok = tok.reshape(-1, tok.shape[-2], tok.shape[-1])
+        if tok.shape[-1] != self.net.config.token_dim or tok.shape[0] not in (1, per):
+            raise ValueError(f"[PortraitTalk · IdentityNet] face tokens of shape {tuple(tok.shape)} do not fit "
+                             f"{self.net.source} (width {self.net.config.token_dim}) on a batch of {per}: make the "
+                             "conditioning with Text Encode and the same IdentityNet")
+        return tok.expand(per, -1, -1)
 
     def rows_and_tokens(self, batch: int, opts: dict):
-        """(row index ``[R]`` or None for all rows, face tokens ``[R, N, T]``) for this forward pass, or None
-        when no row has an identity or the step is outside [start, end]."""
+        """(row index ``[R]`` long or None for all rows, face tokens ``[R, N, T]``) for this forward pass of a
+        ``batch``-row UNet call, or None when no row has an identity, strength is 0 or the step is outside
+        [start, end]. Positive chunks without tokens get the fallback; other chunks get none."""
         if self.strength == 0.0:
             return None
-        sigmas = opts.get("sigmas")
-        if sigmas is not None and torch.is_tensor(sigmas) and sigmas.numel():
-            s = float(sigmas.detach().flatten()[0])
-            if not (self.sigma_end <= s <= self.sigma_start):
-                return None
         state = opts.get(IDENTITY_KEY) or {}
-        if "rows" in state:  # direct UNet calls (training): one token set per batch row
+        if "rows" in state:  # direct UNet calls (training): one token set per batch row, always active
             return None, state["rows"]
-        by_uuid = state.get("by_uuid", {})
-        uuids, cond_or_uncond = opts.get("uuids"), opts.get("cond_or_uncond")
-        if not cond_or_uncond:
-            return None
-        per = batch // len(cond_or_uncond)
-        rows, toks = [], []
-        for j, kind in enumerate(cond_or_uncond):
-            tok = by_uuid.get(uuids[j]) if uuids else None
-            if tok is None and kind == 0:  # positive without its own identity → the Apply node's face embed
-                tok = self.default_tokens
-            if tok is None:  # negative / no identity: zero face tokens contribute exactly nothing
-                continue
-            tok = tok.reshape(-1, tok.shape[-2], tok.shape[-1])
-            rows.extend(range(j * per, (j + 1) * per))
-            toks.append(tok.expand(per, -1, -1) if tok.shape[0] == 1 else tok[:per])
-        if not rows:
-            return None
-        return torch.tensor(rows, dtype=torch.long), torch.cat(toks)
+        uuids, cond_or_uncond, sigmas = opts.get("uuids"), opts.get("cond_or_uncond"), opts.get("sigmas")
+        ms = state.get("model_sampling")
+        m = self._memo  # the 16 layers of one UNet call share uuids/sigmas objects: compute once per call
+        if m is not None and m[0] is uuids and m[1] is sigmas and m[2] == batch and m[3] is ms:
+            return m[4]
+        result = None
+        if cond_or_uncond and self._active(sigmas, ms):
+            by_uuid, positive = state.get("by_uuid", {}), state.get("positive")
+            per = batch // len(cond_or_uncond)
+            rows, toks = [], []
+            for j, kind in enumerate(cond_or_uncond):
+                uid = uuids[j] if uuids else None
+                tok = by_uuid.get(uid)
+                is_positive = (uid in positive) if positive is not None else kind == 0
+                if tok is None and is_positive:  # positive without its own identity → Apply's face embed
+                    tok = self.default_tokens
+                if tok is None:  # negative / no identity: zero face tokens contribute exactly nothing
+                    continue
+                rows.extend(range(j * per, (j + 1) * per))
+                toks.append(self._check(tok, per))
+            if rows:
+                result = (torch.tensor(rows, dtype=torch.long), torch.cat(toks))
+        self._memo = (uuids, sigmas, batch, ms, result)
+        return result
 
 
 class _IdentityAttn2Patch:
-    """attn2 replace patch of one cross-attention layer: ComfyUI hands it the layer's projected ``q, k, v``;
-    it returns the decoupled cross-attention (paper §III-A), ``Attn(q, k, v) + strength · Attn(q, K_face,
-    V_face)``, computed with ComfyUI's own attention function so strength 0 is bit-identical."""
+    """attn2 replace patch of one cross-attention layer. ComfyUI hands it the layer's projected ``q`` ``[B, Lq,
+    H·d]``, ``k``, ``v`` ``[B, Lt, H·d]`` (UNet dtype and device); it returns the decoupled cross-attention
+    (paper §III-A) ``Attn(q, k, v) + strength · Attn(q, K_face, V_face)`` — face K/V computed in the net's dtype,
+    cast to q's. The text term is ComfyUI's own attention (bit-identical at strength 0) or, when the MODEL already
+    had an attn2 replace patch at this layer (applied before IdentityNet), that patch's output."""
 
-    def __init__(self, runtime: _IdentityRuntime, layer: int):
-        self.runtime, self.layer = runtime, layer
+    def __init__(self, runtime: _IdentityRuntime, layer: int, inner=None):
+        self.runtime, self.layer, self.inner = runtime, layer, inner
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return _IdentityAttn2Patch(self.runtime, self.layer, copy.deepcopy(self.inner, memo))
+
+    def add(self, *args, **kwargs):
+        """IPAdapter_plus adds to the patch already at a key; IdentityNet cannot host its callbacks."""
+        raise RuntimeError("[PortraitTalk · IdentityNet Apply] an IPAdapter (or another attn2 patch) was applied "
+                           "after IdentityNet Apply on this MODEL: apply it before IdentityNet Apply instead")
 
     def __call__(self, q, k, v, extra_options):
         import comfy.ldm.modules.attention as attention_module
 
-        from ..ptalk_models.identitynet import decoupled_attention
+        from ..ptalk_models.identitynet import add_face_attention
 
         def attention(q_, k_, v_, heads):
             return attention_module.optimized_attention(q_, k_, v_, heads,
@@ -386,67 +455,62 @@ class _IdentityAttn2Patch:
                                                         transformer_options=extra_options)
 
         heads = extra_options["n_heads"]
+        out = self.inner(q, k, v, extra_options) if self.inner is not None else attention(q, k, v, heads)
         found = self.runtime.rows_and_tokens(q.shape[0], extra_options)
         if found is None:
-            return attention(q, k, v, heads)
+            return out
         rows, tokens = found
         kv = self.runtime.net.layer(self.layer)
         w_k, w_v = kv.to_k_ip.weight, kv.to_v_ip.weight
         t = tokens.to(device=w_k.device, dtype=w_k.dtype)
         k_face = torch.nn.functional.linear(t, w_k).to(q.device)
         v_face = torch.nn.functional.linear(t, w_v).to(q.device)
-        return decoupled_attention(q, k, v, k_face, v_face, heads, self.runtime.strength, attention,
-                                   None if rows is None else rows.to(q.device))
+        return add_face_attention(out, q, k_face, v_face, heads, self.runtime.strength, attention,
+                                  None if rows is None else rows.to(q.device, non_blocking=True))
 
 
-def _identity_cond_wrapper(executor, model, conds, x_in, timestep, model_options):
-    """CALC_COND_BATCH wrapper: maps each conditioning's uuid to the face tokens it carries (Text Encode) and
-    hands that map to the attn2 patches through ``transformer_options[IDENTITY_KEY]``."""
-    by_uuid = {}
-    for group in conds:
+def _identity_outer_wrapper(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: before sampling, reads the guider's conditionings — which uuids are positive, and
+    the face tokens each carries (``IDENTITY_KEY``, from Text Encode) — into ``transformer_options`` of this
+    run (the guider's model_options are a per-run copy), for the attn2 patches."""
+    guider = executor.class_obj
+    by_uuid, positive = {}, set()
+    for kind, group in (getattr(guider, "conds", None) or {}).items():
         for c in group or ():
-            tok = c.get(IDENTITY_KEY)
-            if tok is not None:
-                by_uuid[c["uuid"]] = tok
-    options = dict(model_options)
-    transformer_options = dict(options.get("transformer_options", {}))
-    transformer_options[IDENTITY_KEY] = {"by_uuid": by_uuid}
-    options["transformer_options"] = transformer_options
-    return executor(model, conds, x_in, timestep, options)
-
-
-def _identitynet_patcher(net):
-    """A ModelPatcher for the IdentityNet weights (made once per net and kept on it), so
-    ``comfy.model_management`` loads them to the sampling device with the UNet and offloads them after."""
-    patcher = net.__dict__.get("_ptalk_patcher")
-    if patcher is None:
-        import comfy.model_management as mm
-        import comfy.model_patcher
-
-        patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        net.__dict__["_ptalk_patcher"] = patcher  # a plain attribute (not a submodule); freed with the net
-    return patcher
+            uid = c.get("uuid")
+            if kind == "positive":
+                positive.add(uid)
+            if c.get(IDENTITY_KEY) is not None:
+                by_uuid[uid] = c[IDENTITY_KEY]
+    transformer_options = guider.model_options.setdefault("transformer_options", {})
+    transformer_options[IDENTITY_KEY] = {"by_uuid": by_uuid, "positive": positive,
+                                         "model_sampling": guider.model_patcher.get_model_object("model_sampling")}
+    return executor(*args, **kwargs)
 
 
 def apply_identitynet(model, net, strength: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0,
                       default_tokens: torch.Tensor | None = None, node: str = "IdentityNet Apply"):
     """A clone of the ComfyUI MODEL ``model`` with IdentityNet installed; ``model`` itself is untouched.
 
-    Every cross-attention layer gets an attn2 replace patch (decoupled cross-attention, §III-A); a
-    CALC_COND_BATCH wrapper passes each CONDITIONING's face tokens (``IDENTITY_KEY``, from Text Encode) to the
-    patches, so positive and negative conditionings keep their own identity: a conditioning without tokens
-    gets none (zero face tokens), except that positive ones fall back to ``default_tokens`` (``[1, N, T]``)
-    when given. ``strength`` scales the face term; it is active for sampling progress in
-    [``start_percent``, ``end_percent``]. The net's weights are an additional model of the clone (loaded and
-    offloaded by ``comfy.model_management``).
+    Every cross-attention layer gets an attn2 replace patch (decoupled cross-attention, §III-A; an attn2 patch
+    already there, e.g. IPAdapter applied before, is kept and computes the text term); an OUTER_SAMPLE wrapper
+    hands each CONDITIONING's face tokens (``IDENTITY_KEY``, from Text Encode) to the patches by uuid, so every
+    conditioning keeps its own identity: one without tokens gets none (zero face tokens — unlike IP-Adapter's
+    zero-*embedding* negative), except that positive ones fall back to ``default_tokens`` (``[1, N, T]``)
+    when given. ``strength`` scales the face term; it acts for sampling progress in [``start_percent``,
+    ``end_percent``] (converted to sigmas with the model sampling in use at sample time). The net's weights
+    are an additional model of the clone (loaded and offloaded by ``comfy.model_management``).
 
-    Raises :class:`NodeInputError` when the net does not fit the model (layer count/widths, context width).
+    Raises :class:`NodeInputError` when the net does not fit the model (layer count/widths, context width) or
+    the percent range is empty.
     """
     import comfy.patcher_extension
 
     from ..ptalk_models.identitynet import IdentityNetFormatError
 
+    if end_percent < start_percent:
+        raise node_error(node, "end_percent", f"end_percent {end_percent} is before start_percent {start_percent}: "
+                                              "the identity would never act")
     layers = cross_attention_layers(model)
     if not layers:
         raise node_error(node, "model", "this MODEL has no UNet cross-attention layers; IdentityNet needs an "
@@ -455,15 +519,18 @@ def apply_identitynet(model, net, strength: float = 1.0, start_percent: float = 
         net.check_layers([w for _, w, _ in layers], layers[0][2])
     except IdentityNetFormatError as e:
         raise node_error(node, "identitynet", f"{e}. Use an SD1.5 checkpoint with an SD1.5 IdentityNet") from None
-    sampling = model.get_model_object("model_sampling")
-    runtime = _IdentityRuntime(net, strength, sampling.percent_to_sigma(float(start_percent)),
-                               sampling.percent_to_sigma(float(end_percent)), default_tokens)
+    runtime = _IdentityRuntime(net, strength, start_percent, end_percent, default_tokens)
     patched = model.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for i, (key, _, _) in enumerate(layers):
-        patched.set_model_attn2_replace(_IdentityAttn2Patch(runtime, i), *key)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, IDENTITY_KEY,
-                                 _identity_cond_wrapper)
-    patched.set_additional_models(IDENTITY_KEY, [_identitynet_patcher(net)])
+        inner = existing.get(key, existing.get(key[:2]))
+        if isinstance(inner, _IdentityAttn2Patch):  # a second Apply replaces the first IdentityNet
+            inner = inner.inner
+        patched.set_model_attn2_replace(_IdentityAttn2Patch(runtime, i, inner), *key)
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, IDENTITY_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, IDENTITY_KEY,
+                                 _identity_outer_wrapper)
+    patched.set_additional_models(IDENTITY_KEY, [module_patcher(net)])
     return patched
 
 
@@ -517,3 +584,4 @@ def scheduler_names() -> list[str]:
     import comfy.samplers
 
     return list(comfy.samplers.KSampler.SCHEDULERS)
+

@@ -6,15 +6,18 @@ import numpy as np
 from comfy_api.latest import io
 
 from ..ptalk_models.identitynet import IdentityNetFormatError
-from .comfy_adapter import CATEGORY, FaceEmbed, IdentityNetType, attach_face_tokens, node_error, numpy_to_image
+from .comfy_adapter import (CATEGORY, FaceEmbed, IdentityNetType, attach_face_tokens, load_module, node_error,
+                            numpy_to_image)
 
 NODE = "Text Encode"
 
 
 def face_tokens_or_none(node: str, net, face_embed, clip_vision):
     """Face tokens ``[1, N, T]`` (float32, CPU) of a PTALK_FACE_EMBED's mean embedding through ``net``'s
-    projection, or None without a face embed. FaceID-PlusV2 nets also take CLIP-vision features (penultimate
-    hidden states, averaged over the face crops). Raises NodeInputError naming the input to fix."""
+    projection, or None without a face embed. FaceID-Plus nets also take CLIP-vision features: penultimate
+    hidden states of the 224-px ArcFace-aligned faces with background (``face_images``, InsightFace
+    ``norm_crop`` style, what IP-Adapter-FaceID-Plus was trained on), averaged over the reference images.
+    Raises NodeInputError naming the input to fix."""
     import torch
 
     if face_embed is None:
@@ -24,15 +27,18 @@ def face_tokens_or_none(node: str, net, face_embed, clip_vision):
                                               "connect IdentityNet Loader")
     mean = np.asarray(face_embed.mean, np.float32)
     if not np.isfinite(mean).all():
-        raise node_error(node, "face_embed", "the face embed has no face (all reference images were faceless)")
+        raise node_error(node, "face_embed", "the face embed has no face (all reference images were faceless): "
+                                             "give Face Embed photos with a clearly visible face")
     clip_embeds = None
     if net.needs_clip_vision:
         if clip_vision is None:
             raise node_error(node, "clip_vision", f"{net.source} is FaceID-PlusV2: connect a CLIP vision model "
                                                   "(ViT-H, Load CLIP Vision)")
-        crops = face_embed.crops[np.asarray(face_embed.present, bool)]
-        clip_embeds = clip_vision.encode_image(numpy_to_image(crops)).penultimate_hidden_states
+        faces = face_embed.face_images if face_embed.face_images is not None else face_embed.crops
+        faces = faces[np.asarray(face_embed.present, bool)]
+        clip_embeds = clip_vision.encode_image(numpy_to_image(faces)).penultimate_hidden_states
         clip_embeds = clip_embeds.float().mean(0, keepdim=True).cpu()
+    load_module(net)  # fully on one device (a lowvram partial load may have split it)
     try:
         with torch.no_grad():
             return net.face_tokens(torch.from_numpy(mean)[None], clip_embeds).float().cpu()

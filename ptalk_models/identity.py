@@ -100,6 +100,9 @@ class FaceEmbedding:
     ``crops``    uint8 RGB ``[N, S, S, 3]``: the aligned, background-removed crops the network saw
                (S = 150 dlib chip, 112 ArcFace); zeros where no face.
     ``meta``     provenance: model files, alignment, background fill, image sizes …
+    ``face_images`` uint8 RGB ``[N, 224, 224, 3]``: the faces aligned to the ArcFace template at 224 px *with*
+               their background (InsightFace ``norm_crop`` style) — the CLIP-vision input of
+               IP-Adapter-FaceID-Plus; zeros where no face. None when not computed.
     """
 
     embeddings: np.ndarray
@@ -109,6 +112,7 @@ class FaceEmbedding:
     dim: int
     crops: np.ndarray
     meta: dict = field(default_factory=dict)
+    face_images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -463,4 +467,24 @@ def embed_faces(images, landmarks: FaceLandmarks | Sequence[FaceLandmarks] | Non
                  "distance": "euclidean" if backend == "dlib" else "cosine",
                  "threshold": SAME_PERSON_THRESHOLD[backend]})
     return FaceEmbedding(embeddings=emb, mean=mean.astype(np.float32), present=present, backend=backend,
-                         dim=EMBEDDING_DIM[backend], crops=crops, meta=meta)
+                         dim=EMBEDDING_DIM[backend], crops=crops, meta=meta,
+                         face_images=_aligned_faces(imgs, pts, present, CLIP_FACE_SIZE))
+
+
+#: Side of :attr:`FaceEmbedding.face_images` (IP-Adapter-FaceID-Plus's CLIP-vision face crop for SD1.5).
+CLIP_FACE_SIZE = 224
+
+
+def _aligned_faces(imgs, pts, present, size: int) -> np.ndarray:
+    """ArcFace-template-aligned ``size``² RGB crops with background (zeros outside the image, as InsightFace's
+    ``norm_crop``), uint8 ``[N, size, size, 3]``; zeros for faceless images."""
+    import cv2
+
+    out = np.zeros((len(imgs), size, size, 3), np.uint8)
+    for i in np.flatnonzero(present):
+        try:
+            M = arcface_align(imgs[i], pts[i], size)
+        except ValueError:
+            continue
+        out[i] = cv2.warpAffine(imgs[i], M, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    return out

@@ -27,7 +27,6 @@ Our own files are safetensors with that layout plus metadata ``{"format": FORMAT
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FORMAT = "portraittalk-identitynet/1"
-KINDS = ("faceid", "faceid_plusv2")
+KINDS = ("faceid", "faceid_plus", "faceid_plusv2")
 #: Widths of the 16 cross-attention layers of SD1.5 in IP-Adapter order (input 1,2,4,5,7,8; output 3..11;
 #: middle).
 SD15_LAYER_DIMS = [320, 320, 640, 640, 1280, 1280] + [1280] * 3 + [640] * 3 + [320] * 3 + [1280]
@@ -53,8 +52,10 @@ class IdentityNetFormatError(ValueError):
 class IdentityNetConfig:
     """Architecture of an IdentityNet.
 
-    ``kind``: ``faceid`` (MLP projection) or ``faceid_plusv2`` (MLP + perceiver resampler over CLIP-vision
-    features, with a shortcut). ``id_dim``: face embedding width D (512 ArcFace, 128 dlib). ``hidden``: MLP
+    ``kind``: ``faceid`` (MLP projection), ``faceid_plus`` (MLP + perceiver resampler over CLIP-vision
+    features: the resampler output is the tokens) or ``faceid_plusv2`` (the same weights layout; tokens = MLP
+    tokens + the resampler output, IP-Adapter's v2 "shortcut"). ``id_dim``: face embedding width D (512
+    ArcFace, 128 dlib). ``hidden``: MLP
     hidden width. ``token_dim``: text-embedding width T (768 for SD1.5). ``num_tokens``: N. ``layer_dims``:
     output width of each cross-attention layer's face K/V, in IP-Adapter order. ``clip_dim`` /
     ``resampler_depth`` / ``resampler_dim_head`` / ``resampler_ff_mult``: the plusv2 resampler.
@@ -147,21 +148,23 @@ class FacePerceiverResampler(nn.Module):
 
 
 class FaceIdPlusProjection(FaceIdProjection):
-    """IP-Adapter-FaceID-PlusV2 projection: the MLP tokens ``x`` plus ``s_scale`` × the perceiver output over
-    CLIP-vision features of the face crop (the v2 "shortcut")."""
+    """IP-Adapter-FaceID-Plus projection: the perceiver output over CLIP-vision features of the face crop,
+    refining the MLP tokens ``x``; with ``shortcut`` (PlusV2) the tokens are ``x + s_scale ×`` that output."""
 
     def __init__(self, cfg: IdentityNetConfig):
         super().__init__(cfg.id_dim, cfg.hidden, cfg.token_dim, cfg.num_tokens)
+        self.shortcut = cfg.kind == "faceid_plusv2"
         self.perceiver_resampler = FacePerceiverResampler(cfg.token_dim, cfg.resampler_depth, cfg.resampler_dim_head,
                                                           cfg.clip_dim, cfg.resampler_ff_mult)
 
     def forward(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor | None = None,
                 s_scale: float = 1.0) -> torch.Tensor:
         if clip_embeds is None:
-            raise IdentityNetFormatError("this IdentityNet is FaceID-PlusV2: it needs CLIP-vision features of the "
+            raise IdentityNetFormatError("this IdentityNet is FaceID-Plus: it needs CLIP-vision features of the "
                                          "face (connect a CLIP_VISION, ViT-H)")
         x = super().forward(id_embeds)
-        return x + s_scale * self.perceiver_resampler(x, clip_embeds.to(x))
+        out = self.perceiver_resampler(x, clip_embeds.to(x))
+        return x + s_scale * out if self.shortcut else out
 
 
 class _FaceKV(nn.Module):
@@ -183,7 +186,7 @@ class IdentityNet(nn.Module):
     def __init__(self, cfg: IdentityNetConfig):
         super().__init__()
         self.config = cfg
-        self.image_proj = FaceIdPlusProjection(cfg) if cfg.kind == "faceid_plusv2" else FaceIdProjection(
+        self.image_proj = FaceIdPlusProjection(cfg) if cfg.kind != "faceid" else FaceIdProjection(
             cfg.id_dim, cfg.hidden, cfg.token_dim, cfg.num_tokens)
         self.ip_adapter = nn.ModuleDict({str(2 * i + 1): _FaceKV(cfg.token_dim, d) for i, d in enumerate(cfg.layer_dims)})
         self.ignored_keys: list[str] = []
@@ -191,7 +194,7 @@ class IdentityNet(nn.Module):
 
     @property
     def needs_clip_vision(self) -> bool:
-        return self.config.kind == "faceid_plusv2"
+        return self.config.kind != "faceid"
 
     def layer(self, i: int) -> _FaceKV:
         """Face K/V of the i-th cross-attention layer (IP-Adapter order)."""
@@ -257,21 +260,27 @@ def decoupled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_fac
     ``q`` ``[B, Lq, H·d]``; ``k``/``v`` ``[B, Lt, H·d]`` (text); ``k_face``/``v_face`` ``[R, N, H·d]`` for the
     batch rows ``rows`` (int index ``[R]``; all rows when None) — rows without face tokens get only the text
     term. ``scale``: float or ``[R]``. ``attention(q, k, v, heads)`` → ``[B, Lq, H·d]`` (default: PyTorch SDPA
-    with ``heads`` heads). With ``k_face`` None or scale 0 the result is exactly the text attention.
+    with ``heads`` heads). With ``k_face`` None the result is exactly the text attention.
     """
     attention = attention or sdpa_attention
     out = attention(q, k, v, heads)
     if k_face is None:
         return out
+    return add_face_attention(out, q, k_face, v_face, heads, scale, attention, rows)
+
+
+def add_face_attention(out: torch.Tensor, q: torch.Tensor, k_face: torch.Tensor, v_face: torch.Tensor, heads: int,
+                       scale: torch.Tensor | float, attention: Callable[..., torch.Tensor] | None = None,
+                       rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``out + scale · Attn(Q, K_face, V_face)`` on the batch rows ``rows`` (all when None): the face term of
+    :func:`decoupled_attention` added to an already computed text term ``out`` ``[B, Lq, H·d]``."""
+    attention = attention or sdpa_attention
     qf = q if rows is None else q.index_select(0, rows)
     face = attention(qf, k_face.to(q.dtype), v_face.to(q.dtype), heads)
-    if torch.is_tensor(scale):
-        face = face * scale.to(face).reshape(-1, 1, 1)
-    else:
-        face = face * scale
+    face = face * (scale.to(face).reshape(-1, 1, 1) if torch.is_tensor(scale) else scale)
     if rows is None:
         return out + face
-    return out.index_add(0, rows, face)
+    return out.index_add(0, rows, face.to(out.dtype))
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -301,7 +310,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = os.fspath(path)
     name = os.path.basename(path)
     if not os.path.isfile(path):
-        raise IdentityNetFormatError(f"{path} does not exist")
+        raise IdentityNetFormatError(f"{path} does not exist: put the weights in ComfyUI/models/portraittalk or "
+                                     "ComfyUI/models/ipadapter")
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError, safe_open
 
@@ -353,7 +363,11 @@ def infer_config(sd: dict[str, torch.Tensor], name: str = "weights") -> Identity
             "an SD1.5 one (width 768) for an SD1.5 checkpoint")
     if p2.shape[1] != p0.shape[0] or p2.shape[0] % token_dim:
         raise IdentityNetFormatError(f"{name}: inconsistent projection shapes {tuple(p0.shape)}, {tuple(p2.shape)}")
-    kind = "faceid_plusv2" if any(k.startswith("image_proj.perceiver_resampler.") for k in keys) else "faceid"
+    kind = "faceid"
+    if any(k.startswith("image_proj.perceiver_resampler.") for k in keys):
+        # Plus and PlusV2 share one layout; only their forward differs (v2 adds the MLP tokens back). As in
+        # IPAdapter_plus, the file name tells them apart ("…plusv2…"/"…v2…").
+        kind = "faceid_plusv2" if "v2" in name.lower() else "faceid_plus"
     idx = sorted({int(k.split(".")[1]) for k in keys if k.startswith("ip_adapter.") and k.endswith(".to_k_ip.weight")})
     if not idx:
         raise IdentityNetFormatError(f"{name} has a projection but no ip_adapter.*.to_k_ip.weight layers")
@@ -369,7 +383,7 @@ def infer_config(sd: dict[str, torch.Tensor], name: str = "weights") -> Identity
     cfg = dict(kind=kind, id_dim=int(p0.shape[1]), hidden=int(p0.shape[0]), token_dim=token_dim,
                num_tokens=int(p2.shape[0]) // token_dim, layer_dims=dims,
                embed_backend="dlib" if p0.shape[1] == 128 else "insightface")
-    if kind == "faceid_plusv2":
+    if kind != "faceid":
         pin = sd.get("image_proj.perceiver_resampler.proj_in.weight")
         if pin is None:
             raise IdentityNetFormatError(f"{name}: perceiver_resampler.proj_in.weight is missing")
@@ -415,6 +429,9 @@ def load_identitynet(path: str | os.PathLike) -> IdentityNet:
             cfg = IdentityNetConfig(**json.loads(meta["config"]))
         except (KeyError, TypeError, ValueError) as e:
             raise IdentityNetFormatError(f"{name}: unreadable IdentityNet config in the metadata ({e})") from None
+        if cfg.token_dim != 768:
+            raise IdentityNetFormatError(f"{name} is an {_arch_name(cfg.token_dim)} IdentityNet (cross-attention width "
+                                         f"{cfg.token_dim}); it needs an SD1.5 one (768) for an SD1.5 checkpoint")
     return identitynet_from_state_dict(sd, cfg, name)
 
 

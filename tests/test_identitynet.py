@@ -305,3 +305,96 @@ def test_attribute_editing_workflow_end_to_end(comfy, tiny_sd15, tiny_identityne
     frames, fps = read_video(videos[0])
     assert frames.shape[1:] == (128, 128, 3) and abs(fps - 25) < 1e-6
     assert len(frames) > 25  # beckett.wav is several seconds of speech
+
+
+# ------------------------------------------------------------------------------------ review regressions
+def test_clone_of_patched_model_shares_the_managed_net(adapter, sd, nets, conds):
+    """LoRA loaders, FreeU, ModelSampling… clone the MODEL after Apply (deep-copying model_options): the clone's
+    patches must keep using the one IdentityNet that comfy.model_management manages, with the same result."""
+    patched = adapter.apply_identitynet(sd[0], nets["dlib"], strength=1.0)
+    clone = patched.clone()
+    patches = clone.model_options["transformer_options"]["patches_replace"]["attn2"].values()
+    assert all(p.runtime.net is nets["dlib"] for p in patches)
+    assert clone.get_additional_models_with_key(adapter.IDENTITY_KEY)[0].model is nets["dlib"]
+    assert torch.equal(_sample(adapter, clone, conds["astronaut"], conds["neg"]),
+                       _sample(adapter, patched, conds["astronaut"], conds["neg"]))
+
+
+def test_an_earlier_attn2_patch_is_kept(adapter, sd, nets, conds):
+    """A patch already at a layer (e.g. IPAdapter applied before IdentityNet) computes the text term; one added
+    after IdentityNet through IPAdapter_plus's ``.add`` gets a clear error."""
+    import comfy.ldm.modules.attention as attention
+
+    def damped(q, k, v, extra_options):  # a real replace patch: half the text attention
+        return 0.5 * attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    earlier = sd[0].clone()
+    for key, _, _ in adapter.cross_attention_layers(earlier):
+        earlier.set_model_attn2_replace(damped, *key)
+    only_earlier = _sample(adapter, earlier, conds["plain"], conds["neg"])
+    assert not torch.equal(only_earlier, _sample(adapter, sd[0], conds["plain"], conds["neg"]))
+    both0 = adapter.apply_identitynet(earlier, nets["dlib"], strength=0.0)
+    assert torch.equal(_sample(adapter, both0, conds["astronaut"], conds["neg"]), only_earlier)
+    both = adapter.apply_identitynet(earlier, nets["dlib"], strength=1.0)
+    assert not torch.equal(_sample(adapter, both, conds["astronaut"], conds["neg"]), only_earlier)
+    patch = next(iter(both.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
+    with pytest.raises(RuntimeError, match="apply it before IdentityNet Apply"):
+        patch.add(lambda *a: None)
+
+
+def test_combined_conditionings_keep_their_own_faces(comfy, adapter, sd, nets, conds):
+    """Conditioning Combine of two identities: both faces act (≠ the same face twice, ≠ either alone)."""
+    combine = comfy.nodes.NODE_CLASS_MAPPINGS["ConditioningCombine"]().combine
+    patched = adapter.apply_identitynet(sd[0], nets["dlib"], strength=1.0)
+    ag = _sample(adapter, patched, combine(conds["astronaut"], conds["grid"])[0], conds["neg"])
+    aa = _sample(adapter, patched, combine(conds["astronaut"], conds["astronaut"])[0], conds["neg"])
+    gg = _sample(adapter, patched, combine(conds["grid"], conds["grid"])[0], conds["neg"])
+    assert not torch.equal(ag, aa) and not torch.equal(ag, gg)
+
+
+def test_empty_percent_range_is_refused(adapter, sd, nets):
+    with pytest.raises(ValueError, match="end_percent.*before start_percent"):
+        adapter.apply_identitynet(sd[0], nets["dlib"], start_percent=0.8, end_percent=0.2)
+
+
+def test_sampler_without_init_image(comfy, sd, nets, conds):
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkIdentityNetSampler"]
+    model, _, vae = sd
+    args = dict(model=model, identitynet=nets["dlib"], positive=conds["astronaut"], negative=conds["neg"], vae=vae,
+                seed=5, steps=2, cfg=4.0, sampler_name="euler", scheduler="normal", denoise=1.0, strength=1.0,
+                start_percent=0.0, end_percent=1.0, width=64, height=72, batch_size=2)
+    latent, images = node.execute(**args).result
+    assert latent["samples"].shape == (2, 4, 9, 8) and images.shape == (2, 72, 64, 3)
+    assert torch.isfinite(images).all() and not torch.equal(images[0], images[1])
+    assert torch.equal(node.execute(**args).result[1], images)
+
+
+def test_plus_v1_and_v2_differ_by_file_name(tmp_path):
+    """FaceID-Plus and -PlusV2 files share one layout; v2 (name with "v2") adds the MLP tokens back."""
+    net = new_identitynet(IdentityNetConfig(kind="faceid_plusv2", clip_dim=32, resampler_depth=1,
+                                            layer_dims=[320]), seed=6)
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(sd, tmp_path / "ip-adapter-faceid-plus_sd15.safetensors")
+    save_file(sd, tmp_path / "ip-adapter-faceid-plusv2_sd15.safetensors")
+    v1 = load_identitynet(tmp_path / "ip-adapter-faceid-plus_sd15.safetensors")
+    v2 = load_identitynet(tmp_path / "ip-adapter-faceid-plusv2_sd15.safetensors")
+    assert (v1.config.kind, v2.config.kind) == ("faceid_plus", "faceid_plusv2")
+    emb, clip = torch.randn(1, 512), torch.randn(1, 9, 32)
+    x = v2.image_proj.norm(v2.image_proj.proj(emb).reshape(1, 4, 768))
+    assert torch.allclose(v2.face_tokens(emb, clip) - v1.face_tokens(emb, clip), x, atol=1e-5)
+
+
+def test_face_images_are_arcface_aligned_with_background(faces):
+    """Face Embed's 224-px CLIP-vision face crops: the face re-detected by MediaPipe sits on the ArcFace
+    template (eyes within a few pixels), with its background kept (not the neutral fill of the crops)."""
+    from ptalk_models.face import detect_landmarks
+    from ptalk_models.identity import ARCFACE_TEMPLATE, CLIP_FACE_SIZE, arcface_points
+
+    img = faces["astronaut"].face_images
+    assert img.shape == (1, CLIP_FACE_SIZE, CLIP_FACE_SIZE, 3) and img.dtype == np.uint8
+    lm = detect_landmarks(img[0])
+    five = arcface_points(lm.pixels(0))
+    err = np.linalg.norm(five - ARCFACE_TEMPLATE * (CLIP_FACE_SIZE / 112.0), axis=1)
+    assert err[:2].max() < 6.0, err  # the two eye centres
+    corner = img[0, :20, :20].reshape(-1, 3).astype(float)
+    assert corner.std(0).max() > 2.0 or abs(corner.mean() - 127) > 20  # real background, not a flat fill
