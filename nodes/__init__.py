@@ -1,7 +1,7 @@
 """PortraitTalk ComfyUI nodes (V3 schema). Thin classes over ``ptalk_models``; one file per pipeline stage,
 each exporting its node classes as ``NODES``."""
-from . import (adfd_score, audio_landmarks, contour_guide, draw_landmarks, face_embed, face_landmarks, identitynet,
-               text_encode, warp_render)
+from . import (adfd_score, animatenet, audio_landmarks, contour_guide, draw_landmarks, face_embed, face_landmarks,
+               identitynet, text_encode, warp_render)
 
 NODE_LIST = [
     *face_landmarks.NODES,
@@ -13,4 +13,5 @@ NODE_LIST = [
     *adfd_score.NODES,
     *text_encode.NODES,
     *identitynet.NODES,
+    *animatenet.NODES,
 ]

@@ -585,3 +585,235 @@ def scheduler_names() -> list[str]:
 
     return list(comfy.samplers.KSampler.SCHEDULERS)
 
+
+# ----------------------------------------------------------------------------------------------------------
+# AnimateNet (issue 5): a comfy.controlnet.ControlBase for the motion→frame branch, and the frame-window loop
+# of the Temporal Sampler
+# ----------------------------------------------------------------------------------------------------------
+#: ComfyUI socket type carrying a :class:`ptalk_models.animatenet.AnimateNet`.
+AnimateNetType = io.Custom("PTALK_ANIMATENET")
+
+
+class TemporalWindow:
+    """The conditions of one window of W consecutive frames, shared by the AnimateNet control and the sampler.
+
+    ``tokens``: precomputed structure / identity tokens ``[W, G², D]`` (they do not change across steps).
+    ``anchor``: latent ``[1, 4, h, w]`` (model space, i.e. after ``process_latent_in``) of the frame before the
+    window — the reference for frame 0. ``estimates``: the current x0 estimates ``[W, 4, h, w]`` of the window's
+    frames (model space), updated after every sampling step. Frame j's temporal condition is the latent of frame
+    j − 1: the anchor for j = 0, else frame j − 1's estimate from the previous step (step-lagged; exact when
+    W = 1), so frame t depends on frame t − 1 while W frames are denoised as one batch.
+    """
+
+    def __init__(self, tokens: dict, anchor: torch.Tensor, estimates: torch.Tensor):
+        self.tokens, self.anchor, self.estimates = tokens, anchor, estimates
+
+    def temporal_latents(self) -> torch.Tensor:
+        est = self.estimates
+        return torch.cat([self.anchor.to(est), est[:-1]], dim=0)
+
+
+_CONTROL_CLASS = None
+
+
+def animatenet_control_class():
+    """The ``comfy.controlnet.ControlBase`` subclass running AnimateNet (made on first use, so importing this
+    module does not import ``comfy.controlnet``)."""
+    global _CONTROL_CLASS
+    if _CONTROL_CLASS is not None:
+        return _CONTROL_CLASS
+    import comfy.controlnet
+
+    class AnimateNetControl(comfy.controlnet.ControlBase):
+        """AnimateNet as a ComfyUI control: chains with other ControlNets (``previous_controlnet``), honours
+        strength and start/end percent (``ControlBase``), its weights are a ModelPatcher returned by
+        ``get_models`` so ``comfy.model_management`` loads and offloads them. Residuals follow ComfyUI's control
+        format (``{"output": [per input block], "middle": [1]}``) and are added to the UNet's skip connections
+        and middle block (paper §III-B: zero-convolution fusion)."""
+
+        def __init__(self, net, patcher, window: TemporalWindow):
+            super().__init__()
+            self.net, self.patcher, self.window = net, patcher, window
+            self.model_sampling_current = None
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            prev = None
+            if self.previous_controlnet is not None:
+                prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+                return prev
+            p = next(self.net.parameters())
+            dtype, device = p.dtype, p.device
+            ms = self.model_sampling_current
+            timestep = ms.timestep(t).to(device, dtype)
+            x_in = ms.calculate_input(t, x_noisy).to(device, dtype)
+            w = self.window
+            tokens = {k: v.to(device, dtype) for k, v in w.tokens.items()}
+            if self.net.has_temporal:  # the previous frames' latents → temporal tokens (cheap: a small conv stack)
+                tokens["temporal"] = self.net.temporal_encoder(w.temporal_latents().to(device, dtype))
+            reps = max(1, x_noisy.shape[0] // next(iter(tokens.values())).shape[0])
+            tokens = {k: v.repeat(reps, 1, 1) for k, v in tokens.items()}  # cond chunk(s), uncond chunk(s)
+            out = self.net(x_in, timestep, tokens=tokens)
+            control = {"output": [o.to(x_noisy.dtype) for o in out["output"]],
+                       "middle": [o.to(x_noisy.dtype) for o in out["middle"]]}
+            return self.control_merge(control, prev, output_dtype=None)
+
+        def copy(self):
+            c = AnimateNetControl(self.net, self.patcher, self.window)
+            self.copy_to(c)
+            return c
+
+        def get_models(self):
+            return super().get_models() + [self.patcher]
+
+        def pre_run(self, model, percent_to_timestep_function):
+            super().pre_run(model, percent_to_timestep_function)
+            self.model_sampling_current = model.model_sampling
+
+        def cleanup(self):
+            self.model_sampling_current = None
+            super().cleanup()
+
+    _CONTROL_CLASS = AnimateNetControl
+    return _CONTROL_CLASS
+
+
+def with_control(positive: list, negative: list, make_control) -> tuple[list, list]:
+    """Copies of the positive and negative CONDITIONING lists whose entries carry the control ``make_control()``
+    chained after the control they already had — one new control per distinct previous one, shared by positive
+    and negative (as core Apply ControlNet does, so cond and uncond still run as one batch)."""
+    made = {}
+
+    def attach(conditioning):
+        out = []
+        for cond, extra in conditioning:
+            extra = dict(extra)
+            prev = extra.get("control")
+            if id(prev) not in made:
+                c = make_control()
+                if prev is not None:
+                    c.set_previous_controlnet(prev)
+                made[id(prev)] = c
+            extra["control"] = made[id(prev)]
+            extra["control_apply_to_uncond"] = False
+            out.append([cond, extra])
+        return out
+
+    return attach(positive), attach(negative)
+
+
+def _decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """VAE-decode ``[T, 4, h, w]`` latents in chunks → IMAGE ``[T, H, W, 3]`` float in [0, 1]."""
+    return torch.cat([vae.decode(latents[i:i + chunk])[..., :3] for i in range(0, latents.shape[0], chunk)])
+
+
+def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[int, int], reference: torch.Tensor,
+                    conditions, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                    denoise: float, window: int, animatenet=None, controlnets=(), strength: float = 1.0,
+                    percent_range: tuple[float, float] = (0.0, 1.0), init_frames: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Frame-window generation of a talking-face video with ComfyUI's own sampler (paper §III-B).
+
+    ``frames`` T frames of ``size_hw`` (H, W; multiples of 8), ``window`` frames denoised together per
+    ``comfy.sample.sample`` call (VRAM is bounded by the window, not the video length). ``conditions``:
+    an object with ``structure(start, stop)`` → float ``[W, 3, H, W]`` landmark drawings and
+    ``identity(start, stop, previous_frame)`` → float ``[W, 3, H, W]`` contour guides, where
+    ``previous_frame`` is the last generated IMAGE ``[1, H, W, 3]`` before the window (None for the first, and
+    always None unless ``conditions.needs_previous_frame``).
+    ``reference``: IMAGE ``[1, H, W, 3]`` (its latent is frame 0's temporal condition). ``animatenet``: an
+    AnimateNet (three-way attention control) or None; ``controlnets``: ``[(CONTROL_NET, "structure" |
+    "identity", strength)]`` — the training-free mode (core ControlNets fed with the same images). Frame t's
+    noise comes from ``seed + t`` (so results do not depend on ``window``). ``init_frames``: IMAGE
+    ``[T, H, W, 3]`` encoded as the starting latents (with ``denoise`` < 1). Progress per frame; ComfyUI's
+    interrupt is checked after every sampling step. Returns IMAGE ``[T, H, W, 3]``.
+    """
+    import comfy.model_management as mm
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    h, w = size_hw
+    lat_h, lat_w = h // 8, w // 8
+    process_in = model.model.process_latent_in
+    anchor = process_in(vae.encode(reference[..., :3]).float())
+    patcher = module_patcher(animatenet) if animatenet is not None else None
+    bar = comfy.utils.ProgressBar(frames)
+    preview = latent_preview.prepare_callback(model, steps)
+    latents, previous_frame = [], None
+    for start in range(0, frames, window):
+        stop = min(frames, start + window)
+        n = stop - start
+        structure = conditions.structure(start, stop)
+        identity = conditions.identity(start, stop, previous_frame)
+        if init_frames is not None:
+            latent_image = vae.encode(init_frames[start:stop, :, :, :3]).float()
+            estimates = process_in(latent_image)
+        else:
+            latent_image = torch.zeros(n, 4, lat_h, lat_w)
+            estimates = anchor.repeat(n, 1, 1, 1)
+        pos, neg = positive, negative
+        state = None
+        if animatenet is not None:
+            load_module(animatenet)
+            p = next(animatenet.parameters())
+            with torch.no_grad():
+                tokens = animatenet.encode_conditions(structure=structure.to(p.device, p.dtype),
+                                                      identity=identity.to(p.device, p.dtype))
+            state = TemporalWindow(tokens, anchor, estimates)
+            cls = animatenet_control_class()
+
+            def make(state=state):
+                c = cls(animatenet, patcher, state)
+                c.strength, c.timestep_percent_range = float(strength), tuple(percent_range)
+                return c
+
+            pos, neg = with_control(pos, neg, make)
+        for cnet, kind, cn_strength in controlnets:
+            hint = structure if kind == "structure" else identity
+
+            def make_cn(cnet=cnet, hint=hint, cn_strength=cn_strength):
+                return cnet.copy().set_cond_hint(hint, cn_strength, tuple(percent_range), vae=vae)
+
+            pos, neg = with_control(pos, neg, make_cn)
+
+        def callback(step, x0, x, total_steps, state=state):
+            if state is not None:
+                state.estimates = x0.detach()
+            mm.throw_exception_if_processing_interrupted()
+            preview(step, x0, x, total_steps)
+
+        noise = torch.cat([comfy.sample.prepare_noise(torch.zeros(1, 4, lat_h, lat_w), seed + t)
+                           for t in range(start, stop)])
+        samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent_image,
+                                      denoise=denoise, callback=callback, disable_pbar=True, seed=seed + start)
+        latents.append(samples.float().cpu())
+        anchor = process_in(samples[-1:].float())
+        if conditions.needs_previous_frame:
+            previous_frame = _decode(vae, samples[-1:])
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(stop, frames)
+    return _decode(vae, torch.cat(latents))
+
+
+def portraittalk_options() -> list[str]:
+    """Combo options: the weights files in ``models/portraittalk``."""
+    import folder_paths
+
+    register_identitynet_folders()
+    return folder_paths.get_filename_list("portraittalk")
+
+
+def resolve_portraittalk(name: str) -> str:
+    """Full path of a file in ``models/portraittalk``; FileNotFoundError naming the folder when missing."""
+    import folder_paths
+
+    register_identitynet_folders()
+    path = folder_paths.get_full_path("portraittalk", name)
+    if path is None:
+        raise FileNotFoundError(f"{name!r} is not in ComfyUI/models/portraittalk")
+    return path
+
+
+def unet_config(model) -> dict:
+    """The UNet config ComfyUI detected for a MODEL (``model_config.unet_config``: channels, depths, heads …)."""
+    return dict(model.model.model_config.unet_config)

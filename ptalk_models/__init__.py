@@ -5,6 +5,8 @@ Modules: ``landmarks`` (the PTALK_LANDMARKS structure), ``face`` (MediaPipe land
 ``audio2landmarks`` (speech → landmark sequence), ``render`` (landmark warp renderer), ``draw`` (face-mesh
 drawing), ``contour`` (head-contour guide), ``identity`` (face embeddings, PTALK_FACE_EMBED), ``metrics``
 (ADFD and companions), ``plot`` (metric curves), ``media`` (audio/video/image I/O), ``images`` (array
-conventions). Heavy libraries (OpenCV, MediaPipe, dlib, pocketsphinx, soxr, PyAV) are imported inside the
+conventions), ``identitynet`` / ``identity_training`` (IdentityNet, §III-A, and its masked fine-tuning),
+``animatenet`` / ``animatenet_training`` (AnimateNet's three-way-attention branch, §III-B, and its training),
+``temporal`` (the Temporal Sampler's per-frame condition images). Heavy libraries (OpenCV, MediaPipe, dlib, pocketsphinx, soxr, PyAV) are imported inside the
 functions that use them, so importing the package stays cheap.
 """

@@ -122,6 +122,11 @@ class FaceLandmarks:
         return replace(self, points=self.points[t:t + 1].copy(), present=self.present[t:t + 1].copy(),
                        meta=dict(self.meta))
 
+    def frames(self, start: int, stop: int) -> "FaceLandmarks":
+        """Frames ``[start, stop)`` as a new FaceLandmarks (same image size, fps, meta)."""
+        return replace(self, points=self.points[start:stop].copy(), present=self.present[start:stop].copy(),
+                       meta=dict(self.meta))
+
     def with_points(self, points: np.ndarray, fps: float | None = None, present=None, **meta) -> "FaceLandmarks":
         """A new sequence with the same image size, new points (and optionally fps/present/meta)."""
         m = dict(self.meta)

@@ -35,12 +35,24 @@ Sizes
     with the SD15 latent format (4 channels, factor 8). 232.9 M parameters (UNet 107.4 M, text encoder
     123.1 M, TAESD 2.4 M), 466 MB in fp16.
 
+ControlNets
+-----------
+:func:`build_controlnet_state_dict` / :func:`write_controlnet` make random SD1.5 ControlNets in the layout of
+lllyasviel's ControlNet v1.1 files (``control_v11p_sd15_canny.pth``; keys ``time_embed.*``, ``input_blocks.*``,
+``zero_convs.<i>.0.*``, ``input_hint_block.*``, ``middle_block.*``, ``middle_block_out.0.*``, no prefix), built
+from ComfyUI's own ``comfy.cldm.cldm.ControlNet`` with the config core ControlNetLoader
+(``comfy.controlnet.load_controlnet``) infers from those keys; a "tiny" one fits the tiny checkpoint's UNet
+(51.3 M parameters, 103 MB in fp16), a "full" one is the real SD1.5 ControlNet (361.3 M, 723 MB). Same init
+rules and per-key seeding, except that the zero convs get small random weights (a trained ControlNet) or, with
+``zero_out=True``, exact zeros (an untrained one), and the hint encoder a gain that keeps the hint's scale.
+
 Importing this module does not import ComfyUI; the functions do, so the caller must have made ComfyUI
 importable first (``comfy_headless.prepare()``).
 
 Command line::
 
     python scripts/random_sd15.py OUT.safetensors [--size tiny|full] [--seed N] [--dtype fp16|bf16|fp32]
+    python scripts/random_sd15.py OUT.safetensors --controlnet [--zero-out] [--size ...] [--seed N] [--dtype ...]
 """
 from __future__ import annotations
 
@@ -54,7 +66,8 @@ import zlib
 import torch
 
 __all__ = ["TINY_UNET", "FULL_UNET", "CLIP_PREFIX", "UNET_PREFIX", "VAE_PREFIX", "build_sd15_state_dict",
-           "write_sd15_checkpoint"]
+           "write_sd15_checkpoint", "CONTROLNET_ZERO_CONV_GAIN", "CONTROLNET_ZERO_CONV_KEYS", "controlnet_unet_config",
+           "build_controlnet_state_dict", "write_controlnet"]
 
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer."  # + "text_model.*"
@@ -262,23 +275,173 @@ def write_sd15_checkpoint(path, size: str = "tiny", seed: int = 0, dtype=torch.f
     return path
 
 
+# ----------------------------------------------------------------------------------------------------------
+# ControlNet (lllyasviel ControlNet v1.1 SD1.5 layout)
+# ----------------------------------------------------------------------------------------------------------
+#: Gain on the LeCun std (``1/sqrt(fan_in)``) of the ``zero_convs.*`` / ``middle_block_out`` weights of a random
+#: "trained" ControlNet (see :func:`build_controlnet_state_dict`).
+CONTROLNET_ZERO_CONV_GAIN = 0.1
+
+#: The ControlNet tensors that lllyasviel's ControlNet initialises to zero (``zero_module``): the 1x1 "zero
+#: convolutions" feeding the UNet's skip connections and middle block, and the hint encoder's last conv.
+CONTROLNET_ZERO_CONV_KEYS = ("zero_convs.", "middle_block_out.", "input_hint_block.14.")
+
+#: Gain on the LeCun std of the hint encoder's first seven convs (``input_hint_block.0/2/4/.../12``), each
+#: followed by a SiLU. SiLU halves small activations, so with plain LeCun init the eight-conv encoder would
+#: shrink a [0, 1] hint image to features of std ~0.003 and the hint would not matter; gain 2 keeps the scale:
+#: the features (``input_hint_block.14`` output, added to ``input_blocks.0``'s output of std ~0.9) have
+#: std ~1.5 for a 64x64 photo or uniform noise, ~0.6 for mid-grey, and exactly 0 for an all-black hint (the
+#: biases are zero).
+CONTROLNET_HINT_GAIN = 2.0
+
+#: Channels of the hint image (RGB) -- ``input_hint_block.0.weight.shape[1]``.
+CONTROLNET_HINT_CHANNELS = 3
+
+
+def controlnet_unet_config(size: str = "tiny") -> dict:
+    """The keyword arguments ComfyUI's ``load_controlnet_state_dict`` gives ``comfy.cldm.cldm.ControlNet`` for a
+    ControlNet of ``size`` (the UNet config it detects from the ``input_blocks`` / ``middle_block`` keys, less
+    ``out_channels``, plus ``hint_channels``; ``transformer_depth_output``, which ControlNet ignores, is left
+    out: ComfyUI detects it as all zeros since a ControlNet has no output blocks)."""
+    if size not in _SIZES:
+        raise ValueError(f"size must be one of {_SIZES}, not {size!r}")
+    cfg = copy.deepcopy(TINY_UNET if size == "tiny" else FULL_UNET)
+    cfg.pop("out_channels")
+    cfg.pop("transformer_depth_output")
+    cfg["hint_channels"] = CONTROLNET_HINT_CHANNELS
+    return cfg
+
+
+def _controlnet_module(size: str) -> torch.nn.Module:
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    return ControlNet(**controlnet_unet_config(size), dtype=torch.float32, device=torch.device("meta"),
+                      operations=comfy.ops.disable_weight_init)
+
+
+def build_controlnet_state_dict(size: str = "tiny", seed: int = 0, dtype=torch.float16,
+                                zero_out: bool = False) -> dict[str, torch.Tensor]:
+    """Build a random SD1.5 ControlNet state dict in the layout of lllyasviel's ControlNet v1.1 files
+    (``control_v11p_sd15_canny.pth`` / ComfyUI's ``control_v11p_sd15_canny_fp16.safetensors``): no prefix, keys
+    ``time_embed.*``, ``input_blocks.*``, ``zero_convs.<i>.0.*``, ``input_hint_block.*``, ``middle_block.*``,
+    ``middle_block_out.0.*``. ComfyUI's ``comfy.controlnet.load_controlnet`` (core ControlNetLoader) detects it
+    by ``zero_convs.0.0.weight``, infers the UNet config from the keys (``supported_models.SD15``) and builds
+    ``comfy.cldm.cldm.ControlNet`` with :func:`controlnet_unet_config`: the UNet's encoder half (time embedding,
+    ``input_blocks``, ``middle_block``) with the same shapes as the :data:`TINY_UNET` / :data:`FULL_UNET`
+    encoder, so that its residuals (one per ``input_blocks`` entry, plus the middle) fit the skip connections
+    of the checkpoint of the same size.
+
+    Tensors are filled like :func:`build_sd15_state_dict` (LeCun-normal weights, unit norms, zero biases, one
+    generator per tensor seeded by ``seed`` and the key), except the ones a ControlNet starts as zero
+    (:data:`CONTROLNET_ZERO_CONV_KEYS`):
+
+    * ``zero_out=False`` (default, like a *trained* ControlNet, whose zero convs have learnt non-zero
+      weights): the zero-conv / ``middle_block_out`` weights have std ``CONTROLNET_ZERO_CONV_GAIN / sqrt(fan_in)``
+      (0.1), ``input_hint_block.14`` the plain LeCun std, the other hint convs ``CONTROLNET_HINT_GAIN`` (2) times
+      it, biases zero. Measured with the tiny checkpoint (seed 0) and this ControlNet (seed 1), fp32, a 64x64
+      photo as hint: residuals of std 0.17, 0.25, 0.23, 0.27 (skips) and 0.34 (middle), 12-20 % of the UNet
+      activations they are added to (std 0.86, 1.8, 1.7, 2.3 and 2.9); at strength 1 they change the UNet's
+      noise prediction by ~10 % of its std (t 100-999), another hint (uniform noise) by ~9 %, another seed
+      by ~30 %; all finite;
+    * ``zero_out=True`` (an *untrained* ControlNet, as ``tool_add_control.py`` makes one): those weights and
+      biases are exact zeros, so every residual is zero and the sampled image is bit-identical to the one
+      without the ControlNet.
+
+    Sizes: "tiny" 51.3 M parameters (154 tensors; 4 zero convs of 320, 320, 320, 640 channels + a 640-channel
+    middle one), 103 MB in fp16; "full" the real SD1.5 ControlNet, 361.3 M parameters (340 tensors, 12 zero
+    convs + middle), 723 MB in fp16.
+
+    Raises:
+        ValueError: unknown ``size``.
+        RuntimeError: ComfyUI would not load the result as an SD15 ControlNet of this size.
+    """
+    if size not in _SIZES:
+        raise ValueError(f"size must be one of {_SIZES}, not {size!r}")
+    import comfy.model_detection
+    import comfy.supported_models
+
+    sd: dict[str, torch.Tensor] = {}
+    _init_module(_controlnet_module(size), "", seed, dtype, sd)
+    last_hint = [k for k in sd if k.startswith(CONTROLNET_ZERO_CONV_KEYS[2])]
+    for key in list(sd):
+        if key.startswith(CONTROLNET_ZERO_CONV_KEYS) and zero_out:
+            sd[key] = torch.zeros_like(sd[key])
+        elif not key.endswith(".weight") or key in last_hint:
+            continue
+        elif key.startswith(CONTROLNET_ZERO_CONV_KEYS):
+            sd[key] = (sd[key].float() * CONTROLNET_ZERO_CONV_GAIN).to(dtype).contiguous()
+        elif key.startswith("input_hint_block."):
+            sd[key] = (sd[key].float() * CONTROLNET_HINT_GAIN).to(dtype).contiguous()
+
+    # what comfy.controlnet.load_controlnet_state_dict will infer from these keys
+    model_config = comfy.model_detection.model_config_from_unet(sd, "", True)
+    if type(model_config) is not comfy.supported_models.SD15:
+        raise RuntimeError(f"random_sd15: ComfyUI detects this ControlNet as {type(model_config).__name__}, "
+                           f"not SD15")
+    detected = dict(model_config.unet_config)
+    detected.pop("out_channels", None)
+    detected.pop("transformer_depth_output", None)
+    detected["hint_channels"] = sd["input_hint_block.0.weight"].shape[1]
+    if detected != controlnet_unet_config(size):
+        raise RuntimeError(f"random_sd15: ComfyUI would build the ControlNet with {detected}, "
+                           f"not {controlnet_unet_config(size)}")
+    return sd
+
+
+def write_controlnet(path, size: str = "tiny", seed: int = 0, dtype=torch.float16,
+                     zero_out: bool = False) -> pathlib.Path:
+    """Build (:func:`build_controlnet_state_dict`) and write a random SD1.5 ControlNet as ``.safetensors``.
+
+    The metadata is ``{"ptalk.random_sd15": '{"kind": "controlnet", "size": ..., "seed": ..., "dtype": ...,
+    "zero_out": ...}'}``; the same arguments give a byte-identical file. Sizes in fp16: "tiny" 103 MB,
+    "full" 723 MB. Parent directories are created. (Avoid a name ending in ``_shuffle``: ComfyUI's loader
+    turns on global average pooling for those.)
+
+    Returns:
+        the resolved path written.
+    """
+    from safetensors.torch import save_file
+
+    path = pathlib.Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = build_controlnet_state_dict(size=size, seed=seed, dtype=dtype, zero_out=zero_out)
+    meta = {"ptalk.random_sd15": json.dumps({"kind": "controlnet", "size": size, "seed": int(seed),
+                                             "dtype": str(dtype), "zero_out": bool(zero_out)})}
+    tmp = path.with_name(path.name + ".part")
+    save_file(sd, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
 def _main(argv=None) -> int:
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(description="Write a randomly initialised SD1.5 checkpoint (.safetensors).")
+    ap = argparse.ArgumentParser(description="Write a randomly initialised SD1.5 checkpoint (.safetensors), or with "
+                                             "--controlnet a random SD1.5 ControlNet (v1.1 layout).")
     ap.add_argument("out", help="output .safetensors path")
     ap.add_argument("--size", choices=_SIZES, default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    ap.add_argument("--controlnet", action="store_true",
+                    help="write an SD1.5 ControlNet (control_v11p_sd15_* layout) instead of a checkpoint")
+    ap.add_argument("--zero-out", action="store_true",
+                    help="with --controlnet: zero zero_convs / middle_block_out / the hint block's last conv "
+                         "(an untrained ControlNet, which leaves the UNet output unchanged)")
     a = ap.parse_args(argv)
+    if a.zero_out and not a.controlnet:
+        ap.error("--zero-out needs --controlnet")
     sys.path.append(str(pathlib.Path(__file__).resolve().parent))
     import comfy_headless
 
     comfy_headless.prepare()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     t0 = time.perf_counter()
-    p = write_sd15_checkpoint(a.out, size=a.size, seed=a.seed, dtype=dtype)
+    if a.controlnet:
+        p = write_controlnet(a.out, size=a.size, seed=a.seed, dtype=dtype, zero_out=a.zero_out)
+    else:
+        p = write_sd15_checkpoint(a.out, size=a.size, seed=a.seed, dtype=dtype)
     print(f"{p}: {p.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -189,3 +189,59 @@ def tiny_identitynet(comfy, tiny_sd15_loaded, pack_adapter, tmp_path_factory):
     save_identitynet(new_identitynet(cfg, seed=1), root / "portraittalk" / "ptalk_tiny_dlib.safetensors")
     return namedtuple("TinyIdentityNet", "root name layer_dims")(root, "portraittalk/ptalk_tiny_dlib.safetensors",
                                                                    dims)
+
+
+# Random tiny SD1.5 ControlNets (scripts/random_sd15.py; lllyasviel ControlNet v1.1 layout) that fit the tiny_sd15
+# UNet, for tests of core ControlNetLoader / ControlNetApplyAdvanced graphs; written once per session (~1 s, 103 MB
+# each in fp16).
+@pytest.fixture(scope="session")
+def tiny_controlnets(comfy, tmp_path_factory):
+    """Three tiny random SD1.5 ControlNets (size "tiny", fp16) in a temporary directory registered as a ComfyUI
+    "controlnet" folder. Fields (``.landmarks``, ``.contour``, ``.zero``: values for core ControlNetLoader's
+    ``control_net_name``):
+
+    * ``landmarks``: ``ptalk_random_cn_landmarks_tiny.safetensors`` (seed 1, "trained": non-zero zero convs);
+    * ``contour``: ``ptalk_random_cn_contour_tiny.safetensors`` (seed 2, "trained");
+    * ``zero``: ``ptalk_random_cn_zero_tiny.safetensors`` (seed 1, ``zero_out=True``: an untrained ControlNet,
+      which leaves the sampled image unchanged);
+    * ``dir``: the directory (``Path``) holding the three files.
+    """
+    from collections import namedtuple
+
+    import random_sd15  # scripts/, on sys.path above
+
+    d = tmp_path_factory.mktemp("controlnet")
+    files = [random_sd15.write_controlnet(d / f"ptalk_random_cn_{name}_tiny.safetensors", size="tiny", seed=seed,
+                                          zero_out=zero_out)
+             for name, seed, zero_out in (("landmarks", 1, False), ("contour", 2, False), ("zero", 1, True))]
+    comfy.folder_paths.add_model_folder_path("controlnet", str(d))
+    yield namedtuple("TinyControlNets", "landmarks contour zero dir")(*(p.name for p in files), d)
+    paths = comfy.folder_paths.folder_names_and_paths["controlnet"][0]
+    if str(d) in paths:
+        paths.remove(str(d))
+
+
+@pytest.fixture(scope="session")
+def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet, pack_adapter):
+    """A tiny AnimateNet for the tiny UNet (initialised from it, seed 0, zero convs given small random values so
+    the branch acts, standing in for trained weights) saved as ``models/portraittalk/ptalk_tiny_animatenet.
+    safetensors`` in :func:`tiny_identitynet`'s registered folder. ``.name``: the AnimateNet Loader option;
+    ``.net``: the module."""
+    from collections import namedtuple
+
+    import torch
+
+    from ptalk_models.animatenet import AnimateNetConfig, new_animatenet, save_animatenet
+
+    model = tiny_sd15_loaded[0]
+    net = new_animatenet(AnimateNetConfig.from_unet_config(pack_adapter.unet_config(model)), seed=0,
+                         unet_sd=model.model.diffusion_model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("zero_convs", "middle_block_out")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    net.eval().requires_grad_(False)
+    name = "ptalk_tiny_animatenet.safetensors"
+    save_animatenet(net, tiny_identitynet.root / "portraittalk" / name)
+    return namedtuple("TinyAnimateNet", "name net")(name, net)

@@ -9,6 +9,10 @@
   (and a finite LATENT [1, 4, 8, 8]); the same sampler seed gives the same image, another seed another one;
 * the builder is deterministic: the same seed gives bit-identical tensors (rebuilt == the written file),
   another seed other tensors; every tensor is finite and none of the weight matrices is constant.
+* random SD1.5 ControlNets (fixture ``tiny_controlnets``) have the lllyasviel v1.1 key layout, load with core
+  ControlNetLoader as ``comfy.cldm.cldm.ControlNet`` whose residuals fit the tiny UNet's skips, and in a
+  ControlNetApplyAdvanced → KSampler graph a "trained" one changes the image (two of them, two images) while
+  strength 0 or a zero_out (untrained) one leaves it bit-identical.
 """
 from __future__ import annotations
 
@@ -155,3 +159,134 @@ def test_builder_is_deterministic(tiny_sd15):
 def test_bad_size_rejected():
     with pytest.raises(ValueError, match="size"):
         random_sd15.build_sd15_state_dict("small")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# random SD1.5 ControlNets (random_sd15.build_controlnet_state_dict / write_controlnet; fixture tiny_controlnets)
+# ----------------------------------------------------------------------------------------------------------
+def test_controlnet_builder_layout(tiny_controlnets):
+    import math
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    written = load_file(str(tiny_controlnets.dir / tiny_controlnets.landmarks))
+    sd = random_sd15.build_controlnet_state_dict("tiny", seed=1)
+    assert written.keys() == sd.keys() and all(torch.equal(written[k], sd[k]) for k in sd)  # deterministic
+    # the lllyasviel v1.1 layout: no prefix, the UNet encoder + hint encoder + zero convs
+    assert {k.split(".")[0] for k in sd} == {"time_embed", "input_blocks", "middle_block", "zero_convs",
+                                             "middle_block_out", "input_hint_block"}
+    zero_convs = sorted(k for k in sd if k.startswith(("zero_convs.", "middle_block_out.")) and k.endswith("weight"))
+    assert zero_convs == ["middle_block_out.0.weight"] + [f"zero_convs.{i}.0.weight" for i in range(4)]
+    assert [sd[k].shape[0] for k in zero_convs] == [640, 320, 320, 320, 640]
+    assert sd["input_hint_block.0.weight"].shape == (16, 3, 3, 3) and sd["input_hint_block.14.weight"].shape[0] == 320
+    assert all(v.dtype == torch.float16 and torch.isfinite(v).all() for v in sd.values())
+    assert sum(v.numel() for v in sd.values()) == 51_328_720
+    for k in zero_convs:  # "trained": small random 1x1 convs, std 0.1 / sqrt(fan_in)
+        std = random_sd15.CONTROLNET_ZERO_CONV_GAIN / math.sqrt(sd[k].shape[1])
+        assert sd[k].float().std().item() == pytest.approx(std, rel=0.05), k
+    with safe_open(str(tiny_controlnets.dir / tiny_controlnets.zero), "pt") as f:
+        assert '"zero_out": true' in f.metadata()["ptalk.random_sd15"]
+        zero = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in zero.items():  # untrained: zero convs and the hint encoder's last conv are exact zeros
+        if k.startswith(random_sd15.CONTROLNET_ZERO_CONV_KEYS):
+            assert not v.any(), k
+        else:
+            assert torch.equal(v, sd[k]), k
+    other = load_file(str(tiny_controlnets.dir / tiny_controlnets.contour))
+    assert not torch.equal(other["zero_convs.0.0.weight"], sd["zero_convs.0.0.weight"])
+    assert not torch.equal(other["input_blocks.1.0.in_layers.2.weight"], sd["input_blocks.1.0.in_layers.2.weight"])
+    with pytest.raises(ValueError, match="size"):
+        random_sd15.build_controlnet_state_dict("small")
+
+
+def test_core_controlnet_loader_loads_them(comfy, tiny_controlnets):
+    import comfy.cldm.cldm as cldm  # "as": a plain "import comfy.x" would rebind the fixture name
+    import comfy.controlnet as controlnet
+
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["ControlNetLoader"]
+    names = loader.INPUT_TYPES()["required"]["control_net_name"][0]
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2))
+    for name in (tiny_controlnets.landmarks, tiny_controlnets.contour, tiny_controlnets.zero):
+        assert name in names
+        (cn,) = loader().load_controlnet(name)
+        assert type(cn) is controlnet.ControlNet
+        cm = cn.control_model
+        assert isinstance(cm, cldm.ControlNet) and cm.model_channels == 320 and len(cm.zero_convs) == 4
+        if name == tiny_controlnets.contour:
+            continue  # same shapes as landmarks (the graph test runs it); ~1 s a forward pass on CPU
+        with torch.no_grad():
+            out = cm(x.to(cm.dtype), hint.to(cm.dtype), torch.tensor([500.0]), context.to(cm.dtype))
+        # one residual per skip connection of the tiny UNet (input_blocks 0..3) + the middle block
+        assert [tuple(o.shape) for o in out["output"]] == [(1, 320, 8, 8), (1, 320, 8, 8), (1, 320, 4, 4),
+                                                         (1, 640, 4, 4)]
+        assert [tuple(o.shape) for o in out["middle"]] == [(1, 640, 4, 4)]
+        residuals = out["output"] + out["middle"]
+        assert all(torch.isfinite(o).all() for o in residuals)
+        if name == tiny_controlnets.zero:
+            assert not any(o.any() for o in residuals)
+        else:
+            assert all(0.01 < o.float().std().item() < 2 for o in residuals)
+
+
+def _hint_nodes(comfy) -> dict:
+    """Nodes "h1" (LoadImage photos/astronaut.png, copied into ComfyUI's input dir) → "h2" (ImageScale 64×64, the
+    hint); an EmptyImage 64×64 mid-grey "h2" where the shared media are absent."""
+    import shutil
+
+    import comfy_headless
+
+    photo = comfy_headless.shared_data_dir() / "photos" / "astronaut.png"
+    if not photo.is_file():
+        return {"h2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                              "color": 0x808080}}}
+    shutil.copyfile(photo, comfy.input_dir / "ptalk_cn_hint_astronaut.png")
+    return {"h1": {"class_type": "LoadImage", "inputs": {"image": "ptalk_cn_hint_astronaut.png"}},
+            "h2": {"class_type": "ImageScale", "inputs": {"image": ["h1", 0], "upscale_method": "area",
+                                                          "width": 64, "height": 64, "crop": "center"}}}
+
+
+def test_controlnet_graph_changes_the_image(comfy, tiny_sd15, tiny_controlnets, monkeypatch):
+    """CheckpointLoaderSimple → CLIPTextEncode → [ControlNetLoader → ControlNetApplyAdvanced] → KSampler (euler,
+    2 steps, one seed; cfg 1, so that ComfyUI skips the negative pass: half the time) → VAEDecode, once without a
+    ControlNet and once per variant, all in one prompt (one checkpoint load)."""
+    import comfy_headless
+
+    monkeypatch.setitem(comfy.nodes.NODE_CLASS_MAPPINGS, "PTalkTestCapture", _Capture)
+    g = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_sd15.name}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a portrait photo of a person", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        **_hint_nodes(comfy),
+    }
+    for name in ("landmarks", "contour", "zero"):
+        g[f"cn_{name}"] = {"class_type": "ControlNetLoader",
+                           "inputs": {"control_net_name": getattr(tiny_controlnets, name)}}
+    variants = {"base": None, "landmarks": ("landmarks", 1.0), "landmarks_s0": ("landmarks", 0.0),
+                "contour": ("contour", 1.0), "zero": ("zero", 1.0)}
+    for tag, v in variants.items():
+        pos, neg = ["2", 0], ["2", 0]  # cfg 1: the negative is not sampled
+        if v is not None:
+            g[f"apply_{tag}"] = {"class_type": "ControlNetApplyAdvanced",
+                                 "inputs": {"positive": pos, "negative": neg, "control_net": [f"cn_{v[0]}", 0],
+                                            "image": ["h2", 0], "strength": v[1], "start_percent": 0.0,
+                                            "end_percent": 1.0}}
+            pos, neg = [f"apply_{tag}", 0], [f"apply_{tag}", 1]
+        g[f"k_{tag}"] = {"class_type": "KSampler",
+                         "inputs": {"model": ["1", 0], "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                                    "scheduler": "normal", "positive": pos, "negative": neg,
+                                    "latent_image": ["4", 0], "denoise": 1.0}}
+        g[f"d_{tag}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"k_{tag}", 0], "vae": ["1", 2]}}
+        g[f"c_{tag}"] = {"class_type": "PTalkTestCapture", "inputs": {"images": [f"d_{tag}", 0], "tag": tag}}
+    CAPTURED.clear()
+    comfy_headless.run_prompt(g)
+    img = {tag: CAPTURED[tag]["images"] for tag in variants}
+    for t in img.values():
+        assert t.shape == (1, 64, 64, 3) and torch.isfinite(t).all() and 0.0 <= t.min() and t.max() <= 1.0
+    diff = {tag: (img[tag] - img["base"]).abs().mean().item() for tag in variants}
+    assert diff["landmarks"] > 5e-3 and diff["contour"] > 5e-3, diff  # a trained ControlNet steers the image
+    assert (img["landmarks"] - img["contour"]).abs().mean() > 5e-3  # two ControlNets, two images
+    assert torch.equal(img["landmarks_s0"], img["base"])  # strength 0: the ControlNet is not applied
+    assert torch.equal(img["zero"], img["base"])  # untrained ControlNet: all-zero residuals

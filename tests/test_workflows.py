@@ -151,7 +151,8 @@ def _stage_for_upload_nodes(ui: dict, shared_data: Path) -> dict:
 
 #: Model-file widgets of shipped workflows: (node type, widget) → the fixture giving the test's random model.
 MODEL_WIDGETS = {("CheckpointLoaderSimple", "ckpt_name"): "tiny_sd15",
-                 ("PTalkIdentityNetLoader", "weights"): "tiny_identitynet"}
+                 ("PTalkIdentityNetLoader", "weights"): "tiny_identitynet",
+                 ("PTalkAnimateNetLoader", "weights"): "tiny_animatenet"}
 
 
 def _stage_models(ui: dict, request) -> dict:

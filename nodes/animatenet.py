@@ -1,0 +1,160 @@
+"""AnimateNet nodes (PortraitTalk §III-B, motion → frames): AnimateNet Loader and the design card's AnimateNet
+Temporal Sampler (frame-window generation conditioned on landmarks, head contour and the previous frame)."""
+from __future__ import annotations
+
+import numpy as np
+from comfy_api.latest import io
+
+from ..ptalk_models.animatenet import AnimateNetFormatError, check_compatible, load_animatenet
+from ..ptalk_models.temporal import CONTOUR_SOURCES, FrameConditions
+from .comfy_adapter import (CATEGORY, AnimateNetType, Landmarks, image_to_numpy, node_error, portraittalk_options,
+                            resolve_portraittalk, sampler_names, scheduler_names, temporal_sample, unet_config)
+
+LOADER, SAMPLER = "AnimateNet Loader", "AnimateNet Temporal Sampler"
+
+
+class AnimateNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkAnimateNetLoader",
+            display_name="AnimateNet Loader (PortraitTalk)",
+            category=CATEGORY,
+            description=(
+                "Loads AnimateNet weights (paper §III-B: the ControlNet-like branch with the three-way Structure / "
+                "Identity / Temporal cross-attention, Eq. 2) from ComfyUI/models/portraittalk — safetensors "
+                "written by our trainer. Checks the architecture and says what is wrong (a core ControlNet, an "
+                "IdentityNet, a truncated file)."),
+            inputs=[io.Combo.Input("weights", options=portraittalk_options(), tooltip="A file in models/portraittalk.")],
+            outputs=[AnimateNetType.Output("animatenet", tooltip="PTALK_ANIMATENET: the loaded branch (CPU).")],
+        )
+
+    @classmethod
+    def execute(cls, weights) -> io.NodeOutput:
+        try:
+            return io.NodeOutput(load_animatenet(resolve_portraittalk(weights)))
+        except (FileNotFoundError, AnimateNetFormatError) as e:
+            raise node_error(LOADER, "weights", str(e)) from None
+
+
+class AnimateNetTemporalSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkAnimateNetTemporalSampler",
+            display_name="AnimateNet Temporal Sampler (PortraitTalk)",
+            category=CATEGORY,
+            description=(
+                "The design card's AnimateNet Temporal Sampler (paper §III-B): renders one frame per landmark frame "
+                "with your SD1.5 MODEL (plain or IdentityNet-applied) and ComfyUI's own sampler. Every frame is "
+                "conditioned on its landmarks (Structure, lip sync), on the head contour of the previous frame "
+                "(Identity) and on the previous generated frame (Temporal) — through AnimateNet, or, training-free, "
+                "through core ControlNets you already have (a landmark ControlNet fed the Draw Landmarks image, a "
+                "contour/Canny ControlNet fed the contour guide). Frames are denoised in windows of "
+                "frames_per_window (VRAM bounded by the window, not the video length); inside a window frame t's "
+                "temporal condition is frame t−1's latest estimate (exactly the previous frame when the window is "
+                "1). Same seed → same frames."),
+            inputs=[
+                io.Model.Input("model", tooltip="SD1.5 MODEL, plain or from IdentityNet Apply."),
+                io.Conditioning.Input("positive", tooltip="Prompt (+ identity from Text Encode)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt (no identity)."),
+                io.Vae.Input("vae", tooltip="VAE of the checkpoint (encodes reference/init frames, decodes frames)."),
+                Landmarks.Input("landmarks", tooltip="Driving landmark sequence (Audio → Landmarks), made from this "
+                                                     "reference: one output frame per landmark frame."),
+                io.Image.Input("reference", tooltip="The portrait (its size is the output size, floored to a multiple "
+                                                    "of 8); frame 0's previous frame."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Frame t uses noise seed + t; same seed → same frames."),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps per frame."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance (1 = no CFG: half the cost)."),
+                io.Combo.Input("sampler_name", options=sampler_names(), default="euler", tooltip="ComfyUI sampler."),
+                io.Combo.Input("scheduler", options=scheduler_names(), default="normal", tooltip="ComfyUI scheduler."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="1 = from noise; < 1 starts from init_frames (e.g. the warp render)."),
+                io.Int.Input("frames_per_window", default=8, min=1, max=256,
+                             tooltip="Frames denoised together (one batch). 1 = strictly sequential (frame t sees "
+                                     "the finished frame t−1); larger = faster, VRAM grows with it."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="AnimateNet strength (scales its residuals; 0 = off)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress from which AnimateNet/ControlNets act."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress after which they stop."),
+                io.Combo.Input("contour_source", options=list(CONTOUR_SOURCES), default="previous frame",
+                               tooltip="Head contour (Identity condition) of: the previous generated frame (paper; "
+                                       "with windows, the last frame before the window), init frame t−1, or the "
+                                       "reference for every frame."),
+                AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
+                io.ControlNet.Input("landmark_controlnet", optional=True,
+                                    tooltip="Training-free mode: a landmark (MediaPipe face) ControlNet, fed the "
+                                            "frame's Draw Landmarks image."),
+                io.ControlNet.Input("contour_controlnet", optional=True,
+                                    tooltip="Training-free mode: a contour/Canny/lineart ControlNet, fed the contour "
+                                            "guide."),
+                io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,
+                               tooltip="Strength of the training-free ControlNets."),
+                io.Image.Input("init_frames", optional=True,
+                               tooltip="Starting frames (e.g. Landmark Warp Render of the same reference and "
+                                       "landmarks), one per landmark frame or one for all; use denoise < 1."),
+            ],
+            outputs=[io.Image.Output("images", tooltip="One frame per landmark frame, float [T, H, W, 3]."),
+                     io.Float.Output("fps", tooltip="Frame rate of the landmark sequence (for Create Video).")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, vae, landmarks, reference, seed, steps, cfg, sampler_name,
+                scheduler, denoise, frames_per_window, strength, start_percent, end_percent, contour_source,
+                animatenet=None, landmark_controlnet=None, contour_controlnet=None, controlnet_strength=0.8,
+                init_frames=None) -> io.NodeOutput:
+        import torch
+
+        from .comfy_adapter import numpy_to_image
+
+        if animatenet is None and landmark_controlnet is None and contour_controlnet is None:
+            raise node_error(SAMPLER, "animatenet", "connect an AnimateNet (AnimateNet Loader) or, training-free, a "
+                                                    "landmark_controlnet and/or contour_controlnet (core Load "
+                                                    "ControlNet)")
+        if len(landmarks) == 0:
+            raise node_error(SAMPLER, "landmarks", "the landmark sequence is empty")
+        ref = image_to_numpy(reference, SAMPLER, "reference")[0]
+        h0, w0 = ref.shape[:2]
+        if tuple(landmarks.image_size) != (w0, h0):
+            raise node_error(SAMPLER, "landmarks", f"the landmarks were made for a {landmarks.image_size[0]}x"
+                             f"{landmarks.image_size[1]} image but the reference is {w0}x{h0}: drive the landmarks "
+                             "from this reference (Face Landmarks on it → Audio → Landmarks)")
+        h, w = h0 // 8 * 8, w0 // 8 * 8
+        if h < 64 or w < 64:
+            raise node_error(SAMPLER, "reference", f"{w0}x{h0} is too small: at least 64x64 pixels")
+        ref = ref[:h, :w]
+        frames = len(landmarks)
+        init = None
+        if init_frames is not None:
+            init = image_to_numpy(init_frames, SAMPLER, "init_frames")
+            if len(init) not in (1, frames) or init.shape[1:3] != (h0, w0):
+                raise node_error(SAMPLER, "init_frames", f"{len(init)} frames of {init.shape[2]}x{init.shape[1]}; "
+                                 f"expected {frames} (or 1) of {w0}x{h0}, like the reference")
+            init = np.broadcast_to(init, (frames,) + init.shape[1:])[:, :h, :w]
+        elif denoise < 1.0:
+            raise node_error(SAMPLER, "denoise", "denoise < 1 keeps part of init_frames, but none are connected: "
+                                                 "connect init_frames (e.g. Landmark Warp Render) or set denoise 1")
+        if contour_source == "init frames" and init is None:
+            raise node_error(SAMPLER, "contour_source", "'init frames' needs init_frames connected")
+        if animatenet is not None:
+            try:
+                check_compatible(animatenet, unet_config(model))
+            except AnimateNetFormatError as e:
+                raise node_error(SAMPLER, "animatenet", str(e)) from None
+        conditions = FrameConditions(landmarks, (h, w), ref, contour_source, init)
+        controlnets = [(c, kind, controlnet_strength) for c, kind in
+                       ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
+        images = temporal_sample(
+            model, positive, negative, vae, frames, (h, w), numpy_to_image(ref[None]), conditions, seed, steps, cfg,
+            sampler_name, scheduler, denoise, frames_per_window, animatenet=animatenet, controlnets=controlnets,
+            strength=strength, percent_range=(start_percent, end_percent),
+            init_frames=None if init is None else numpy_to_image(np.ascontiguousarray(init)))
+        fps = float(landmarks.fps) if landmarks.fps > 0 else 25.0
+        return io.NodeOutput(images.to(torch.float32), fps)
+
+
+NODES = [AnimateNetLoader, AnimateNetTemporalSampler]
