@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..ptalk_models.animatenet import AnimateNetFormatError, check_compatible, load_animatenet
 from ..ptalk_models.temporal import CONTOUR_SOURCES, FrameConditions
 from .comfy_adapter import (CATEGORY, AnimateNetType, Landmarks, image_to_numpy, node_error, portraittalk_options,
-                            resolve_portraittalk, sampler_names, scheduler_names, temporal_sample, unet_config)
+                            resolve_portraittalk, sampling_inputs, temporal_sample, unet_config)
 
 LOADER, SAMPLER = "AnimateNet Loader", "AnimateNet Temporal Sampler"
 
@@ -63,13 +63,9 @@ class AnimateNetTemporalSampler(io.ComfyNode):
                                                      "reference: one output frame per landmark frame."),
                 io.Image.Input("reference", tooltip="The portrait (its size is the output size, floored to a multiple "
                                                     "of 8); frame 0's previous frame."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Frame t uses noise seed + t; same seed → same frames."),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps per frame."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance (1 = no CFG: half the cost)."),
-                io.Combo.Input("sampler_name", options=sampler_names(), default="euler", tooltip="ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=scheduler_names(), default="normal", tooltip="ComfyUI scheduler."),
+                *sampling_inputs("Frame t uses noise seed + t; same seed → same frames.", 20,
+                                 "Sampling steps per frame.", 5.0,
+                                 "Classifier-free guidance (1 = no CFG: half the cost)."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="1 = from noise; < 1 starts from init_frames (e.g. the warp render)."),
                 io.Int.Input("frames_per_window", default=8, min=1, max=256,

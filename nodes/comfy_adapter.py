@@ -572,6 +572,19 @@ def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int
     return result
 
 
+def sampling_inputs(seed_tooltip: str, steps: int, steps_tooltip: str, cfg: float, cfg_tooltip: str) -> list:
+    """The KSampler-style widgets shared by the samplers: seed (with control after generate), steps, cfg,
+    sampler_name, scheduler — with ComfyUI's own sampler and scheduler lists."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip=seed_tooltip),
+        io.Int.Input("steps", default=steps, min=1, max=10000, tooltip=steps_tooltip),
+        io.Float.Input("cfg", default=cfg, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_tooltip),
+        io.Combo.Input("sampler_name", options=sampler_names(), default="euler", tooltip="ComfyUI sampler."),
+        io.Combo.Input("scheduler", options=scheduler_names(), default="normal", tooltip="ComfyUI scheduler."),
+    ]
+
+
 def sampler_names() -> list[str]:
     """ComfyUI's sampler names (the KSampler combo)."""
     import comfy.samplers
@@ -736,7 +749,12 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
     lat_h, lat_w = h // 8, w // 8
     process_in = model.model.process_latent_in
     anchor = process_in(vae.encode(reference[..., :3]).float())
-    patcher = module_patcher(animatenet) if animatenet is not None else None
+    patcher = None
+    if animatenet is not None:
+        patcher = module_patcher(animatenet)
+        dtype = model.model.get_dtype()  # run the branch in the UNet's precision (fp16/bf16 on GPUs)
+        if mm.get_torch_device().type != "cpu" and dtype in (torch.float16, torch.bfloat16):
+            animatenet.to(dtype=dtype)
     bar = comfy.utils.ProgressBar(frames)
     preview = latent_preview.prepare_callback(model, steps)
     latents, previous_frame = [], None

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..ptalk_models.identitynet import IdentityNetFormatError, load_identitynet
 from .comfy_adapter import (CATEGORY, FaceEmbed, IdentityNetType, apply_identitynet, identitynet_options, node_error,
-                            resolve_identitynet, sample_latent, sampler_names, scheduler_names)
+                            resolve_identitynet, sample_latent, sampling_inputs)
 from .text_encode import face_tokens_or_none
 
 LOADER, APPLY, SAMPLER = "IdentityNet Loader", "IdentityNet Apply", "IdentityNet Sampler"
@@ -107,15 +107,8 @@ class IdentityNetSampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="From PortraitTalk Text Encode with the face embed."),
                 io.Conditioning.Input("negative", tooltip="From Text Encode without a face embed (no identity)."),
                 io.Vae.Input("vae", tooltip="VAE to encode the init image and decode the result."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed; same seed → same image."),
-                io.Int.Input("steps", default=25, min=1, max=10000, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=sampler_names(), default="euler",
-                               tooltip="ComfyUI sampler."),
-                io.Combo.Input("scheduler", options=scheduler_names(), default="normal",
-                               tooltip="ComfyUI scheduler."),
+                *sampling_inputs("Noise seed; same seed → same image.", 25, "Sampling steps.", 7.0,
+                                 "Classifier-free guidance scale."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1 = from pure noise; < 1 keeps that much of the init image."),
                 *_strength_inputs(),

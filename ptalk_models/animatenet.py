@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .identitynet import write_safetensors
+from .identitynet import read_safetensors, write_safetensors
 
 FORMAT = "portraittalk-animatenet/1"
 CONDITIONS = ("structure", "identity", "temporal")
@@ -728,19 +728,8 @@ def save_animatenet(net: AnimateNet, path: str | os.PathLike, metadata: dict[str
 
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise AnimateNetFormatError(f"{path} does not exist")
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise AnimateNetFormatError(f"{name} is truncated or not a valid safetensors file ({e}); AnimateNet files "
-                                    "are .safetensors written by save_animatenet — copy it again") from None
-    return sd, meta
+    return read_safetensors(path, AnimateNetFormatError, "AnimateNet files are .safetensors written by "
+                                                         "save_animatenet — copy it again")
 
 
 def _foreign_kind(keys: set[str], name: str) -> str | None:

@@ -302,6 +302,23 @@ def _flatten(sd: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+def read_safetensors(path: str | os.PathLike, error: type[ValueError], hint: str = "copy it again"
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; ``error`` (a ValueError subclass) naming the file and ``hint``
+    when it is missing, truncated or not safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise error(f"{path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise error(f"{name} is truncated or not a valid safetensors file ({e}); {hint}") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(flat state dict, safetensors metadata) of a ``.safetensors`` file, or of a pickled ``.bin``/``.pt``/
     ``.pth`` loaded with ``torch.load(weights_only=True)`` (IP-Adapter's nested ``{"image_proj": …,
@@ -313,16 +330,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise IdentityNetFormatError(f"{path} does not exist: put the weights in ComfyUI/models/portraittalk or "
                                      "ComfyUI/models/ipadapter")
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                sd = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise IdentityNetFormatError(f"{name} is truncated or not a valid safetensors file ({e}); copy it "
-                                         "again") from None
-        return sd, meta
+        return read_safetensors(path, IdentityNetFormatError)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip), … from a bad or unsafe pickle
