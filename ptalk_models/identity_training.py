@@ -240,8 +240,10 @@ def masked_noise_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------------ dataset
-def _read_index(path: Path) -> list[dict]:
-    entries = []
+def read_jsonl(path: Path, required: Sequence[str], prepare_script: str) -> list[dict]:
+    """The JSON objects of a prepared dataset's ``.jsonl`` file (blank lines skipped), each with the keys
+    ``required``; :class:`DatasetError` names the line and ``prepare_script`` to re-run."""
+    out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -250,11 +252,52 @@ def _read_index(path: Path) -> list[dict]:
             try:
                 e = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{path}:{n}: not valid JSON ({err.msg}); re-run prepare_identity_data") from None
-            if not isinstance(e, dict) or "frame" not in e or "embedding" not in e:
-                raise DatasetError(f"{path}:{n}: an entry needs 'frame' and 'embedding' keys, got {line[:120]!r}")
-            entries.append(e)
-    return entries
+                raise DatasetError(f"{path}:{n}: not valid JSON ({err.msg}); re-run {prepare_script}") from None
+            if not isinstance(e, dict) or any(k not in e for k in required):
+                raise DatasetError(f"{path}:{n}: an entry needs the keys {list(required)}, got {line[:120]!r}")
+            out.append(e)
+    return out
+
+
+def read_rgb(path: Path, resolution: int | None = None, what: str = "image") -> np.ndarray:
+    """uint8 RGB ``[S, S, 3]`` of an image file, resized (area/cubic) to ``resolution`` (square) when given;
+    :class:`DatasetError` ("cannot read <what> <path>") when unreadable."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DatasetError(f"cannot read {what} {path}")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if resolution and img.shape[:2] != (resolution, resolution):
+        interp = cv2.INTER_AREA if img.shape[0] > resolution else cv2.INTER_CUBIC
+        img = cv2.resize(img, (int(resolution), int(resolution)), interpolation=interp)
+    return img
+
+
+def read_embeddings(path: Path, data_format: str | None = None, prepare_script: str = "the data preparation"
+                    ) -> tuple[dict[str, str], torch.Tensor]:
+    """(metadata, float32 ``[N, D]`` "embeddings") of a prepared dataset's ``embeddings.safetensors``;
+    :class:`DatasetError` when unreadable, not 2-D, or (``data_format`` given) of another metadata format
+    (re-run ``prepare_script``)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            embeddings = f.get_tensor("embeddings").float()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DatasetError(f"{path} is unreadable or has no 'embeddings' tensor ({e})") from None
+    if data_format is not None and meta.get("format") not in (None, data_format):
+        raise DatasetError(f"{path} is of format {meta.get('format')!r}, not {data_format!r}: re-run "
+                           f"{prepare_script}")
+    if embeddings.ndim != 2:
+        raise DatasetError(f"{path}: embeddings must be [N, D], got {tuple(embeddings.shape)}")
+    return meta, embeddings
+
+
+def embedding_backend(meta: dict[str, str], dim: int) -> str:
+    """The Face Embed backend of a dataset's embeddings (metadata ``backend``, else guessed from the width)."""
+    return meta.get("backend") or {128: "dlib", 512: "insightface"}.get(dim, f"{dim}-D")
 
 
 class IdentityDataset:
@@ -267,8 +310,6 @@ class IdentityDataset:
     """
 
     def __init__(self, root: str | os.PathLike):
-        from safetensors import SafetensorError, safe_open
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder {self.root} does not exist; create it with "
@@ -278,17 +319,10 @@ class IdentityDataset:
             if not p.is_file():
                 raise DatasetError(f"{self.root} is not a prepared IdentityNet dataset: {p.name} is missing "
                                    "(run `python -m scripts.prepare_identity_data`)")
-        self.entries = _read_index(idx)
+        self.entries = read_jsonl(idx, ("frame", "embedding"), "prepare_identity_data")
         if not self.entries:
             raise DatasetError(f"{idx} lists no frames")
-        try:
-            with safe_open(str(emb), framework="pt") as f:
-                self.meta = dict(f.metadata() or {})
-                self.embeddings = f.get_tensor("embeddings").float()
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise DatasetError(f"{emb} is unreadable or has no 'embeddings' tensor ({e})") from None
-        if self.embeddings.ndim != 2:
-            raise DatasetError(f"{emb}: embeddings must be [N, D], got {tuple(self.embeddings.shape)}")
+        self.meta, self.embeddings = read_embeddings(emb)
         rows = [int(e["embedding"]) for e in self.entries]
         if min(rows) < 0 or max(rows) >= self.embeddings.shape[0]:
             raise DatasetError(f"{idx} refers to embedding rows up to {max(rows)} but {emb.name} has "
@@ -298,7 +332,7 @@ class IdentityDataset:
             raise DatasetError(f"{emb.name}: rows {bad[:5]} are not finite (frames without a face)")
         self.rows = torch.tensor(rows, dtype=torch.long)
         self.dim = int(self.embeddings.shape[1])
-        self.backend = self.meta.get("backend") or {128: "dlib", 512: "insightface"}.get(self.dim, f"{self.dim}-D")
+        self.backend = embedding_backend(self.meta, self.dim)
         self.size = int(self.meta.get("size", 0)) or None
         missing = [e["frame"] for e in self.entries if not (self.root / e["frame"]).is_file()]
         if missing:
@@ -324,17 +358,7 @@ class IdentityDataset:
 
     def image(self, i: int, resolution: int | None = None) -> np.ndarray:
         """Frame ``i`` as float32 RGB ``[S, S, 3]`` in [0, 1]; resized to ``resolution`` (square) when given."""
-        import cv2
-
-        p = self.root / self.entries[i]["frame"]
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DatasetError(f"cannot read frame {p}")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        if resolution and (img.shape[0] != resolution or img.shape[1] != resolution):
-            interp = cv2.INTER_AREA if img.shape[0] > resolution else cv2.INTER_CUBIC
-            img = cv2.resize(img, (int(resolution), int(resolution)), interpolation=interp)
-        return img.astype(np.float32) / 255.0
+        return read_rgb(self.root / self.entries[i]["frame"], resolution, "frame").astype(np.float32) / 255.0
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -353,6 +377,12 @@ def sample_indices(n: int, seed: int, start: int, count: int) -> list[int]:
             cache[ep] = epoch_order(n, seed, ep)
         out.append(int(cache[ep][k]))
     return out
+
+
+def eval_indices(n: int, k: int) -> list[int]:
+    """``k`` sample indices evenly spaced over a dataset of ``n`` samples (the fixed evaluation batch)."""
+    k = min(max(int(k), 0), int(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)}) if k else []
 
 
 # -------------------------------------------------------------------------------------------- UNet LoRA
@@ -441,6 +471,16 @@ def save_lora(lora: UNetLoRA, path: str | os.PathLike, metadata: dict | None = N
 
 
 # ------------------------------------------------------------------------------------------------ trainer
+def check_optim_config(config) -> None:
+    """The checks every train config shares (its ``__post_init__``): ``betas`` made a tuple of floats; ValueError
+    for ``batch`` / ``micro_batch`` below 1 or a ``resolution`` that is not a positive multiple of 8."""
+    config.betas = tuple(float(b) for b in config.betas)
+    if config.batch < 1 or config.micro_batch < 1:
+        raise ValueError(f"batch and micro_batch must be >= 1, got {config.batch}, {config.micro_batch}")
+    if config.resolution < 8 or config.resolution % 8:
+        raise ValueError(f"resolution must be a positive multiple of 8 (the VAE's factor), got {config.resolution}")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of masked fine-tuning (defaults: paper §IV-B where it gives them).
@@ -470,12 +510,8 @@ class TrainConfig:
     face_dropout: float = 0.05
 
     def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
+        check_optim_config(self)
         self.mask_area = tuple(float(a) for a in self.mask_area)
-        if self.batch < 1 or self.micro_batch < 1:
-            raise ValueError(f"batch and micro_batch must be >= 1, got {self.batch}, {self.micro_batch}")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ValueError(f"resolution must be a positive multiple of 8 (the VAE's factor), got {self.resolution}")
         if self.noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if not 0.0 <= self.face_dropout < 1.0:
@@ -517,16 +553,8 @@ class MaskedFineTuner:
                 f"the dataset's embeddings are {dataset.dim}-D ({dataset.backend}) but the IdentityNet's projection "
                 f"takes {net.config.id_dim}-D: prepare the data with --backend "
                 f"{'insightface' if net.config.id_dim == 512 else 'dlib'} or start from a matching --init")
-        missing = [c for c in dataset.captions if c not in contexts]
-        if missing:
-            raise ValueError(f"no text context for caption(s) {missing[:3]}")
-        self.device = torch.device(device)
+        self._setup(dataset, contexts, encode, predict, alphas_cumprod, config, device, autocast_dtype)
         self.net = net.to(device=self.device, dtype=torch.float32).train().requires_grad_(True)
-        self.dataset, self.config = dataset, config
-        self.contexts = {k: v.to(self.device, torch.float32) for k, v in contexts.items()}
-        self.encode, self.predict = encode, predict
-        self.alphas_cumprod = alphas_cumprod.detach().to(torch.float64).cpu()
-        self.autocast_dtype = autocast_dtype
         named = list(self.net.named_parameters())
         groups = [{"params": [p for _, p in named]}]
         self.lora = lora
@@ -537,8 +565,25 @@ class MaskedFineTuner:
             groups.append({"params": [p for _, p in lnamed], "lr": float(lora_lr or config.lr)})
         self.param_names = [n for n, _ in named]
         self._group_lrs = [float(config.lr)] + ([float(lora_lr or config.lr)] if lora is not None else [])
+        self._group_wds = [float(config.weight_decay)] * len(self._group_lrs)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps,
                                            weight_decay=config.weight_decay)
+
+    def _setup(self, dataset, contexts: dict[str, torch.Tensor], encode, predict, alphas_cumprod: torch.Tensor,
+               config, device: str | torch.device, autocast_dtype: torch.dtype | None) -> None:
+        """What every trainer sets besides its net and optimiser: ``device``, ``dataset``, ``config``,
+        ``contexts`` (on the device), ``encode``, ``predict``, ``alphas_cumprod`` (float64, CPU),
+        ``autocast_dtype``, the random generator ``rng`` (seeded with ``config.seed``) and ``step`` 0.
+        Raises ValueError when a caption of the dataset has no text context."""
+        missing = [c for c in dataset.captions if c not in contexts]
+        if missing:
+            raise ValueError(f"no text context for caption(s) {missing[:3]}")
+        self.device = torch.device(device)
+        self.dataset, self.config = dataset, config
+        self.contexts = {k: v.to(self.device, torch.float32) for k, v in contexts.items()}
+        self.encode, self.predict = encode, predict
+        self.alphas_cumprod = alphas_cumprod.detach().to(torch.float64).cpu()
+        self.autocast_dtype = autocast_dtype
         self.rng = torch.Generator().manual_seed(int(config.seed))
         self.step = 0
 
@@ -653,8 +698,8 @@ class MaskedFineTuner:
             if "betas" in g:
                 g["betas"] = tuple(g["betas"])
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        for g, lr in zip(self.optimizer.param_groups, self._group_lrs):  # this run's lr / weight decay rule
-            g["lr"], g["weight_decay"] = lr, self.config.weight_decay
+        for g, lr, wd in zip(self.optimizer.param_groups, self._group_lrs, self._group_wds):  # this run's lr / wd
+            g["lr"], g["weight_decay"] = lr, wd
         self.rng.set_state(tensors["rng.trainer"].to(torch.uint8))
         torch.set_rng_state(tensors["rng.torch_cpu"].to(torch.uint8))
         self.step = int(meta["step"])
@@ -695,6 +740,13 @@ def save_checkpoint(out_dir: str | os.PathLike, tuner: MaskedFineTuner, args: di
 def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[int, Path, Path] | None:
     """(step, IdentityNet file, trainer state file) of the newest complete checkpoint in
     ``<out_dir>/checkpoints`` (both files present), or None."""
+    return newest_checkpoint(out_dir, checkpoint_paths)
+
+
+def newest_checkpoint(out_dir: str | os.PathLike, paths: Callable[[str | os.PathLike, int], tuple[Path, ...]]
+                      ) -> tuple | None:
+    """``(step, *paths(out_dir, step))`` of the newest step in ``<out_dir>/checkpoints`` that has a
+    ``trainer_step<N>`` state file and whose first path (the net file) exists, or None."""
     d = Path(out_dir) / CHECKPOINTS_DIR
     if not d.is_dir():
         return None
@@ -704,9 +756,9 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[int, Path, Path] | No
         if not m:
             continue
         step = int(m.group(1))
-        net_path, state_path = checkpoint_paths(out_dir, step)
-        if net_path.is_file() and (best is None or step > best[0]):
-            best = (step, net_path, state_path)
+        files = paths(out_dir, step)
+        if files[0].is_file() and (best is None or step > best[0]):
+            best = (step, *files)
     return best
 
 

@@ -48,19 +48,16 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))
+
+import _training_cli as cli  # noqa: E402  (shared with the other training scripts: errors, main(), options)
+from _training_cli import PrepareError  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".flv", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 log = logging.getLogger("ptalk.prepare_identity_data")
-
-
-class PrepareError(ValueError):
-    """Bad input to :func:`prepare_dataset` (exit status ``code``)."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
 
 
 def _engine(name: str):
@@ -182,12 +179,18 @@ def sample_video_frames(path: Path, count: int) -> list[tuple[int, np.ndarray]]:
 def face_crop(image: np.ndarray, pts_px: np.ndarray, size: int, scale: float) -> np.ndarray:
     """Face-centred square crop of ``image`` (uint8 RGB) resized to ``size``: centre = centre of the
     landmarks' bounding box, side = ``scale`` x its larger side; edges replicated outside the image."""
-    import cv2
-
     lo, hi = pts_px.min(0), pts_px.max(0)
     cx, cy = (lo + hi) / 2.0
     side = max(int(round(float(max(hi - lo)) * scale)), 8)
-    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    return crop_frame(image, (int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side), size)
+
+
+def crop_frame(image: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """``image`` (uint8 RGB) cropped to ``box`` = (x0, y0, side), edges replicated outside the image, resized to
+    ``size`` x ``size`` (INTER_AREA when shrinking, INTER_CUBIC when enlarging)."""
+    import cv2
+
+    x0, y0, side = box
     h, w = image.shape[:2]
     pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
     if pad:
@@ -202,6 +205,62 @@ def _safe_name(rel: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rel.replace("/", "__"))
 
 
+def check_inputs(src: Path, what: str, size: int, crop_scale: float, backend: str, identity) -> None:
+    """:class:`PrepareError` for a missing ``src`` (or not a folder: "put the <what> in a folder"), a ``--size``
+    that is not a positive multiple of 8, a ``--crop-scale`` below 1 or an unknown ``--backend``."""
+    if not src.exists():
+        raise PrepareError(f"--src {src} does not exist")
+    if not src.is_dir():
+        raise PrepareError(f"--src {src} is not a folder; put the {what} in a folder")
+    if size < 8 or size % 8:
+        raise PrepareError(f"--size must be a positive multiple of 8, got {size}")
+    if crop_scale < 1.0:
+        raise PrepareError(f"--crop-scale must be >= 1 (the crop must contain the face), got {crop_scale}")
+    if backend not in identity.BACKENDS:
+        raise PrepareError(f"--backend must be one of {identity.BACKENDS}, got {backend!r}")
+
+
+def check_insightface(identity, backend: str, root, model: str) -> None:
+    """With ``backend`` insightface: fail (:class:`PrepareError`, code 1) before any work when its models are
+    not there."""
+    if backend == "insightface":
+        try:
+            identity.insightface_model_file(root, model)
+        except identity.InsightFaceUnavailable as e:
+            raise PrepareError(str(e), code=1) from None
+
+
+def prepare_output(out: Path, folder: Path, markers: tuple[str, ...], other_files: tuple[str, ...],
+                   overwrite: bool) -> None:
+    """Make ``out`` ready for a new dataset: when one of the ``markers`` files exists or ``folder`` is not empty,
+    refuse without ``overwrite`` (:class:`PrepareError`), else remove ``folder`` and the ``markers`` and
+    ``other_files``; then create ``folder``."""
+    if any((out / m).exists() for m in markers) or (folder.is_dir() and any(folder.iterdir())):
+        if not overwrite:
+            raise PrepareError(f"{out} already holds a dataset; pass --overwrite to replace it")
+        shutil.rmtree(folder, ignore_errors=True)
+        for name in markers + other_files:
+            (out / name).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_embeddings(path: Path, embeddings: list[np.ndarray], meta: dict[str, str]) -> None:
+    """``{"embeddings": float32 [N, D]}`` with ``meta`` as safetensors at ``path`` (atomically)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"embeddings": torch.from_numpy(np.stack(embeddings))}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line (UTF-8, not ASCII-escaped)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
 # ------------------------------------------------------------------------------------------------ main work
 def prepare_dataset(src, out, captions: str | Path | None = None, frames_per_video: int = 8, size: int = 512,
                     backend: str = "dlib", insightface_root: str | Path | None = None,
@@ -213,45 +272,23 @@ def prepare_dataset(src, out, captions: str | Path | None = None, frames_per_vid
     Raises :class:`PrepareError` (``code`` 2 for bad arguments, 1 when no frame has a face) and
     ``InsightFaceUnavailable`` (insightface backend without its package/models)."""
     import cv2
-    from safetensors.torch import save_file
-    import torch
 
     training = _engine("identity_training")
     face, identity = _engine("face"), _engine("identity")
     default_caption = default_caption or training.DEFAULT_CAPTION
     t0 = time.perf_counter()
     src, out = Path(src).expanduser(), Path(out).expanduser()
-    if not src.exists():
-        raise PrepareError(f"--src {src} does not exist")
-    if not src.is_dir():
-        raise PrepareError(f"--src {src} is not a folder; put the videos/images in a folder")
+    check_inputs(src, "videos/images", size, crop_scale, backend, identity)
     if frames_per_video < 1:
         raise PrepareError(f"--frames-per-video must be >= 1, got {frames_per_video}")
-    if size < 8 or size % 8:
-        raise PrepareError(f"--size must be a positive multiple of 8, got {size}")
-    if crop_scale < 1.0:
-        raise PrepareError(f"--crop-scale must be >= 1 (the crop must contain the face), got {crop_scale}")
-    if backend not in identity.BACKENDS:
-        raise PrepareError(f"--backend must be one of {identity.BACKENDS}, got {backend!r}")
     videos, images = find_media(src)
     if not videos and not images:
         raise PrepareError(f"no videos or images found in {src} (looked recursively for "
                            f"{', '.join(VIDEO_SUFFIXES + IMAGE_SUFFIXES)})")
-    if backend == "insightface":  # fail before any work when the models are not there
-        try:
-            identity.insightface_model_file(insightface_root, insightface_model)
-        except identity.InsightFaceUnavailable as e:
-            raise PrepareError(str(e), code=1) from None
+    check_insightface(identity, backend, insightface_root, insightface_model)
     caps = read_captions(Path(captions)) if captions else {}
-    index_path = out / training.INDEX_FILE
     frames_dir = out / training.FRAMES_DIR
-    if index_path.exists() or (frames_dir.is_dir() and any(frames_dir.iterdir())):
-        if not overwrite:
-            raise PrepareError(f"{out} already holds a dataset; pass --overwrite to replace it")
-        shutil.rmtree(frames_dir, ignore_errors=True)
-        for name in (training.INDEX_FILE, training.EMBEDDINGS_FILE):
-            (out / name).unlink(missing_ok=True)
-    frames_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, frames_dir, (training.INDEX_FILE,), (training.EMBEDDINGS_FILE,), overwrite)
 
     entries, embeddings, used_keys = [], [], set()
     faceless = unreadable = 0
@@ -318,12 +355,8 @@ def prepare_dataset(src, out, captions: str | Path | None = None, frames_per_vid
     meta = {"format": training.DATA_FORMAT, "backend": backend, "dim": str(dim), "count": str(len(entries)),
             "size": str(size), "crop_scale": str(crop_scale), "frames_per_video": str(frames_per_video),
             "source": str(src)}
-    tmp = out / (training.EMBEDDINGS_FILE + ".tmp")
-    save_file({"embeddings": torch.from_numpy(np.stack(embeddings))}, str(tmp), metadata=meta)
-    tmp.replace(out / training.EMBEDDINGS_FILE)
-    with open(index_path, "w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    write_embeddings(out / training.EMBEDDINGS_FILE, embeddings, meta)
+    write_jsonl(out / training.INDEX_FILE, entries)
     summary = {"sources": len(sources), "videos": len(videos), "images": len(images), "frames": len(entries),
                "faceless": faceless, "unreadable": unreadable, "backend": backend, "dim": dim,
                "captioned_sources": len(used_keys), "seconds": round(time.perf_counter() - t0, 2)}
@@ -347,35 +380,16 @@ def _parse(argv):
     p.add_argument("--size", type=int, default=512, help="side of the square face crops in pixels (512)")
     p.add_argument("--crop-scale", type=float, default=1.8,
                    help="crop side as a multiple of the face landmarks' bounding box (1.8)")
-    p.add_argument("--backend", choices=("dlib", "insightface"), default="dlib",
-                   help="Face Embed backend: dlib 128-D (embedded, offline) or insightface 512-D ArcFace (what "
-                        "IP-Adapter-FaceID weights expect; needs the insightface package and models)")
-    p.add_argument("--insightface-root", help="folder holding models/<antelopev2|buffalo_l>/ (ComfyUI's "
-                                              "models/insightface; default ~/.insightface)")
-    p.add_argument("--insightface-model", choices=("antelopev2", "buffalo_l"), default="antelopev2")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    return p.parse_args(argv)
+    cli.add_face_embed_args(p)
+    return cli.parse_prepare_args(p, argv)
 
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = prepare_dataset(args.src, args.out, captions=args.captions,
-                                  frames_per_video=args.frames_per_video, size=args.size, backend=args.backend,
-                                  insightface_root=args.insightface_root, insightface_model=args.insightface_model,
-                                  crop_scale=args.crop_scale, default_caption=args.default_caption,
-                                  overwrite=args.overwrite)
-    except PrepareError as e:
-        print(f"prepare_identity_data: error: {e}", file=sys.stderr)
-        return e.code
-    except RuntimeError as e:  # InsightFaceUnavailable and other runtime failures with a message
-        print(f"prepare_identity_data: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return cli.prepare_main("prepare_identity_data", args.quiet, lambda: prepare_dataset(
+        args.src, args.out, captions=args.captions, frames_per_video=args.frames_per_video, size=args.size,
+        backend=args.backend, insightface_root=args.insightface_root, insightface_model=args.insightface_model,
+        crop_scale=args.crop_scale, default_caption=args.default_caption, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":
