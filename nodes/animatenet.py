@@ -6,11 +6,23 @@ import numpy as np
 from comfy_api.latest import io
 
 from ..ptalk_models.animatenet import AnimateNetFormatError, check_compatible, load_animatenet
+from ..ptalk_models.contour import ContourInputError
 from ..ptalk_models.temporal import CONTOUR_SOURCES, FrameConditions
 from .comfy_adapter import (CATEGORY, AnimateNetType, Landmarks, image_to_numpy, node_error, portraittalk_options,
                             resolve_portraittalk, sampling_inputs, temporal_sample, unet_config)
 
 LOADER, SAMPLER = "AnimateNet Loader", "AnimateNet Temporal Sampler"
+
+
+def _fit(frames: np.ndarray, w: int, h: int) -> np.ndarray:
+    """uint8 ``[..., H0, W0, 3]`` resized (OpenCV area) to ``w`` × ``h`` pixels; unchanged when already that size."""
+    import cv2
+
+    if frames.shape[-3:-1] == (h, w):
+        return frames
+    flat = frames.reshape((-1,) + frames.shape[-3:])
+    out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in flat])
+    return out.reshape(frames.shape[:-3] + out.shape[1:])
 
 
 class AnimateNetLoader(io.ComfyNode):
@@ -61,8 +73,8 @@ class AnimateNetTemporalSampler(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="VAE of the checkpoint (encodes reference/init frames, decodes frames)."),
                 Landmarks.Input("landmarks", tooltip="Driving landmark sequence (Audio → Landmarks), made from this "
                                                      "reference: one output frame per landmark frame."),
-                io.Image.Input("reference", tooltip="The portrait (its size is the output size, floored to a multiple "
-                                                    "of 8); frame 0's previous frame."),
+                io.Image.Input("reference", tooltip="The portrait (its size is the output size, resized down to a "
+                                                    "multiple of 8); frame 0's previous frame."),
                 *sampling_inputs("Frame t uses noise seed + t; same seed → same frames.", 20,
                                  "Sampling steps per frame.", 5.0,
                                  "Classifier-free guidance (1 = no CFG: half the cost)."),
@@ -122,7 +134,10 @@ class AnimateNetTemporalSampler(io.ComfyNode):
         h, w = h0 // 8 * 8, w0 // 8 * 8
         if h < 64 or w < 64:
             raise node_error(SAMPLER, "reference", f"{w0}x{h0} is too small: at least 64x64 pixels")
-        ref = ref[:h, :w]
+        if end_percent < start_percent:
+            raise node_error(SAMPLER, "end_percent", f"end_percent {end_percent} is before start_percent "
+                                                     f"{start_percent}: AnimateNet/ControlNets would never act")
+        ref = _fit(ref, w, h)  # a multiple of 8 (the VAE's factor): resized, so normalised landmarks stay aligned
         frames = len(landmarks)
         init = None
         if init_frames is not None:
@@ -130,7 +145,7 @@ class AnimateNetTemporalSampler(io.ComfyNode):
             if len(init) not in (1, frames) or init.shape[1:3] != (h0, w0):
                 raise node_error(SAMPLER, "init_frames", f"{len(init)} frames of {init.shape[2]}x{init.shape[1]}; "
                                  f"expected {frames} (or 1) of {w0}x{h0}, like the reference")
-            init = np.broadcast_to(init, (frames,) + init.shape[1:])[:, :h, :w]
+            init = _fit(np.broadcast_to(init, (frames,) + init.shape[1:]), w, h)
         elif denoise < 1.0:
             raise node_error(SAMPLER, "denoise", "denoise < 1 keeps part of init_frames, but none are connected: "
                                                  "connect init_frames (e.g. Landmark Warp Render) or set denoise 1")
@@ -144,11 +159,16 @@ class AnimateNetTemporalSampler(io.ComfyNode):
         conditions = FrameConditions(landmarks, (h, w), ref, contour_source, init)
         controlnets = [(c, kind, controlnet_strength) for c, kind in
                        ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
-        images = temporal_sample(
-            model, positive, negative, vae, frames, (h, w), numpy_to_image(ref[None]), conditions, seed, steps, cfg,
-            sampler_name, scheduler, denoise, frames_per_window, animatenet=animatenet, controlnets=controlnets,
-            strength=strength, percent_range=(start_percent, end_percent),
-            init_frames=None if init is None else numpy_to_image(np.ascontiguousarray(init)))
+        try:
+            images = temporal_sample(
+                model, positive, negative, vae, frames, (h, w), numpy_to_image(ref[None]), conditions, seed, steps,
+                cfg, sampler_name, scheduler, denoise, frames_per_window, animatenet=animatenet,
+                controlnets=controlnets, strength=strength, percent_range=(start_percent, end_percent),
+                init_frames=None if init is None else numpy_to_image(np.ascontiguousarray(init)))
+        except AnimateNetFormatError as e:
+            raise node_error(SAMPLER, "animatenet", str(e)) from None
+        except ContourInputError as e:
+            raise node_error(SAMPLER, "landmarks", f"head contour: {e}") from None
         fps = float(landmarks.fps) if landmarks.fps > 0 else 25.0
         return io.NodeOutput(images.to(torch.float32), fps)
 

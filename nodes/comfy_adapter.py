@@ -653,23 +653,30 @@ def animatenet_control_class():
             prev = None
             if self.previous_controlnet is not None:
                 prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-            if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+            if self.strength == 0.0 or self.timestep_range is not None and (
+                    t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
                 return prev
-            p = next(self.net.parameters())
-            dtype, device = p.dtype, p.device
-            ms = self.model_sampling_current
-            timestep = ms.timestep(t).to(device, dtype)
-            x_in = ms.calculate_input(t, x_noisy).to(device, dtype)
+            device = x_noisy.device
+            if any(p.device != device for p in self.net.parameters()):  # e.g. split by a low-VRAM partial load
+                load_module(self.net)
             w = self.window
-            tokens = {k: v.to(device, dtype) for k, v in w.tokens.items()}
-            if self.net.has_temporal:  # the previous frames' latents → temporal tokens (cheap: a small conv stack)
-                tokens["temporal"] = self.net.temporal_encoder(w.temporal_latents().to(device, dtype))
-            reps = max(1, x_noisy.shape[0] // next(iter(tokens.values())).shape[0])
-            tokens = {k: v.repeat(reps, 1, 1) for k, v in tokens.items()}  # cond chunk(s), uncond chunk(s)
-            out = self.net(x_in, timestep, tokens=tokens)
-            control = {"output": [o.to(x_noisy.dtype) for o in out["output"]],
-                       "middle": [o.to(x_noisy.dtype) for o in out["middle"]]}
-            return self.control_merge(control, prev, output_dtype=None)
+            frames = next(iter(w.tokens.values())).shape[0]
+            if x_noisy.shape[0] % frames:
+                raise ValueError(f"[PortraitTalk · AnimateNet] a batch of {x_noisy.shape[0]} latents cannot be split "
+                                 f"into chunks of the window's {frames} frames")
+            ms = self.model_sampling_current
+            timestep = ms.timestep(t).float()
+            x_in = ms.calculate_input(t, x_noisy)
+            tokens = {k: v.to(device) for k, v in w.tokens.items()}
+            # run in the UNet's precision on GPUs (autocast; the loaded weights themselves stay fp32)
+            low = x_noisy.dtype if device.type != "cpu" and x_noisy.dtype in (torch.float16, torch.bfloat16) else None
+            with torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
+                if self.net.has_temporal:  # previous frames' latents → temporal tokens (a small conv stack)
+                    tokens["temporal"] = self.net.temporal_encoder(w.temporal_latents().to(device).float())
+                reps = x_noisy.shape[0] // frames  # ComfyUI batches whole chunks: cond frames, uncond frames
+                tokens = {k: v.repeat(reps, 1, 1) for k, v in tokens.items()}
+                out = self.net(x_in.float(), timestep, tokens=tokens)
+            return self.control_merge(out, prev, output_dtype=x_noisy.dtype)
 
         def copy(self):
             c = AnimateNetControl(self.net, self.patcher, self.window)
@@ -732,13 +739,14 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
     an object with ``structure(start, stop)`` → float ``[W, 3, H, W]`` landmark drawings and
     ``identity(start, stop, previous_frame)`` → float ``[W, 3, H, W]`` contour guides, where
     ``previous_frame`` is the last generated IMAGE ``[1, H, W, 3]`` before the window (None for the first, and
-    always None unless ``conditions.needs_previous_frame``).
+    always None unless ``conditions.needs_previous_frame`` — then the last frame of each window is VAE-decoded).
     ``reference``: IMAGE ``[1, H, W, 3]`` (its latent is frame 0's temporal condition). ``animatenet``: an
     AnimateNet (three-way attention control) or None; ``controlnets``: ``[(CONTROL_NET, "structure" |
     "identity", strength)]`` — the training-free mode (core ControlNets fed with the same images). Frame t's
-    noise comes from ``seed + t`` (so results do not depend on ``window``). ``init_frames``: IMAGE
-    ``[T, H, W, 3]`` encoded as the starting latents (with ``denoise`` < 1). Progress per frame; ComfyUI's
-    interrupt is checked after every sampling step. Returns IMAGE ``[T, H, W, 3]``.
+    initial noise comes from ``seed + t``; the result still depends on ``window`` (step-lagged temporal
+    condition and one contour per window inside a window; ancestral samplers' per-step noise). ``init_frames``: IMAGE
+    ``[T, H, W, 3]`` encoded as the starting latents (with ``denoise`` < 1). One progress bar over frames × steps
+    with a live preview; ComfyUI's interrupt is checked after every sampling step. Returns IMAGE ``[T, H, W, 3]``.
     """
     import comfy.model_management as mm
     import comfy.sample
@@ -749,14 +757,9 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
     lat_h, lat_w = h // 8, w // 8
     process_in = model.model.process_latent_in
     anchor = process_in(vae.encode(reference[..., :3]).float())
-    patcher = None
-    if animatenet is not None:
-        patcher = module_patcher(animatenet)
-        dtype = model.model.get_dtype()  # run the branch in the UNet's precision (fp16/bf16 on GPUs)
-        if mm.get_torch_device().type != "cpu" and dtype in (torch.float16, torch.bfloat16):
-            animatenet.to(dtype=dtype)
-    bar = comfy.utils.ProgressBar(frames)
-    preview = latent_preview.prepare_callback(model, steps)
+    patcher = module_patcher(animatenet) if animatenet is not None else None
+    bar = comfy.utils.ProgressBar(frames * steps)  # one bar: frames × steps, advanced after every step
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
     latents, previous_frame = [], None
     for start in range(0, frames, window):
         stop = min(frames, start + window)
@@ -794,22 +797,23 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
 
             pos, neg = with_control(pos, neg, make_cn)
 
-        def callback(step, x0, x, total_steps, state=state):
+        def callback(step, x0, x, total_steps, state=state, start=start, n=n):
             if state is not None:
                 state.estimates = x0.detach()
             mm.throw_exception_if_processing_interrupted()
-            preview(step, x0, x, total_steps)
+            image = previewer.decode_latent_to_preview_image("JPEG", x0[:1]) if previewer else None
+            bar.update_absolute(start * steps + min(step + 1, steps) * n, frames * steps, image)
 
-        noise = torch.cat([comfy.sample.prepare_noise(torch.zeros(1, 4, lat_h, lat_w), seed + t)
+        noise = torch.cat([comfy.sample.prepare_noise(torch.zeros(1, 4, lat_h, lat_w), (seed + t) % 2 ** 64)
                            for t in range(start, stop)])
         samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent_image,
-                                      denoise=denoise, callback=callback, disable_pbar=True, seed=seed + start)
+                                      denoise=denoise, callback=callback, disable_pbar=True,
+                                      seed=(seed + start) % 2 ** 64)
         latents.append(samples.float().cpu())
         anchor = process_in(samples[-1:].float())
         if conditions.needs_previous_frame:
             previous_frame = _decode(vae, samples[-1:])
         mm.throw_exception_if_processing_interrupted()
-        bar.update_absolute(stop, frames)
     return _decode(vae, torch.cat(latents))
 
 

@@ -15,7 +15,9 @@ transformer block's ``attn2`` (text cross-attention in the UNet) is a :class:`Th
 
 with separate key/value projections of three condition token sets — Structure (this frame's drawn landmarks),
 Identity (the head-contour guide), Temporal (the previous generated frame) — and learnable scalars w1..w3
-(``weights``, one ``[3]`` vector per layer, initialised to ones). ``to_q`` and ``to_out.0`` keep their LDM names
+(``weights``, one ``[3]`` vector per layer, initialised to (1, 1, 0): the temporal term starts switched off, like a
+zero conv, so a stage-1 net — trained without temporal tokens — ignores them at inference too, and stage 2 learns
+w3 from 0). ``to_q`` and ``to_out.0`` keep their LDM names
 and are copied from the UNet's ``attn2``; the UNet's text ``attn2.to_k``/``to_v`` (``[C, 768]``) have no
 counterpart and are skipped. Without temporal tokens (training stage 1, "without temporal attention") the w3
 term is left out entirely.
@@ -41,8 +43,7 @@ per condition at the defaults, G = 16, whatever the resolution), so the attentio
 * Identity: the Contour Guide edge map, same format → ``identity_encoder`` (same design, own weights).
 * Temporal: the previous generated frame's latent ``[B, 4, H/8, W/8]``, already scaled by the model's latent
   format (``latent_format.process_in``, ×0.18215 for SD1.5 — what the sampler holds) → ``temporal_encoder`` (one
-  stride-2 downsampling). Using the latent rather than pixels means a sampler never VAE-decodes inside its frame
-  loop.
+  stride-2 downsampling). Using the latent rather than pixels means a sampler needs no VAE decode per step.
 
 Images are mapped from [0, 1] to [-1, 1] inside the encoder. The tokens of a frame do not depend on the noise
 level: :meth:`AnimateNet.encode_conditions` computes them once per frame and ``forward(…, tokens=…)`` reuses
@@ -290,7 +291,7 @@ class ThreeWayAttention(nn.Module):
 
     Keys: ``to_q`` ``[C, C]`` and ``to_out.0`` (weight ``[C, C]``, bias) — the LDM names, copied from the base
     UNet's ``attn2`` —, ``to_k_<cond>``/``to_v_<cond>`` ``[C, D]`` (no bias) for cond in structure, identity and
-    (``use_temporal``) temporal, and ``weights`` ``[3]`` = (w1, w2, w3), initialised to ones. The w3 term is
+    (``use_temporal``) temporal, and ``weights`` ``[3]`` = (w1, w2, w3), initialised to (1, 1, 0). The w3 term is
     left out entirely when there are no temporal tokens (training stage 1). Heads: ``heads`` of width C/heads.
     """
 
@@ -302,7 +303,7 @@ class ThreeWayAttention(nn.Module):
         for cond in self.conditions:
             setattr(self, f"to_k_{cond}", nn.Linear(cond_dim, dim, bias=False))
             setattr(self, f"to_v_{cond}", nn.Linear(cond_dim, dim, bias=False))
-        self.weights = nn.Parameter(torch.ones(3))
+        self.weights = nn.Parameter(torch.tensor([1.0, 1.0, 0.0]))
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, tokens: dict[str, torch.Tensor | None]) -> torch.Tensor:
@@ -664,7 +665,7 @@ class AnimateNet(nn.Module):
 def new_animatenet(config: AnimateNetConfig, seed: int = 0, unet_sd: dict[str, torch.Tensor] | None = None
                    ) -> AnimateNet:
     """A freshly initialised, trainable AnimateNet (fp32, CPU): PyTorch's default init under
-    ``torch.manual_seed(seed)`` (the global RNG state is restored), zero convs zero, ``weights`` ones; with
+    ``torch.manual_seed(seed)`` (the global RNG state is restored), zero convs zero, ``weights`` (1, 1, 0); with
     ``unet_sd`` (the base UNet's state dict, LDM layout, prefixed or not) the copied blocks start as the UNet's
     (:meth:`AnimateNet.init_from_unet`)."""
     with torch.random.fork_rng(devices=[]):
@@ -700,7 +701,8 @@ def trainable_parameters(net: AnimateNet, stage: int) -> list[nn.Parameter]:
     Stage 1 ("without temporal attention", trained with ``temporal=None``): everything except the temporal
     encoder and the temporal K/V projections, which are frozen (``requires_grad`` False). The ``weights``
     vectors (w1, w2, w3) are included as whole tensors; w3 gets an exactly zero gradient in stage 1 (the term is
-    skipped), so put ``weights`` in a parameter group without weight decay to keep w3 at its initial 1.
+    skipped), so put ``weights`` in a parameter group without weight decay to keep w3 at its initial 0 (a stage-1
+    net then ignores temporal tokens at inference).
     Stage 2: every parameter. Raises :class:`AnimateNetFormatError` for another stage, or stage 2 on a net
     without temporal attention.
     """

@@ -26,7 +26,7 @@ IdentityNet is frozen by default (it was trained in its own stage, §III-A; stag
 together with the face term) and can be fine-tuned too (``train_identitynet``, its own AdamW group).
 
 Optimisation: AdamW; the three-way attention ``weights`` vectors (w1, w2, w3) are in a group without weight
-decay, so w3 keeps its initial 1 in stage 1 where its gradient is exactly zero. Defaults: lr 1e-5, batch 32 by
+decay, so w3 keeps its initial 0 in stage 1 where its gradient is exactly zero. Defaults: lr 1e-5, batch 32 by
 gradient accumulation, bf16 autocast on CUDA (:class:`AnimateTrainConfig`; the paper's §IV-B values for
 AnimateNet could not be checked here, these are the common ControlNet-training settings).
 

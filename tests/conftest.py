@@ -223,8 +223,8 @@ def tiny_controlnets(comfy, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet, pack_adapter):
-    """A tiny AnimateNet for the tiny UNet (initialised from it, seed 0, zero convs given small random values so
-    the branch acts, standing in for trained weights) saved as ``models/portraittalk/ptalk_tiny_animatenet.
+    """A tiny AnimateNet for the tiny UNet (initialised from it, seed 0; zero convs given small random values and
+    w1..w3 set to 1 so the branch and its temporal term act, standing in for stage-2-trained weights) saved as ``models/portraittalk/ptalk_tiny_animatenet.
     safetensors`` in :func:`tiny_identitynet`'s registered folder. ``.name``: the AnimateNet Loader option;
     ``.net``: the module."""
     from collections import namedtuple
@@ -241,6 +241,8 @@ def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet, pack_adapter):
         for name, p in net.named_parameters():
             if name.startswith(("zero_convs", "middle_block_out")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif name.endswith(".weights"):  # w1..w3 = 1: the temporal term on, as after stage 2
+                p.fill_(1.0)
     net.eval().requires_grad_(False)
     name = "ptalk_tiny_animatenet.safetensors"
     save_animatenet(net, tiny_identitynet.root / "portraittalk" / name)

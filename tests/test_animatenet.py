@@ -201,3 +201,42 @@ def test_training_free_mode_with_core_controlnets(comfy, sd, conds, reference, d
     moved = FaceLandmarks.from_points(pts, driving.image_size, driving.fps, driving.present)
     other = _run(comfy, sd, conds, reference, moved, landmark_controlnet=lm_cn, frames_per_window=2)
     assert torch.equal(other[:2], only_lm[:2]) and not torch.equal(other[2], only_lm[2])
+
+
+def test_temporal_path_and_stage1_nets(comfy, sd, conds, reference, driving, nets):
+    """With the contour taken from the reference, frame t−1 reaches frame t only through the temporal condition:
+    moving frame 1's landmarks changes frame 2 for a net whose w3 is trained (1), not for a stage-1 net (w3 = 0,
+    its initial value: the temporal term is off)."""
+    import copy
+
+    pts = driving.points.copy()
+    pts[1, :, 1] += 0.05
+    moved = FaceLandmarks.from_points(pts, driving.image_size, driving.fps, driving.present)
+    kw = dict(contour_source="reference")
+    a = _run(comfy, sd, conds, reference, driving, animatenet=nets["active"], **kw)
+    b = _run(comfy, sd, conds, reference, moved, animatenet=nets["active"], **kw)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[2], b[2])
+    stage1 = copy.deepcopy(nets["active"])
+    stage1.__dict__.pop("_ptalk_patcher", None)
+    with torch.no_grad():
+        for name, p in stage1.named_parameters():
+            if name.endswith(".weights"):
+                p[2] = 0.0
+    c = _run(comfy, sd, conds, reference, driving, animatenet=stage1, **kw)
+    d = _run(comfy, sd, conds, reference, moved, animatenet=stage1, **kw)
+    assert not torch.equal(c[1], d[1]) and torch.equal(c[2], d[2]) and torch.equal(c[3], d[3])
+
+
+def test_strength_and_chaining_with_a_core_controlnet(comfy, sd, conds, reference, driving, nets, tiny_controlnets):
+    """Strength 0 = the plain model; AnimateNet chains after a ControlNet already on the conditioning (core
+    Apply ControlNet), and both act."""
+    plain = _run(comfy, sd, conds, reference, driving, animatenet=nets["zero"])
+    assert torch.equal(_run(comfy, sd, conds, reference, driving, animatenet=nets["active"], strength=0.0), plain)
+    cn = comfy.nodes.NODE_CLASS_MAPPINGS["ControlNetLoader"]().load_controlnet(tiny_controlnets.contour)[0]
+    apply = comfy.nodes.NODE_CLASS_MAPPINGS["ControlNetApplyAdvanced"]().apply_controlnet
+    hint = reference.clone()
+    pos, neg = apply(conds[0], conds[1], cn, hint, 1.0, 0.0, 1.0, vae=sd[2])
+    only_anim = _run(comfy, sd, conds, reference, driving, animatenet=nets["active"])
+    only_cn = _run(comfy, sd, (pos, neg), reference, driving, animatenet=nets["zero"])
+    both = _run(comfy, sd, (pos, neg), reference, driving, animatenet=nets["active"])
+    assert not torch.equal(both, only_anim) and not torch.equal(both, only_cn)

@@ -90,13 +90,15 @@ def _comfy_features(unet, inp):
 
 
 def _randomised_zero_convs(net, seed=3):
-    """A copy of ``net`` whose zero convs are random (a "trained" branch)."""
+    """A copy of ``net`` whose zero convs are random and w3 is 1 (a "trained", stage-2 branch)."""
     n = copy.deepcopy(net)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for conv in [z[0] for z in n.zero_convs] + [n.middle_block_out[0]]:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * conv.weight.shape[1] ** -0.5)
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.1)
+        for _, attn in n.three_way_layers():
+            attn.weights[2] = 1.0
     return n
 
 
