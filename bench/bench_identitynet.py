@@ -45,8 +45,10 @@ def main(argv=None) -> int:
         return bench_training(args)
 
     if args.device == "cpu":
-        import sys
-        sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI's own flag, read when comfy.model_management is imported
+        comfy_headless.prepare()
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # ComfyUI's --cpu, read when comfy.model_management is first imported
     import tempfile
     from pathlib import Path
 

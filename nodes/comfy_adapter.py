@@ -748,6 +748,15 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
     ``[T, H, W, 3]`` encoded as the starting latents (with ``denoise`` < 1). One progress bar over frames × steps
     with a live preview; ComfyUI's interrupt is checked after every sampling step. Returns IMAGE ``[T, H, W, 3]``.
     """
+    with torch.inference_mode():  # as under ComfyUI's executor; direct callers must not build autograd graphs
+        return _temporal_sample(model, positive, negative, vae, frames, size_hw, reference, conditions, seed, steps,
+                                cfg, sampler_name, scheduler, denoise, window, animatenet, controlnets, strength,
+                                percent_range, init_frames)
+
+
+def _temporal_sample(model, positive, negative, vae, frames, size_hw, reference, conditions, seed, steps, cfg,
+                     sampler_name, scheduler, denoise, window, animatenet, controlnets, strength, percent_range,
+                     init_frames):
     import comfy.model_management as mm
     import comfy.sample
     import comfy.utils
