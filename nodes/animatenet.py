@@ -145,7 +145,7 @@ class AnimateNetTemporalSampler(io.ComfyNode):
             if len(init) not in (1, frames) or init.shape[1:3] != (h0, w0):
                 raise node_error(SAMPLER, "init_frames", f"{len(init)} frames of {init.shape[2]}x{init.shape[1]}; "
                                  f"expected {frames} (or 1) of {w0}x{h0}, like the reference")
-            init = _fit(np.broadcast_to(init, (frames,) + init.shape[1:]), w, h)
+            init = _fit(init if len(init) == frames else np.repeat(init, frames, axis=0), w, h)
         elif denoise < 1.0:
             raise node_error(SAMPLER, "denoise", "denoise < 1 keeps part of init_frames, but none are connected: "
                                                  "connect init_frames (e.g. Landmark Warp Render) or set denoise 1")

@@ -63,6 +63,20 @@ class _PackEngineAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 sys.meta_path.insert(0, _PackEngineAlias())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _release_models_before_exit():
+    """Set up first, torn down last: once the fixtures holding MODEL/CLIP/VAE objects are gone, unload and
+    collect them while ComfyUI's modules are still intact (else ModelPatcher.__del__ runs during interpreter
+    shutdown and prints ignored exceptions)."""
+    yield
+    import gc
+
+    mm = sys.modules.get("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Directory of the shared real media (photos/, audio/, video/, grid_s1/; see its MANIFEST.md)."""
