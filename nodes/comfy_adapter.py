@@ -648,6 +648,7 @@ def animatenet_control_class():
             super().__init__()
             self.net, self.patcher, self.window = net, patcher, window
             self.model_sampling_current = None
+            self.compute_dtype = torch.float32
 
         def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
             prev = None
@@ -668,15 +669,17 @@ def animatenet_control_class():
             timestep = ms.timestep(t).float()
             x_in = ms.calculate_input(t, x_noisy)
             tokens = {k: v.to(device) for k, v in w.tokens.items()}
-            # run in the UNet's precision on GPUs (autocast; the loaded weights themselves stay fp32)
-            low = x_noisy.dtype if device.type != "cpu" and x_noisy.dtype in (torch.float16, torch.bfloat16) else None
+            # run in the UNet's compute precision on GPUs (autocast; the loaded weights themselves stay fp32).
+            # x_noisy is the sampler's (fp32) latent, so the precision comes from the model (pre_run).
+            low = self.compute_dtype if device.type != "cpu" and self.compute_dtype in (torch.float16,
+                                                                                         torch.bfloat16) else None
             with torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
                 if self.net.has_temporal:  # previous frames' latents → temporal tokens (a small conv stack)
                     tokens["temporal"] = self.net.temporal_encoder(w.temporal_latents().to(device).float())
                 reps = x_noisy.shape[0] // frames  # ComfyUI batches whole chunks: cond frames, uncond frames
                 tokens = {k: v.repeat(reps, 1, 1) for k, v in tokens.items()}
                 out = self.net(x_in.float(), timestep, tokens=tokens)
-            return self.control_merge(out, prev, output_dtype=x_noisy.dtype)
+            return self.control_merge(out, prev, output_dtype=None)  # the UNet adds them in its own dtype
 
         def copy(self):
             c = AnimateNetControl(self.net, self.patcher, self.window)
@@ -689,6 +692,7 @@ def animatenet_control_class():
         def pre_run(self, model, percent_to_timestep_function):
             super().pre_run(model, percent_to_timestep_function)
             self.model_sampling_current = model.model_sampling
+            self.compute_dtype = getattr(model, "manual_cast_dtype", None) or model.get_dtype()
 
         def cleanup(self):
             self.model_sampling_current = None
