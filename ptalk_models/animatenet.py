@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .identitynet import read_safetensors, write_safetensors
+from .identitynet import check_state_dict, read_safetensors, write_safetensors
 
 FORMAT = "portraittalk-animatenet/1"
 CONDITIONS = ("structure", "identity", "temporal")
@@ -776,18 +776,8 @@ def load_animatenet(path: str | os.PathLike) -> AnimateNet:
         raise AnimateNetFormatError(f"{name}: unreadable AnimateNet config in the metadata ({e})") from None
     net = AnimateNet(cfg)
     own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    if missing:
-        raise AnimateNetFormatError(f"{name}: {len(missing)} weights missing (e.g. {', '.join(missing[:3])}) — the "
-                                    "file is incomplete or does not match its config")
-    bad = [f"{k} {tuple(sd[k].shape)} ≠ {tuple(own[k].shape)}" for k in own
-           if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise AnimateNetFormatError(f"{name}: wrong shapes for its config: {'; '.join(bad[:3])}")
-    unexpected = sorted(k for k in sd if k not in own)
-    if unexpected:
-        raise AnimateNetFormatError(f"{name}: {len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})"
-                                    " — the file does not match its config")
+    check_state_dict(own, sd, name, AnimateNetFormatError, "does not match its config", " for its config",
+                     allow_unexpected=False)
     net.load_state_dict({k: sd[k].float() for k in own})
     net.source = name
     return net.eval().requires_grad_(False)

@@ -319,6 +319,25 @@ def read_safetensors(path: str | os.PathLike, error: type[ValueError], hint: str
         raise error(f"{name} is truncated or not a valid safetensors file ({e}); {hint}") from None
 
 
+def check_state_dict(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], name: str,
+                     error: type[ValueError], mismatch: str, shapes_note: str = "",
+                     allow_unexpected: bool = True) -> None:
+    """Raise ``error`` naming the first few keys when ``sd`` lacks keys of the module state dict ``own``, has
+    other shapes for them, or (``allow_unexpected`` False) has extra keys. ``mismatch`` completes "the file is
+    incomplete or …" / "the file …" in the messages; ``shapes_note`` is put after "wrong shapes"."""
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise error(f"{name}: {len(missing)} weights missing (e.g. {', '.join(missing[:3])}) — the file is "
+                    f"incomplete or {mismatch}")
+    bad = [f"{k} {tuple(sd[k].shape)} ≠ {tuple(own[k].shape)}" for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise error(f"{name}: wrong shapes{shapes_note}: {'; '.join(bad[:3])}")
+    unexpected = sorted(k for k in sd if k not in own)
+    if unexpected and not allow_unexpected:
+        raise error(f"{name}: {len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])}) — the file "
+                    f"{mismatch}")
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(flat state dict, safetensors metadata) of a ``.safetensors`` file, or of a pickled ``.bin``/``.pt``/
     ``.pth`` loaded with ``torch.load(weights_only=True)`` (IP-Adapter's nested ``{"image_proj": …,
@@ -411,13 +430,7 @@ def identitynet_from_state_dict(sd: dict[str, torch.Tensor], config: IdentityNet
     cfg = config or infer_config(sd, name)
     net = IdentityNet(cfg)
     own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    if missing:
-        raise IdentityNetFormatError(f"{name}: {len(missing)} weights missing (e.g. {', '.join(missing[:3])}) — the "
-                                     "file is incomplete or of another architecture")
-    bad = [f"{k} {tuple(sd[k].shape)} ≠ {tuple(own[k].shape)}" for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise IdentityNetFormatError(f"{name}: wrong shapes: {'; '.join(bad[:3])}")
+    check_state_dict(own, sd, name, IdentityNetFormatError, "of another architecture")
     net.load_state_dict({k: sd[k].float() for k in own})
     net.ignored_keys = sorted(k for k in sd if k not in own)
     net.source = name
