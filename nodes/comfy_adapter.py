@@ -163,33 +163,25 @@ def _video_types():
     return Input.Video, Types.VideoComponents, Types.VideoContainer, Types.VideoCodec
 
 
-class StreamedTalkingVideo(_video_types()[0]):
-    """A ComfyUI VIDEO whose frames are warp-rendered on demand.
+class _StreamedVideo(_video_types()[0]):
+    """A ComfyUI VIDEO whose frames are made on demand by ``_frames()`` (uint8 RGB ``[H, W, 3]``, one per frame).
 
-    ``save_to`` (what Save Video calls) renders and encodes frame by frame with
-    :func:`ptalk_models.media.write_mp4`, so memory stays at one frame; ``get_components`` (what other VIDEO
-    consumers may call) renders the whole IMAGE batch.
+    ``save_to`` (what Save Video calls) makes and encodes frame by frame with
+    :func:`ptalk_models.media.write_mp4` (H.264 + AAC mp4), so memory stays at one frame; ``get_components``
+    (what other VIDEO consumers may call) makes the whole IMAGE batch. Subclasses set ``_node`` (for messages),
+    ``_w``, ``_h``, ``_fps``, ``_count`` and ``_audio`` (float32 ``[C, N]``, Hz) or None.
     """
 
-    def __init__(self, renderer, sequence, even_size, audio=None):
-        """``renderer``: a built :class:`ptalk_models.render.WarpRenderer` (so bad references fail in the
-        render node, not later inside Save Video); ``sequence``: the FaceLandmarks to render at its fps."""
-        from ..ptalk_models.render import even_dims
-
-        self._renderer, self._sequence, self._even_size = renderer, sequence, even_size
-        self._audio = audio  # (float32 [C, N], Hz) or None
-        self._h, self._w = even_dims(renderer.height, renderer.width) if even_size else (renderer.height,
-                                                                                           renderer.width)
-        self._fps = sequence.fps
+    _node = "PortraitTalk"
 
     def _frames(self):
-        from ..ptalk_models.render import iter_render
+        raise NotImplementedError
 
-        total = len(self._sequence)
-        progress = Progress(total)
-        for i, frame in enumerate(iter_render(self._renderer, self._sequence, self._even_size)):
+    def _progress_frames(self):
+        progress = Progress(self._count)
+        for i, frame in enumerate(self._frames()):
             yield frame
-            progress(i + 1, total)
+            progress(i + 1, self._count)
 
     def save_to(self, path, format="auto", codec="auto", metadata=None):
         import json
@@ -198,15 +190,14 @@ class StreamedTalkingVideo(_video_types()[0]):
 
         _, _, container, vcodec = _video_types()
         if format not in (container.AUTO, container.MP4) or codec not in (vcodec.AUTO, vcodec.H264):
-            raise ValueError("Landmark Warp Render → Video saves mp4/h264 only: set Save Video's format and "
-                             "codec to auto")
+            raise ValueError(f"{self._node} saves mp4/h264 only: set Save Video's format and codec to auto")
         wav, sr = self._audio if self._audio is not None else (None, None)
         meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-        write_mp4(path, self._frames(), self._fps, self._w, self._h, wav, sr, metadata=meta)
+        write_mp4(path, self._progress_frames(), self._fps, self._w, self._h, wav, sr, metadata=meta)
 
     def get_components(self):
         components = _video_types()[1]
-        frames = numpy_to_image(np.stack(list(self._frames())))
+        frames = numpy_to_image(np.stack(list(self._progress_frames())))
         audio = None
         if self._audio is not None:
             audio = {"waveform": torch.from_numpy(self._audio[0])[None], "sample_rate": self._audio[1]}
@@ -216,10 +207,10 @@ class StreamedTalkingVideo(_video_types()[0]):
         return self._w, self._h
 
     def get_frame_count(self):
-        return len(self._sequence)
+        return self._count
 
     def get_duration(self):
-        return self.get_frame_count() / self._fps
+        return self._count / self._fps
 
     def get_frame_rate(self):
         from ..ptalk_models.media import frame_rate_fraction
@@ -228,6 +219,53 @@ class StreamedTalkingVideo(_video_types()[0]):
 
     def get_container_format(self):
         return "mp4"
+
+
+class StreamedTalkingVideo(_StreamedVideo):
+    """Landmark Warp Render → Video's output: frames warp-rendered from one reference on demand."""
+
+    _node = "Landmark Warp Render → Video"
+
+    def __init__(self, renderer, sequence, even_size, audio=None):
+        """``renderer``: a built :class:`ptalk_models.render.WarpRenderer` (so bad references fail in the
+        render node, not later inside Save Video); ``sequence``: the FaceLandmarks to render at its fps;
+        ``audio``: (float32 ``[C, N]``, Hz) or None."""
+        from ..ptalk_models.render import even_dims
+
+        self._renderer, self._sequence, self._even_size = renderer, sequence, even_size
+        self._audio = audio
+        self._h, self._w = even_dims(renderer.height, renderer.width) if even_size else (renderer.height,
+                                                                                           renderer.width)
+        self._fps, self._count = sequence.fps, len(sequence)
+
+    def _frames(self):
+        from ..ptalk_models.render import iter_render
+
+        return iter_render(self._renderer, self._sequence, self._even_size)
+
+
+class StreamedDubVideo(_StreamedVideo):
+    """Dub Video's output: each frame decoded from the source VIDEO again and dubbed (CPU preview render) on
+    demand, muxed with the new speech. Memory stays at one frame except with ping-pong, which holds the
+    source frames it revisits (:func:`ptalk_models.media.frames_at`)."""
+
+    _node = "Dub Video"
+
+    def __init__(self, source, frame_index, source_landmarks, landmarks, size_wh, fps, audio, render_kwargs):
+        """``source``: the VIDEO's stream source (path or BytesIO); ``frame_index``: int ``[N]`` decode-order
+        source frame per output frame; ``source_landmarks`` / ``landmarks``: FaceLandmarks ``[N]`` (aligned
+        source, dubbed); ``size_wh``: frame size in pixels; ``audio``: (float32 ``[C, S]``, Hz);
+        ``render_kwargs``: for :func:`ptalk_models.dub_render.iter_dub`."""
+        self._source, self._index = source, np.asarray(frame_index, np.int64)
+        self._src_lm, self._lm, self._kwargs = source_landmarks, landmarks, dict(render_kwargs)
+        (self._w, self._h), self._fps, self._audio = size_wh, float(fps), audio
+        self._count = len(self._index)
+
+    def _frames(self):
+        from ..ptalk_models.dub_render import iter_dub
+        from ..ptalk_models.media import frames_at
+
+        return iter_dub(frames_at(self._source, self._index), self._src_lm, self._lm, **self._kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Visual dubbing nodes (PersonaTalk-style, CPU preview path): Audio → Dub Landmarks and Dub Render."""
+"""Visual dubbing nodes (PersonaTalk-style, CPU preview path): Audio → Dub Landmarks and Dub Render (IMAGE
+batches), and Dub Video (the same, streamed from a VIDEO to a VIDEO)."""
 from __future__ import annotations
 
 import logging
@@ -6,16 +7,47 @@ import logging
 import numpy as np
 from comfy_api.latest import io
 
-from ..ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
+from ..ptalk_models.audio2landmarks import BACKENDS
 from ..ptalk_models.dub_render import render_dub
-from ..ptalk_models.dubbing import (LENGTH_POLICIES, apply_length_policy, closed_mouth_frame, dub_landmarks,
-                                    smooth_landmarks)
+from ..ptalk_models.dubbing import LENGTH_POLICIES, plan_dub
+from ..ptalk_models.face import NoFaceError, track_landmarks
 from ..ptalk_models.landmarks import FaceLandmarks
-from .comfy_adapter import (CATEGORY, Landmarks, Progress, audio_to_numpy, image_to_numpy, node_error,
-                            numpy_to_image)
+from ..ptalk_models.media import constant_rate_index, iter_video, video_info
+from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedDubVideo, audio_to_numpy, image_to_numpy,
+                            node_error, numpy_to_image)
 
 log = logging.getLogger("PortraitTalk")
-DUB, RENDER = "Audio → Dub Landmarks", "Dub Render"
+DUB, RENDER, VIDEO = "Audio → Dub Landmarks", "Dub Render", "Dub Video"
+
+
+def _motion_inputs() -> list:
+    """Inputs shared by Audio → Dub Landmarks and Dub Video: how the new speech drives the mouth."""
+    return [
+        io.Combo.Input("length_policy", options=list(LENGTH_POLICIES), default="hold",
+                       tooltip="When audio and video lengths differ: trim (the shorter wins), loop the "
+                               "video, ping-pong it, or hold its last frame. Output length = the audio's "
+                               "(trim: the shorter)."),
+        io.Float.Input("smoothing", default=1.0, min=0.0, max=5.0, step=0.1,
+                       tooltip="Temporal smoothing of the detected landmarks (Gaussian sigma in frames)."),
+        io.Boolean.Input("persona", default=True,
+                         tooltip="Scale the mouth motion to the range this speaker shows in the video."),
+        io.Float.Input("expressiveness", default=1.0, min=0.0, max=2.0, step=0.05,
+                       tooltip="Mouth amplitude of the audio-driven motion (1 = natural)."),
+        io.Combo.Input("backend", options=list(BACKENDS), default=next(iter(BACKENDS)),
+                       tooltip="Audio→motion model (the embedded pocketsphinx phoneme backend)."),
+        io.String.Input("transcript", default="", multiline=True, optional=True,
+                        tooltip="Optional English text of the new speech (forced alignment)."),
+    ]
+
+
+def _render_inputs() -> list:
+    """Inputs shared by Dub Render and Dub Video: the CPU preview paste-back."""
+    return [
+        io.Float.Input("feather", default=0.25, min=0.01, max=1.0, step=0.01,
+                       tooltip="Width of the blend band, in inter-ocular distances."),
+        io.Boolean.Input("color_match", default=True,
+                         tooltip="Match the warped region's colour statistics to the surrounding skin."),
+    ]
 
 
 class DubLandmarks(io.ComfyNode):
@@ -37,20 +69,7 @@ class DubLandmarks(io.ComfyNode):
                 io.Audio.Input("audio", tooltip="The new speech."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
                                tooltip="The source video's frame rate (wire Get Video Components' fps)."),
-                io.Combo.Input("length_policy", options=list(LENGTH_POLICIES), default="hold",
-                               tooltip="When audio and video lengths differ: trim (the shorter wins), loop the "
-                                       "video, ping-pong it, or hold its last frame. Output length = the audio's "
-                                       "(trim: the shorter)."),
-                io.Float.Input("smoothing", default=1.0, min=0.0, max=5.0, step=0.1,
-                               tooltip="Temporal smoothing of the detected landmarks (Gaussian sigma in frames)."),
-                io.Boolean.Input("persona", default=True,
-                                 tooltip="Scale the mouth motion to the range this speaker shows in the video."),
-                io.Float.Input("expressiveness", default=1.0, min=0.0, max=2.0, step=0.05,
-                               tooltip="Mouth amplitude of the audio-driven motion (1 = natural)."),
-                io.Combo.Input("backend", options=list(BACKENDS), default=next(iter(BACKENDS)),
-                               tooltip="Audio→motion model (the embedded pocketsphinx phoneme backend)."),
-                io.String.Input("transcript", default="", multiline=True, optional=True,
-                                tooltip="Optional English text of the new speech (forced alignment)."),
+                *_motion_inputs(),
             ],
             outputs=[
                 Landmarks.Output("dubbed_landmarks", tooltip="Dubbed landmarks, one per output frame."),
@@ -64,22 +83,21 @@ class DubLandmarks(io.ComfyNode):
     def execute(cls, landmarks, audio, fps, length_policy, smoothing, persona, expressiveness, backend,
                 transcript="") -> io.NodeOutput:
         wav, sr = audio_to_numpy(audio, DUB, "audio")
-        if not np.asarray(landmarks.present).any():
-            raise node_error(DUB, "landmarks", "no frame of the video has a face; nothing to dub")
-        src = smooth_landmarks(landmarks, smoothing) if smoothing > 0 else landmarks
-        rest = src.frame(closed_mouth_frame(src))
-        try:
-            driven = generate_landmarks(wav, sr, rest, fps=fps, expressiveness=expressiveness,
-                                        transcript=transcript or "", backend=backend, blink=False, head_motion=False)
-        except ValueError as e:
-            raise node_error(DUB, "audio", str(e)) from None
-        idx = apply_length_policy(len(src), len(driven), length_policy)
-        driven = driven.frames(0, len(idx))
-        mapped = FaceLandmarks.from_points(src.points[idx], src.image_size, fps, src.present[idx],
-                                           dict(src.meta, source_index=idx.tolist()))
-        dubbed = dub_landmarks(mapped, driven, rest=rest, persona=bool(persona))
-        dubbed.meta["source_index"] = idx.tolist()
-        return io.NodeOutput(dubbed, mapped, float(fps))
+        dubbed, aligned = _plan(DUB, landmarks, wav, sr, fps, length_policy, smoothing, persona, expressiveness,
+                                backend, transcript)
+        return io.NodeOutput(dubbed, aligned, float(fps))
+
+
+def _plan(node, landmarks, wav, sr, fps, length_policy, smoothing, persona, expressiveness, backend, transcript):
+    """:func:`ptalk_models.dubbing.plan_dub` with its errors as node errors."""
+    if not np.asarray(landmarks.present).any():
+        raise node_error(node, "landmarks" if node == DUB else "video",
+                         "no frame of the video has a face; nothing to dub")
+    try:
+        return plan_dub(landmarks, wav, sr, fps, length_policy, smoothing, bool(persona), expressiveness,
+                        backend, transcript or "")
+    except ValueError as e:
+        raise node_error(node, "audio", str(e)) from None
 
 
 class DubRender(io.ComfyNode):
@@ -98,10 +116,7 @@ class DubRender(io.ComfyNode):
                 io.Image.Input("images", tooltip="The source video's frames (Get Video Components)."),
                 Landmarks.Input("source_landmarks", tooltip="From Audio → Dub Landmarks (aligned_source)."),
                 Landmarks.Input("landmarks", tooltip="From Audio → Dub Landmarks (dubbed_landmarks)."),
-                io.Float.Input("feather", default=0.25, min=0.0, max=1.0, step=0.01,
-                               tooltip="Width of the blend band, in inter-ocular distances."),
-                io.Boolean.Input("color_match", default=True,
-                                 tooltip="Match the warped region's colour statistics to the surrounding skin."),
+                *_render_inputs(),
             ],
             outputs=[io.Image.Output("images_out", display_name="images",
                                      tooltip="The dubbed frames, one per landmark frame.")],
@@ -126,4 +141,75 @@ class DubRender(io.ComfyNode):
         return io.NodeOutput(numpy_to_image(out))
 
 
-NODES = [DubLandmarks, DubRender]
+class DubVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkDubVideo",
+            display_name="Dub Video (streamed) (PortraitTalk)",
+            category=CATEGORY,
+            description=(
+                "Visual dubbing of a VIDEO in one node, streamed (CPU preview path): Face Landmarks on every frame "
+                "(one tracked face), Audio → Dub Landmarks and Dub Render, without ever holding the clip as an "
+                "IMAGE batch — for long or high-resolution videos (a 20 s 1080x1920 clip is ~15 GB as IMAGE) and "
+                "for containers core Get Video Components cannot read (FLV). Landmarks are detected here; the "
+                "frames are decoded again and rendered while Save Video encodes (H.264 + AAC mp4 with the new "
+                "speech). Variable-frame-rate input is mapped onto a constant rate (the stream's average fps) "
+                "by timestamps. Faceless frames pass through unchanged."),
+            inputs=[
+                io.Video.Input("video", tooltip="The source video (core Load Video: mp4/mov/mkv/webm/flv/mpg …)."),
+                io.Audio.Input("audio", tooltip="The new speech."),
+                io.Combo.Input("face", options=["largest", "by index"], default="largest",
+                               tooltip="Which face to dub when several are visible: the largest in the first "
+                                       "frame with a face, or the face_index-th from the left; then tracked."),
+                io.Int.Input("face_index", default=0, min=0, max=63,
+                             tooltip="Used when face = 'by index': 0 = leftmost face."),
+                *_motion_inputs(),
+                *_render_inputs(),
+            ],
+            outputs=[
+                io.Video.Output("dubbed_video", display_name="video",
+                                tooltip="The dubbed video with the new speech, at the source's fps (Save Video)."),
+                Landmarks.Output("dubbed_landmarks", tooltip="Dubbed landmarks, one per output frame."),
+                Landmarks.Output("aligned_source", tooltip="The source landmarks of the same output frames (e.g. "
+                                                           "for ADFD Score against dubbed_landmarks)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, video, audio, face, face_index, length_policy, smoothing, persona, expressiveness, backend,
+                feather, color_match, transcript="") -> io.NodeOutput:
+        import av
+
+        wav, sr = audio_to_numpy(audio, VIDEO, "audio")
+        source = video.get_stream_source()
+        times = []
+
+        def frames():
+            for frame, t in iter_video(source):
+                times.append(t)
+                yield frame
+
+        try:
+            w, h, fps = video_info(source)
+            lm = track_landmarks(frames(), video.get_frame_count(), on_missing="keep", fps=fps,
+                                 selection="largest" if face == "largest" else int(face_index),
+                                 progress=Progress(video.get_frame_count()))
+        except (IndexError, av.error.FFmpegError) as e:  # FFmpeg's errors may also be ValueErrors: first
+            raise node_error(VIDEO, "video", f"cannot decode its video stream ({e}); re-encode it (e.g. to "
+                                             "H.264 mp4)") from None
+        except NoFaceError as e:
+            raise node_error(VIDEO, "video", str(e)) from None
+        except ValueError as e:
+            raise node_error(VIDEO, "face_index" if face != "largest" else "video", str(e)) from None
+        cfr = constant_rate_index(times, fps)
+        lm = FaceLandmarks.from_points(lm.points[cfr], lm.image_size, fps, lm.present[cfr], lm.meta)
+        dubbed, aligned = _plan(VIDEO, lm, wav, sr, fps, length_policy, smoothing, persona, expressiveness,
+                                backend, transcript)
+        index = cfr[np.asarray(dubbed.meta["source_index"], np.int64)]
+        out = StreamedDubVideo(source, index, aligned, dubbed, (w, h), fps, (wav, sr),
+                               {"feather": feather, "color_match": bool(color_match)})
+        return io.NodeOutput(out, dubbed, aligned)
+
+
+NODES = [DubLandmarks, DubRender, DubVideo]

@@ -1,6 +1,8 @@
 """Visual dubbing on landmarks (PersonaTalk-style, arXiv 2409.05379): an existing video + new speech ->
 the same person with the same head motion and a new lip sync. Pure numpy (no ComfyUI, no torch).
 
+:func:`plan_dub` runs steps 2-4 below for a detected video in one call.
+
 Pipeline (landmark level; rendering the frames is a separate step):
 
 1. detect the source video's landmarks (:func:`ptalk_models.face.detect_landmarks`), optionally
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .audio2landmarks import DEFAULT_BACKEND, generate_landmarks
 from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, inner_lip_aperture
 
 LENGTH_POLICIES = ("trim", "loop", "ping-pong", "hold")
@@ -271,5 +274,40 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
                          present=source.present.copy(), meta=meta)
 
 
+def plan_dub(source: FaceLandmarks, waveform, sample_rate: int, fps: float, length_policy: str = "hold",
+             smoothing: float = 1.0, persona: bool = True, expressiveness: float = 1.0,
+             backend: str | None = None, transcript: str = "") -> tuple[FaceLandmarks, FaceLandmarks]:
+    """Steps 1-4 of the module pipeline for a detected source video: (dubbed, aligned_source), both with one
+    frame per *output* frame and ``meta["source_index"]`` (int list) = the source frame each output frame
+    shows (:func:`apply_length_policy`).
+
+    Args:
+        source: the video's landmarks (:func:`ptalk_models.face.detect_landmarks` with ``on_missing="keep"``).
+        waveform, sample_rate: the new speech, float ``[C, N]`` or ``[N]`` in [-1, 1], Hz.
+        fps: the video's frame rate (frames per second); the output has ``round(audio seconds * fps)`` frames
+            (``"trim"``: at most the video's).
+        smoothing: :func:`smooth_landmarks` sigma in frames (0 = none).
+        persona, expressiveness, backend, transcript: see :func:`dub_landmarks` and
+            :func:`ptalk_models.audio2landmarks.generate_landmarks` (backend None = its default).
+    ``aligned_source`` is the (smoothed) source at those frames, ``dubbed`` the same with the new mouth/jaw.
+    Raises ValueError: no face in any frame, an unknown policy, audio the phoneme backend cannot use.
+    """
+    if not np.asarray(source.present).any():
+        raise ValueError("no frame of the video has a face; nothing to dub")
+    src = smooth_landmarks(source, smoothing) if smoothing > 0 else source
+    rest = src.frame(closed_mouth_frame(src))
+    driven = generate_landmarks(waveform, sample_rate, rest, fps=fps, expressiveness=expressiveness,
+                                transcript=transcript or "", backend=backend or DEFAULT_BACKEND, blink=False,
+                                head_motion=False)
+    idx = apply_length_policy(len(src), len(driven), length_policy)
+    driven = driven.frames(0, len(idx))
+    aligned = FaceLandmarks.from_points(src.points[idx], src.image_size, fps, src.present[idx],
+                                        dict(src.meta, source_index=idx.tolist()))
+    dubbed = dub_landmarks(aligned, driven, rest=rest, persona=bool(persona))
+    dubbed.meta["source_index"] = idx.tolist()
+    return dubbed, aligned
+
+
 __all__ = ["LENGTH_POLICIES", "STABLE_POINTS", "apply_length_policy", "smooth_landmarks", "similarity",
-           "mouth_weights", "closed_mouth_frame", "persona_scale", "dub_landmarks"]
+           "mouth_weights", "closed_mouth_frame", "persona_scale", "dub_landmarks",
+           "plan_dub"]

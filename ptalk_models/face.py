@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -217,31 +217,52 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
     batch = as_rgb_uint8(images, "images")
     if batch.ndim == 3:
         batch = batch[None]
-    T, H, W = batch.shape[:3]
+    return track_landmarks(batch, len(batch), model_path, selection, on_missing, fps, min_confidence, previous,
+                           progress, tiles=len(batch) == 1 or selection != "largest")
+
+
+def track_landmarks(frames: Iterable[np.ndarray], total: int | None = None, model_path: str | None = None,
+                    selection: str | int = "largest", on_missing: str = "error", fps: float = 0.0,
+                    min_confidence: float = 0.5, previous: np.ndarray | None = None,
+                    progress: Callable[[int, int], None] | None = None, tiles: bool = False) -> FaceLandmarks:
+    """:func:`detect_landmarks` over an iterable of frames, consumed one at a time (a decoding video: memory
+    stays at one frame). ``frames``: uint8 RGB ``[H, W, 3]`` (or anything :func:`as_rgb_uint8` accepts), all
+    the same size; ``total``: the expected count, for progress and messages only (None: unknown); ``tiles``:
+    also search image tiles for small faces (:meth:`FaceLandmarkDetector.detect`). Other arguments, result
+    and errors as :func:`detect_landmarks`; also ValueError for no frames or frames of differing sizes."""
     det = FaceLandmarkDetector.shared(model_path, max_faces=8, min_confidence=min_confidence)
-    points = np.zeros((T, NUM_LANDMARKS, 3), np.float32)
-    present = np.zeros(T, bool)
-    counts = []
-    for t in range(T):
-        # stills and explicit face indices also search tiles for small faces in group photos
-        faces = det.detect(batch[t], tiles=(T == 1 or selection != "largest"))
+    points, present, counts = [], [], []
+    W = H = None
+    of = f" of {total}" if total else ""
+    for t, frame in enumerate(frames):
+        rgb = as_rgb_uint8(frame, f"frame {t}")
+        if W is None:
+            H, W = rgb.shape[:2]
+        elif rgb.shape[:2] != (H, W):
+            raise ValueError(f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 {W}x{H}: all frames must have "
+                             "one size")
+        faces = det.detect(rgb, tiles=tiles)
         counts.append(len(faces))
+        present.append(bool(faces))
         if faces:
-            k = select_face(faces, W, H, selection, previous)
-            points[t] = previous = faces[k]
-            present[t] = True
+            previous = faces[select_face(faces, W, H, selection, previous)]
+            points.append(previous)
         elif on_missing == "error":
             raise NoFaceError(
-                f"no face found in frame {t} of {T} ({W}x{H}); use a clearer, larger, more frontal face, or set "
+                f"no face found in frame {t}{of} ({W}x{H}); use a clearer, larger, more frontal face, or set "
                 f"on_missing to 'keep' to carry the nearest frame's landmarks", frame=t)
+        else:
+            points.append(None)
         if progress is not None:
-            progress(t + 1, T)
+            progress(t + 1, max(total or 0, t + 1))
+    if W is None:
+        raise ValueError("no frames to detect landmarks in")
+    present = np.asarray(present, bool)
     if not present.any():
-        raise NoFaceError(f"no face found in any of the {T} frame(s) ({W}x{H})", frame=0)
-    if not present.all():
-        idx = np.flatnonzero(present)
-        for t in np.flatnonzero(~present):
-            points[t] = points[idx[np.argmin(np.abs(idx - t))]]
+        raise NoFaceError(f"no face found in any of the {len(present)} frame(s) ({W}x{H})", frame=0)
+    idx = np.flatnonzero(present)
+    points = np.stack([p if p is not None else points[idx[np.argmin(np.abs(idx - t))]]
+                       for t, p in enumerate(points)]).astype(np.float32)
     return FaceLandmarks(points=points, image_size=(W, H), fps=fps, present=present,
                          meta={"source": "mediapipe FaceLandmarker", "model_path": det.model_path,
                                "faces_per_frame": counts})

@@ -7,7 +7,7 @@ at 25 fps and 512x512 is 47 GB as float32).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Iterable
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -62,6 +62,95 @@ def read_video(path) -> tuple[np.ndarray, float]:
         v = c.streams.video[0]
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
         return frames, float(v.average_rate)
+
+
+def _source(path):
+    """What ``av.open`` reads: a path as str, or a binary file object rewound to its start (re-readable)."""
+    if hasattr(path, "read"):
+        path.seek(0)
+        return path
+    return str(path)
+
+
+def video_info(path) -> tuple[int, int, float]:
+    """(width, height, fps) of the first video stream of ``path`` (a file path or a seekable binary file object) (PyAV; fps = the stream's average rate, 25.0 if the
+    container does not say). Raises as :func:`read_video`."""
+    import av
+
+    with av.open(_source(path)) as c:
+        v = c.streams.video[0]
+        return int(v.codec_context.width), int(v.codec_context.height), float(v.average_rate or 25)
+
+
+def iter_video(path) -> Iterator[tuple[np.ndarray, float]]:
+    """Decode the first video stream frame by frame: yields (uint8 RGB ``[H, W, 3]``, presentation time in
+    seconds from the first frame). Memory stays at one frame; no seeking (FLV and pipes work). Raises as
+    :func:`read_video` (FFmpegError mid-stream for corrupt data)."""
+    import av
+
+    with av.open(_source(path)) as c:
+        v = c.streams.video[0]
+        t0 = None
+        for i, f in enumerate(c.decode(v)):
+            t = float(f.time) if f.time is not None else i / float(v.average_rate or 25)
+            t0 = t if t0 is None else t0
+            yield f.to_ndarray(format="rgb24"), t - t0
+
+
+def constant_rate_index(times: Sequence[float], fps: float) -> np.ndarray:
+    """Map a (possibly variable-frame-rate) video onto a constant ``fps`` timeline: int64 ``[N]``, the decoded
+    frame whose time is nearest to ``k / fps`` seconds (ties: the earlier), for ``N = round(duration * fps)``
+    output frames, where the duration runs to the last frame's time plus one frame. Nearest (not "latest
+    before") so containers that round timestamps to milliseconds (FLV) neither drop nor repeat frames. For a
+    constant-rate stream at ``fps`` this is ``0 .. T-1``. Raises ValueError for no frames or ``fps`` <= 0."""
+    t = np.asarray(times, np.float64)
+    if t.size == 0 or fps <= 0:
+        raise ValueError(f"need frames and fps > 0 (got {t.size} frames, fps {fps})")
+    t = np.maximum.accumulate(t - t[0])
+    grid = np.arange(max(1, int(round((t[-1] + 1.0 / fps) * fps)))) / fps
+    j = np.clip(np.searchsorted(t, grid), 1, max(1, t.size - 1))
+    pick = np.where((grid - t[j - 1] <= t[np.minimum(j, t.size - 1)] - grid), j - 1, j)
+    return np.clip(pick, 0, t.size - 1).astype(np.int64)
+
+
+def frames_at(path, indices: Sequence[int], buffer: bool | None = None) -> Iterator[np.ndarray]:
+    """Yield the decoded frames ``indices[0], indices[1], ...`` (decode-order numbers) of a video's first
+    stream, uint8 RGB ``[H, W, 3]``, decoding as little as possible: ascending runs (repeats included) are
+    streamed, and a jump back re-opens the file and decodes forward again (one pass per loop of a looped
+    video). With ``buffer`` (default: when some jump goes back to a frame other than 0, as ping-pong does)
+    the needed frames are decoded once and held in memory as uint8 (H x W x 3 bytes each) instead.
+    Raises IndexError for an index beyond the stream's last frame; decoding errors as :func:`iter_video`."""
+    idx = np.asarray(indices, np.int64)
+    if idx.size == 0:
+        return
+    back = np.flatnonzero(np.diff(idx) < 0) + 1
+    if buffer is None:
+        buffer = bool((idx[back] != 0).any())
+    if buffer:
+        needed, held, count = set(idx.tolist()), {}, 0
+        for i, (frame, _) in enumerate(iter_video(path)):
+            count = i + 1
+            if i in needed:
+                held[i] = frame
+            if count > idx.max():
+                break
+        if count <= idx.max():
+            raise IndexError(f"frame {int(idx.max())} requested but the video has only {count} frames")
+        for i in idx.tolist():
+            yield held[i]
+        return
+    for run in np.split(idx, back):
+        frames = iter_video(path)
+        pos, frame = -1, None
+        for i in run.tolist():
+            while pos < i:
+                try:
+                    frame = next(frames)[0]
+                except StopIteration:
+                    raise IndexError(f"frame {i} requested but the video has only {pos + 1} frames") from None
+                pos += 1
+            yield frame
+        frames.close()
 
 
 def read_image(path) -> np.ndarray:
