@@ -1,7 +1,7 @@
 """PortraitTalk ComfyUI nodes (V3 schema). Thin classes over ``ptalk_models``; one file per pipeline stage,
 each exporting its node classes as ``NODES``."""
-from . import (adfd_score, animatenet, audio_landmarks, contour_guide, draw_landmarks, dubbing, face_embed,
-               face_landmarks, identitynet, text_encode, warp_render)
+from . import (adfd_score, animatenet, audio_landmarks, contour_guide, draw_landmarks, dub_diffusion, dubbing,
+               face_embed, face_landmarks, identitynet, text_encode, warp_render)
 
 NODE_LIST = [
     *face_landmarks.NODES,
@@ -15,4 +15,5 @@ NODE_LIST = [
     *identitynet.NODES,
     *animatenet.NODES,
     *dubbing.NODES,
+    *dub_diffusion.NODES,
 ]

@@ -772,8 +772,8 @@ def _decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
 def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[int, int], reference: torch.Tensor,
                     conditions, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                     denoise: float, window: int, animatenet=None, controlnets=(), strength: float = 1.0,
-                    percent_range: tuple[float, float] = (0.0, 1.0), init_frames: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+                    percent_range: tuple[float, float] = (0.0, 1.0), init_frames: torch.Tensor | None = None,
+                    noise_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Frame-window generation of a talking-face video with ComfyUI's own sampler (paper §III-B).
 
     ``frames`` T frames of ``size_hw`` (H, W; multiples of 8), ``window`` frames denoised together per
@@ -787,18 +787,24 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
     "identity", strength)]`` — the training-free mode (core ControlNets fed with the same images). Frame t's
     initial noise comes from ``seed + t``; the result still depends on ``window`` (step-lagged temporal
     condition and one contour per window inside a window; ancestral samplers' per-step noise). ``init_frames``: IMAGE
-    ``[T, H, W, 3]`` encoded as the starting latents (with ``denoise`` < 1). One progress bar over frames × steps
-    with a live preview; ComfyUI's interrupt is checked after every sampling step. Returns IMAGE ``[T, H, W, 3]``.
+    ``[T, H, W, 3]`` encoded as the starting latents (with ``denoise`` < 1). ``noise_mask``: float ``[T, 1, h, w]``
+    in [0, 1] at pixel (H, W) or latent (H/8, W/8) size — ComfyUI resizes it bilinearly to the latent
+    (``comfy.sampler_helpers.prepare_mask``) — with ``init_frames``: latents are denoised where it is 1, stay the
+    encoded init frames where it is 0 and are blended between (core Set Latent Noise Mask / inpainting semantics).
+    One progress bar over frames × steps with a live preview; ComfyUI's interrupt is checked after every
+    sampling step. Returns IMAGE ``[T, H, W, 3]``.
     """
+    if noise_mask is not None and init_frames is None:
+        raise ValueError("temporal_sample: noise_mask needs init_frames (the latents kept outside the mask)")
     with torch.inference_mode():  # as under ComfyUI's executor; direct callers must not build autograd graphs
         return _temporal_sample(model, positive, negative, vae, frames, size_hw, reference, conditions, seed, steps,
                                 cfg, sampler_name, scheduler, denoise, window, animatenet, controlnets, strength,
-                                percent_range, init_frames)
+                                percent_range, init_frames, noise_mask)
 
 
 def _temporal_sample(model, positive, negative, vae, frames, size_hw, reference, conditions, seed, steps, cfg,
                      sampler_name, scheduler, denoise, window, animatenet, controlnets, strength, percent_range,
-                     init_frames):
+                     init_frames, noise_mask):
     import comfy.model_management as mm
     import comfy.sample
     import comfy.utils
@@ -859,6 +865,7 @@ def _temporal_sample(model, positive, negative, vae, frames, size_hw, reference,
                            for t in range(start, stop)])
         samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent_image,
                                       denoise=denoise, callback=callback, disable_pbar=True,
+                                      noise_mask=None if noise_mask is None else noise_mask[start:stop],
                                       seed=(seed + start) % 2 ** 64)
         latents.append(samples.float().cpu())
         anchor = process_in(samples[-1:].float())

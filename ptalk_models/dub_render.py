@@ -186,6 +186,21 @@ def _color_match(warped: np.ndarray, source: np.ndarray, weight: np.ndarray) -> 
     return cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB) * 255.0
 
 
+def blend_region(source: np.ndarray, generated: np.ndarray, weight: np.ndarray, color_match: bool = True
+                 ) -> np.ndarray:
+    """Feathered paste of a generated box over the same box of the source frame: uint8 ``[h, w, 3]``.
+
+    ``source``: uint8 ``[h, w, 3]``; ``generated``: uint8 or float RGB in [0, 255], same shape; ``weight``: float
+    ``[h, w]`` in [0, 1]. With ``color_match`` the generated box's Lab mean/std in the feather ring
+    (0 < weight < 1) is first matched to the source's (module docstring, step 4). Pixels of weight 0 are the
+    source's, bit for bit."""
+    col = _color_match(generated, source, weight) if color_match else generated.astype(np.float32)
+    a = weight[..., None]
+    s = source.astype(np.float32)
+    res = np.clip(s + (col - s) * a + 0.5, 0, 255).astype(np.uint8)
+    return np.where(a > 0, res, source)
+
+
 def render_dub_frame(frame: np.ndarray, src_lm_px: np.ndarray, dst_lm_px: np.ndarray, feather: float = 0.25,
                      color_match: bool = True, dilate: float = 0.12,
                      mouth_fill: str | bool = "cavity_and_teeth") -> np.ndarray:
@@ -230,13 +245,7 @@ def render_dub_frame(frame: np.ndarray, src_lm_px: np.ndarray, dst_lm_px: np.nda
     weight, (x0, y0, x1, y1) = dub_region_mask((H, W), src, eff, dilate=dilate, feather=feather)
     if x1 <= x0:
         return out
-    s = f[y0:y1, x0:x1]
-    wr = warped[y0:y1, x0:x1]
-    col = _color_match(wr, s, weight) if color_match else wr.astype(np.float32)
-    a = weight[..., None]
-    blended = s.astype(np.float32) + (col - s.astype(np.float32)) * a
-    res = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(a > 0, res, s)      # weight 0: the source pixel, untouched
+    out[y0:y1, x0:x1] = blend_region(f[y0:y1, x0:x1], warped[y0:y1, x0:x1], weight, color_match)
     return out
 
 
