@@ -25,6 +25,36 @@ def _fit(frames: np.ndarray, w: int, h: int) -> np.ndarray:
     return out.reshape(frames.shape[:-3] + out.shape[1:])
 
 
+def control_inputs(landmark_hint: str, contour_hint: str) -> list:
+    """The motion→frame control inputs shared by the Temporal Sampler and Dub Diffusion Render: an AnimateNet or,
+    training-free, a landmark and/or a contour ControlNet (``*_hint``: what each ControlNet is fed)."""
+    return [
+        AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
+        io.ControlNet.Input("landmark_controlnet", optional=True,
+                            tooltip=f"Training-free mode: a landmark (MediaPipe face) ControlNet, fed {landmark_hint}."),
+        io.ControlNet.Input("contour_controlnet", optional=True,
+                            tooltip=f"Training-free mode: a contour/Canny/lineart ControlNet, fed {contour_hint}."),
+        io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,
+                       tooltip="Strength of the training-free ControlNets."),
+    ]
+
+
+def checked_controls(node: str, model, animatenet, landmark_controlnet, contour_controlnet,
+                     controlnet_strength: float) -> list:
+    """Validate :func:`control_inputs` (at least one connected; the AnimateNet made for this MODEL's UNet) and
+    return the ControlNets as ``temporal_sample``'s ``[(CONTROL_NET, "structure" | "identity", strength)]``."""
+    if animatenet is None and landmark_controlnet is None and contour_controlnet is None:
+        raise node_error(node, "animatenet", "connect an AnimateNet (AnimateNet Loader) or, training-free, a "
+                                             "landmark_controlnet and/or contour_controlnet (core Load ControlNet)")
+    if animatenet is not None:
+        try:
+            check_compatible(animatenet, unet_config(model))
+        except AnimateNetFormatError as e:
+            raise node_error(node, "animatenet", str(e)) from None
+    return [(c, kind, controlnet_strength) for c, kind in
+            ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
+
+
 class AnimateNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -93,15 +123,7 @@ class AnimateNetTemporalSampler(io.ComfyNode):
                                tooltip="Head contour (Identity condition) of: the previous generated frame (paper; "
                                        "with windows, the last frame before the window), init frame t−1, or the "
                                        "reference for every frame."),
-                AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
-                io.ControlNet.Input("landmark_controlnet", optional=True,
-                                    tooltip="Training-free mode: a landmark (MediaPipe face) ControlNet, fed the "
-                                            "frame's Draw Landmarks image."),
-                io.ControlNet.Input("contour_controlnet", optional=True,
-                                    tooltip="Training-free mode: a contour/Canny/lineart ControlNet, fed the contour "
-                                            "guide."),
-                io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,
-                               tooltip="Strength of the training-free ControlNets."),
+                *control_inputs("the frame's Draw Landmarks image", "the contour guide"),
                 io.Image.Input("init_frames", optional=True,
                                tooltip="Starting frames (e.g. Landmark Warp Render of the same reference and "
                                        "landmarks), one per landmark frame or one for all; use denoise < 1."),
@@ -119,10 +141,8 @@ class AnimateNetTemporalSampler(io.ComfyNode):
 
         from .comfy_adapter import numpy_to_image
 
-        if animatenet is None and landmark_controlnet is None and contour_controlnet is None:
-            raise node_error(SAMPLER, "animatenet", "connect an AnimateNet (AnimateNet Loader) or, training-free, a "
-                                                    "landmark_controlnet and/or contour_controlnet (core Load "
-                                                    "ControlNet)")
+        controlnets = checked_controls(SAMPLER, model, animatenet, landmark_controlnet, contour_controlnet,
+                                       controlnet_strength)
         if len(landmarks) == 0:
             raise node_error(SAMPLER, "landmarks", "the landmark sequence is empty")
         ref = image_to_numpy(reference, SAMPLER, "reference")[0]
@@ -151,14 +171,7 @@ class AnimateNetTemporalSampler(io.ComfyNode):
                                                  "connect init_frames (e.g. Landmark Warp Render) or set denoise 1")
         if contour_source == "init frames" and init is None:
             raise node_error(SAMPLER, "contour_source", "'init frames' needs init_frames connected")
-        if animatenet is not None:
-            try:
-                check_compatible(animatenet, unet_config(model))
-            except AnimateNetFormatError as e:
-                raise node_error(SAMPLER, "animatenet", str(e)) from None
         conditions = FrameConditions(landmarks, (h, w), ref, contour_source, init)
-        controlnets = [(c, kind, controlnet_strength) for c, kind in
-                       ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
         try:
             images = temporal_sample(
                 model, positive, negative, vae, frames, (h, w), numpy_to_image(ref[None]), conditions, seed, steps,

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 from comfy_api.latest import io
 
-from ..ptalk_models.animatenet import AnimateNetFormatError, check_compatible
+from ..ptalk_models.animatenet import AnimateNetFormatError
 from ..ptalk_models.contour import ContourInputError
 from ..ptalk_models.dub_crop import (DubConditions, align_transforms, crop_frames, latent_noise_mask, map_landmarks,
                                      paste_back, region_weights)
 from ..ptalk_models.images import same_aspect
 from ..ptalk_models.landmarks import FaceLandmarks
-from .comfy_adapter import (CATEGORY, AnimateNetType, Landmarks, image_to_numpy, node_error, numpy_to_image,
-                            sampling_inputs, temporal_sample, unet_config)
+from .animatenet import checked_controls, control_inputs
+from .comfy_adapter import (CATEGORY, Landmarks, image_to_numpy, node_error, numpy_to_image, sampling_inputs,
+                            temporal_sample)
 
 NODE = "Dub Diffusion Render"
 
@@ -67,15 +68,7 @@ class DubDiffusionRender(io.ComfyNode):
                 io.Boolean.Input("color_match", default=True,
                                  tooltip="Match the regenerated region's Lab colour statistics to the source in "
                                          "the blend band."),
-                AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
-                io.ControlNet.Input("landmark_controlnet", optional=True,
-                                    tooltip="Training-free mode: a landmark (MediaPipe face) ControlNet, fed the "
-                                            "dubbed landmarks drawn in the crop."),
-                io.ControlNet.Input("contour_controlnet", optional=True,
-                                    tooltip="Training-free mode: a contour/Canny/lineart ControlNet, fed the crop's "
-                                            "head contour."),
-                io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,
-                               tooltip="Strength of the training-free ControlNets."),
+                *control_inputs("the dubbed landmarks drawn in the crop", "the crop's head contour"),
             ],
             outputs=[io.Image.Output("images_out", display_name="images",
                                      tooltip="The dubbed frames at the source size, float [T, H, W, 3], one per "
@@ -87,10 +80,8 @@ class DubDiffusionRender(io.ComfyNode):
                 sampler_name, scheduler, crop_size, frames_per_window, strength, dilate, feather, color_match,
                 animatenet=None, landmark_controlnet=None, contour_controlnet=None,
                 controlnet_strength=0.8) -> io.NodeOutput:
-        if animatenet is None and landmark_controlnet is None and contour_controlnet is None:
-            raise node_error(NODE, "animatenet", "connect an AnimateNet (AnimateNet Loader) or, training-free, a "
-                                                 "landmark_controlnet and/or contour_controlnet (core Load "
-                                                 "ControlNet)")
+        controlnets = checked_controls(NODE, model, animatenet, landmark_controlnet, contour_controlnet,
+                                       controlnet_strength)
         if crop_size % 64:
             raise node_error(NODE, "crop_size", f"{crop_size} is not a multiple of 64 (e.g. 512)")
         frames = image_to_numpy(images, NODE, "images")
@@ -109,11 +100,6 @@ class DubDiffusionRender(io.ComfyNode):
         faces = np.flatnonzero(source_landmarks.present & landmarks.present)
         if not len(faces):
             raise node_error(NODE, "landmarks", "no frame has a face: nothing to dub")
-        if animatenet is not None:
-            try:
-                check_compatible(animatenet, unet_config(model))
-            except AnimateNetFormatError as e:
-                raise node_error(NODE, "animatenet", str(e)) from None
 
         size = int(crop_size)
         transforms = align_transforms(source_landmarks, (w, h), size)[faces]
@@ -121,8 +107,6 @@ class DubDiffusionRender(io.ComfyNode):
         src = map_landmarks(_select(source_landmarks, faces), transforms, (w, h), size)
         dub = map_landmarks(_select(landmarks, faces), transforms, (w, h), size)
         weights = region_weights(src, dub, dilate=dilate, feather=feather)
-        controlnets = [(c, kind, controlnet_strength) for c, kind in
-                       ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
         crops_image = numpy_to_image(crops)
         conditions = DubConditions(crops, src, dub)
         try:
