@@ -112,7 +112,8 @@ def test_variable_frame_rate_input(comfy, shared_data, tmp_path):
 def test_latentsync_pair_end_to_end(comfy, shared_data, tmp_path):
     """workflows/dubbing_long.json on the LatentSync demo pair: 1080x1920 HEVC (30 fps, 20 s) + a different 18.6 s
     speech track → an 18.6 s H.264 mp4 with that audio; re-detected on the output, the mouth follows the new
-    speech (sync proxy) far better than the source video's mouth does."""
+    speech (sync proxy) far better than the source video's mouth does (measured: lag-0 correlation 0.52 vs 0.08,
+    faces re-detected in 99.5 % of the output frames at quarter resolution; thresholds 0.4 and +0.3)."""
     from ptalk_models.face import detect_landmarks
     from ptalk_models.media import iter_video, read_audio, video_info
     from ptalk_models.metrics import sync_proxy
