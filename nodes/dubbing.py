@@ -192,9 +192,10 @@ class DubVideo(io.ComfyNode):
 
         try:
             w, h, fps = video_info(source)
-            lm = track_landmarks(frames(), video.get_frame_count(), on_missing="keep", fps=fps,
+            total = video.get_frame_count()  # metadata estimate: for the progress bar only
+            lm = track_landmarks(frames(), total, on_missing="keep", fps=fps,
                                  selection="largest" if face == "largest" else int(face_index),
-                                 progress=Progress(video.get_frame_count()))
+                                 progress=Progress(total))
         except (IndexError, av.error.FFmpegError) as e:  # FFmpeg's errors may also be ValueErrors: first
             raise node_error(VIDEO, "video", f"cannot decode its video stream ({e}); re-encode it (e.g. to "
                                              "H.264 mp4)") from None
