@@ -31,7 +31,8 @@ def control_inputs(landmark_hint: str, contour_hint: str) -> list:
     return [
         AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
         io.ControlNet.Input("landmark_controlnet", optional=True,
-                            tooltip=f"Training-free mode: a landmark (MediaPipe face) ControlNet, fed {landmark_hint}."),
+                            tooltip="Training-free mode: a landmark (MediaPipe face) ControlNet, fed "
+                                    f"{landmark_hint}."),
         io.ControlNet.Input("contour_controlnet", optional=True,
                             tooltip=f"Training-free mode: a contour/Canny/lineart ControlNet, fed {contour_hint}."),
         io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,

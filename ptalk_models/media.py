@@ -73,8 +73,8 @@ def _source(path):
 
 
 def video_info(path) -> tuple[int, int, float]:
-    """(width, height, fps) of the first video stream of ``path`` (a file path or a seekable binary file object) (PyAV; fps = the stream's average rate, 25.0 if the
-    container does not say). Raises as :func:`read_video`."""
+    """(width, height, fps) of the first video stream of ``path``, a file path or a seekable binary file object
+    (PyAV; fps = the stream's average rate, 25.0 if the container does not say). Raises as :func:`read_video`."""
     import av
 
     with av.open(_source(path)) as c:
