@@ -7,6 +7,7 @@ and the node-error convention. Node classes in this package stay thin and import
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -28,7 +29,12 @@ AUTO_MODEL = "auto"
 
 
 class NodeInputError(ValueError):
-    """A bad node input: the message names the node, the input and the fix."""
+    """A bad node input: the message names the node, the input and the fix.
+
+    ComfyUI shows an error as ``<module>.<class>: <message>``; the module is set to the pack's name so the UI
+    reads ``PortraitTalk.NodeInputError``, not the module name ComfyUI derives from the pack's path."""
+
+    __module__ = "PortraitTalk"
 
 
 def node_error(node: str, input_name: str, message: str) -> NodeInputError:
@@ -183,17 +189,60 @@ class _StreamedVideo(_video_types()[0]):
             yield frame
             progress(i + 1, self._count)
 
-    def save_to(self, path, format="auto", codec="auto", metadata=None):
+    def save_to(self, path, format="auto", codec="auto", metadata=None, bit_depth=None, crf=None,
+                color_space=None):
+        """Encode to H.264 + AAC mp4 (:func:`ptalk_models.media.write_mp4`), one frame in memory at a time.
+
+        The signature is ``VideoInput.save_to``'s in ComfyUI 0.33 (``bit_depth``, ``crf``, ``color_space`` are
+        passed by its Save Video; 0.3.75 passes only the first four): ``format`` auto/mp4, ``codec`` auto/h264,
+        ``bit_depth`` None/8, ``crf`` None (write_mp4's 19) or 0..51, ``color_space`` None/auto/sRGB (the frames
+        are 8-bit sRGB). Raises ValueError naming the Save Video setting to change for anything else.
+        """
         import json
 
         from ..ptalk_models.media import write_mp4
 
         _, _, container, vcodec = _video_types()
         if format not in (container.AUTO, container.MP4) or codec not in (vcodec.AUTO, vcodec.H264):
-            raise ValueError(f"{self._node} saves mp4/h264 only: set Save Video's format and codec to auto")
+            raise ValueError(f"{self._node} saves mp4/h264 only: set Save Video's format to auto or mp4 and its "
+                             f"codec to auto or h264 (got {format}/{codec})")
+        if bit_depth not in (None, 8) or color_space not in (None, "auto", "sRGB"):
+            raise ValueError(f"{self._node} makes 8-bit sRGB frames: set Save Video's color space to auto or sRGB "
+                             f"(got bit depth {bit_depth}, color space {color_space})")
         wav, sr = self._audio if self._audio is not None else (None, None)
         meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-        write_mp4(path, self._progress_frames(), self._fps, self._w, self._h, wav, sr, metadata=meta)
+        extra = {} if crf is None else {"crf": int(round(crf))}
+        write_mp4(path, self._progress_frames(), self._fps, self._w, self._h, wav, sr, metadata=meta, **extra)
+
+    def as_trimmed(self, start_time=0.0, duration=0.0, strict_duration=False):
+        """``VideoInput.as_trimmed`` (core Trim Video): the frames from ``start_time`` (seconds; negative counts
+        from the end) for ``duration`` seconds (0 or None: to the end), with the audio cut to match, as a new
+        streamed video of the same class (nothing is rendered now).
+
+        Frames are whole: ``round(start_time * fps)`` to ``round((start_time + duration) * fps)``, clipped to the
+        video. Returns None when nothing is left, or when ``strict_duration`` and fewer frames than asked are
+        left (Trim Video then reports the durations).
+        """
+        fps, n = self._fps, self._count
+        start = float(start_time or 0.0)
+        if start < 0:
+            start = max(n / fps + start, 0.0)
+        first = min(int(round(start * fps)), n)
+        wanted = int(round(float(duration or 0.0) * fps)) if duration else n - first
+        last = min(first + wanted, n)
+        if last <= first or (strict_duration and last - first < wanted):
+            return None
+        trimmed = copy.copy(self)
+        trimmed._count = last - first
+        if self._audio is not None:
+            wav, sr = self._audio
+            trimmed._audio = (wav[:, int(round(first / fps * sr)):int(round(last / fps * sr))], sr)
+        trimmed._trim(first, last)
+        return trimmed
+
+    def _trim(self, first: int, last: int) -> None:
+        """Keep frames ``[first, last)`` of this (freshly copied) video; ``_count`` and ``_audio`` are set."""
+        raise NotImplementedError
 
     def get_components(self):
         components = _video_types()[1]
@@ -238,6 +287,9 @@ class StreamedTalkingVideo(_StreamedVideo):
                                                                                            renderer.width)
         self._fps, self._count = sequence.fps, len(sequence)
 
+    def _trim(self, first, last):
+        self._sequence = self._sequence.frames(first, last)
+
     def _frames(self):
         from ..ptalk_models.render import iter_render
 
@@ -260,6 +312,10 @@ class StreamedDubVideo(_StreamedVideo):
         self._src_lm, self._lm, self._kwargs = source_landmarks, landmarks, dict(render_kwargs)
         (self._w, self._h), self._fps, self._audio = size_wh, float(fps), audio
         self._count = len(self._index)
+
+    def _trim(self, first, last):
+        self._index = self._index[first:last]
+        self._src_lm, self._lm = self._src_lm.frames(first, last), self._lm.frames(first, last)
 
     def _frames(self):
         from ..ptalk_models.dub_render import iter_dub
