@@ -408,9 +408,37 @@ MODE_ALWAYS, MODE_ON_EVENT, MODE_NEVER, MODE_ON_TRIGGER, MODE_BYPASS = 0, 1, 2, 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize", "increment-wrap")
 #: Nodes to which the frontend extension Comfy.AudioWidget adds an (unserialised) ``audioUI`` widget.
 AUDIO_UI_NODES = {"LoadAudio", "SaveAudio", "PreviewAudio", "SaveAudioMP3", "SaveAudioOpus"}
-_PRIMITIVE_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+#: Frontend extensions that add a display-only widget to a node: node type -> widget name (Comfy.AudioWidget's
+#: ``audioUI`` on the audio nodes, Comfy.PreviewAny's ``preview``).
+UI_WIDGETS = {**{t: "audioUI" for t in AUDIO_UI_NODES}, "PreviewAny": "preview"}
+#: V3 dynamic combo (``io.DynamicCombo``, e.g. core Save Video's format/codec in ComfyUI 0.33): a combo whose
+#: chosen option adds the widgets of that option's inputs right after it, named ``<combo>.<input>``.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+_PRIMITIVE_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
 _IMAGE_UPLOAD_KEYS = ("image_upload", "video_upload", "animated_image_upload")
 _UPLOAD_KEYS = _IMAGE_UPLOAD_KEYS + ("audio_upload", "file_upload")
+
+
+def frontend_version() -> tuple[int, ...]:
+    """Version of the ComfyUI frontend installed beside the booted ComfyUI (``comfyui-frontend-package``, the
+    one its ``requirements.txt`` pins and its server serves), e.g. ``(1, 49, 6)``; ``(0,)`` when not installed.
+
+    Where frontends differ in what ``graphToPrompt`` sends, :func:`workflow_to_prompt` follows this version.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("comfyui-frontend-package")
+    except PackageNotFoundError:
+        return (0,)
+    return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+
+
+def _sends_ui_widgets() -> bool:
+    """Frontend 1.32 (ComfyUI 0.3.75's) sends display-only widgets (``audioUI``, ``preview``) as ``""`` in the API
+    prompt; 1.49 (ComfyUI 0.33's) does not. Both seen in the real frontends; versions between are not tested,
+    the cut is put at 1.49."""
+    return frontend_version() < (1, 49)
 
 
 @dataclass(frozen=True)
@@ -440,13 +468,32 @@ def _is_combo(t) -> bool:
     return isinstance(t, (list, tuple)) or (isinstance(t, str) and t == "COMBO")
 
 
+def _is_dynamic_combo(t) -> bool:
+    return isinstance(t, str) and t == DYNAMIC_COMBO
+
+
 def _combo_options(t, opts) -> list | None:
     if isinstance(t, (list, tuple)):
         return list(t)
     if isinstance(t, str) and t == "COMBO":
         o = opts.get("options")
         return list(o) if o is not None else None
+    if _is_dynamic_combo(t):
+        return [o.get("key") for o in opts.get("options") or []]
     return None
+
+
+def _widget_default(t, opts) -> Any:
+    """The value a new widget of input type ``t`` starts with in the frontend (its ``default``, else the first
+    combo option, 0 / min for numbers, "" for strings, False for booleans)."""
+    if "default" in opts:
+        return opts["default"]
+    options = _combo_options(t, opts)
+    if options is not None:
+        return options[0] if options else None
+    if t in ("INT", "FLOAT"):
+        return max(opts.get("min", 0), 0)
+    return {"STRING": "", "BOOLEAN": False}.get(t)
 
 
 def _is_widget_input(t, opts) -> bool:
@@ -464,16 +511,18 @@ def _input_types(class_def) -> dict:
     return it if isinstance(it, dict) else {}
 
 
-def widget_layout(class_type: str, class_def=None) -> list[WidgetSlot]:
+def widget_layout(class_type: str, class_def=None, values: list | None = None) -> list[WidgetSlot]:
     """The ``widgets_values`` layout the ComfyUI frontend saves for a node of ``class_type``.
 
-    Follows frontend 1.32 (the one ComfyUI 0.3.75 pins): one widget per widget input (INT, FLOAT, STRING,
-    BOOLEAN, COMBO/list; not ``forceInput``), in INPUT_TYPES order, required then optional; an INT with
-    ``control_after_generate`` (default: named ``seed``/``noise_seed``) is followed by its control widget;
-    a COMBO with ``control_after_generate`` by a control and a filter-list widget; an image/video upload
-    combo adds an upload button (saved value ``"image"``), an audio upload combo an upload button (saved
-    ``null``/``""``), both appended after the required inputs, as is the ``audioUI`` widget of the audio
-    load/save/preview nodes (saved ``null``).
+    Follows frontends 1.32 (ComfyUI 0.3.75's) and 1.49 (ComfyUI 0.33's): one widget per widget input (INT,
+    FLOAT, STRING, BOOLEAN, COMBO/list, dynamic combo; not ``forceInput``), in INPUT_TYPES order, required then
+    optional; an INT with ``control_after_generate`` (default: named ``seed``/``noise_seed``) is followed by its
+    control widget; a COMBO with ``control_after_generate`` by a control and a filter-list widget; a dynamic
+    combo by the widgets of its chosen option's inputs, named ``<combo>.<input>`` (recursively), the choice being
+    its entry in ``values`` (a node's saved ``widgets_values``) or else its default; an image/video upload combo
+    adds an upload button (saved value ``"image"``), an audio upload combo an upload button (saved
+    ``null``/``""``), both appended after the required inputs, as is the display-only widget of
+    :data:`UI_WIDGETS` (``audioUI``: saved ``null``; ``preview``: not saved).
 
     Raises:
         UnknownNodeTypeError: ``class_type`` is not registered.
@@ -483,12 +532,19 @@ def widget_layout(class_type: str, class_def=None) -> list[WidgetSlot]:
         if class_def is None:
             raise UnknownNodeTypeError(f"node type {class_type!r} is not registered in ComfyUI")
     it = _input_types(class_def)
+    values = values if isinstance(values, list) else []
     slots: list[WidgetSlot] = []
+
+    def add_all(inputs: Mapping, prefix: str):
+        for category in ("required", "optional"):
+            for name, spec in (inputs.get(category) or {}).items():
+                add(prefix + name, spec, category)
 
     def add(name, spec, category):
         t, opts = _spec_parts(spec)
         if not _is_widget_input(t, opts):
             return
+        at = len(slots)
         slots.append(WidgetSlot(name, "value", t, opts, category))
         if isinstance(t, str) and t == "INT":
             ctrl = opts.get("control_after_generate")
@@ -499,12 +555,17 @@ def widget_layout(class_type: str, class_def=None) -> list[WidgetSlot]:
         elif _is_combo(t) and opts.get("control_after_generate"):
             slots.append(WidgetSlot(name, "control", t, opts, category))
             slots.append(WidgetSlot(name, "filter", t, opts, category))
+        elif _is_dynamic_combo(t):
+            key = values[at] if at < len(values) else _widget_default(t, opts)
+            chosen = next((o for o in opts.get("options") or [] if o.get("key") == key), None)
+            if chosen is not None:
+                add_all(chosen.get("inputs") or {}, name + ".")
 
     required = it.get("required", {}) or {}
     for name, spec in required.items():
         add(name, spec, "required")
     # frontend extensions that append widgets to the required inputs (Comfy.UploadImage, Comfy.UploadAudio,
-    # Comfy.AudioWidget)
+    # Comfy.AudioWidget, Comfy.PreviewAny)
     for name, spec in required.items():
         t, opts = _spec_parts(spec)
         if _is_combo(t) and any(opts.get(k) for k in _IMAGE_UPLOAD_KEYS):
@@ -513,8 +574,8 @@ def widget_layout(class_type: str, class_def=None) -> list[WidgetSlot]:
     aud = required.get("audio")
     if aud is not None and _spec_parts(aud)[1].get("audio_upload"):
         slots.append(WidgetSlot("audio", "upload", _spec_parts(aud)[0], _spec_parts(aud)[1], "required"))
-    if class_type in AUDIO_UI_NODES:
-        slots.append(WidgetSlot("audioUI", "ui", "AUDIO_UI", {}, "required"))
+    if class_type in UI_WIDGETS:
+        slots.append(WidgetSlot(UI_WIDGETS[class_type], "ui", "UI", {}, "required"))
     for name, spec in (it.get("optional", {}) or {}).items():
         add(name, spec, "optional")
     return slots
@@ -613,46 +674,71 @@ def _subgraph_ids(ui: Mapping) -> set:
     return {d.get("id") for d in defs if isinstance(d, Mapping)}
 
 
+def node_widget_layout(n: Mapping, class_def=None) -> list[WidgetSlot]:
+    """:func:`widget_layout` of workflow node ``n``, following the dynamic-combo choices in its values."""
+    return widget_layout(n["type"], class_def, n.get("widgets_values"))
+
+
 def _widget_values_for(n: Mapping, layout: list[WidgetSlot]) -> dict[str, Any]:
-    """Input name -> widget value for the value slots of ``layout`` (by position, as the frontend does)."""
+    """Input name -> widget value, as the frontend's ``graphToPrompt`` sends them: the value slots of ``layout``
+    by position in ``widgets_values`` (or by name when a dict is saved); a widget with no saved entry (a
+    file saved by an older frontend, before the node gained an input) keeps its default; display-only widgets
+    are sent as ``""`` where the frontend does (:func:`_sends_ui_widgets`)."""
     wv = n.get("widgets_values")
     out: dict[str, Any] = {}
-    if wv is None:
-        return out
-    if isinstance(wv, Mapping):  # some custom-node frontends save a dict keyed by widget name
-        for s in layout:
-            if s.kind == "value" and s.name in wv:
-                out[s.name] = wv[s.name]
-        return out
+    ui_sent = _sends_ui_widgets()
     for i, s in enumerate(layout):
-        if s.kind == "value" and i < len(wv):
+        if s.kind == "ui" and ui_sent:
+            out[s.name] = ""
+        if s.kind != "value":
+            continue
+        if isinstance(wv, Mapping):  # some custom-node frontends save a dict keyed by widget name
+            if s.name in wv:
+                out[s.name] = wv[s.name]
+        elif isinstance(wv, list) and i < len(wv):
             out[s.name] = wv[i]
+        else:
+            out[s.name] = _widget_default(s.input_type, s.options)
     return out
+
+
+def _slot_default(s: WidgetSlot) -> Any:
+    if s.kind == "value":
+        return _widget_default(s.input_type, s.options)
+    if s.kind == "upload":
+        return None if s.name == "audio" else "image"
+    return "randomize" if s.kind == "control" else None
 
 
 def set_widget_value(node: dict, name: str, value: Any) -> None:
     """Set widget ``name`` of a UI workflow node (in place), respecting the frontend's widget layout.
 
+    Choosing another option of a dynamic combo re-lays the values out as the frontend does: the old option's
+    widgets go, the new option's come in with their defaults; the other widgets keep their values.
+
     Raises:
         ValueError: the node has no widget called ``name``.
     """
-    layout = widget_layout(node["type"])
-    idx = next((i for i, s in enumerate(layout) if s.kind == "value" and s.name == name), None)
-    if idx is None:
+    wv = node.get("widgets_values")
+    layout = node_widget_layout(node)
+    if not any(s.kind == "value" and s.name == name for s in layout):
         raise ValueError(f"{_node_label(node)} has no widget {name!r}; its widgets are "
                          f"{[s.name for s in layout if s.kind == 'value']}")
-    wv = node.get("widgets_values")
     if isinstance(wv, dict):
         wv[name] = value
         return
     wv = list(wv or [])
-    if len(wv) < len(layout):  # fill missing trailing values with the frontend defaults
-        for s in layout[len(wv):]:
-            wv.append(s.options.get("default") if s.kind == "value" else
-                      ("image" if s.kind == "upload" and s.name != "audio" else
-                       ("randomize" if s.kind == "control" else None)))
-    wv[idx] = value
-    node["widgets_values"] = wv
+    old = {(s.name, s.kind): v for s, v in zip(layout, wv)}
+    old[(name, "value")] = value
+    # the new layout, slot by slot: each value decided before the slots that depend on it are laid out
+    new: list = []
+    while True:
+        layout = widget_layout(node["type"], None, new)
+        if len(layout) == len(new):
+            break
+        s = layout[len(new)]
+        new.append(old.get((s.name, s.kind), _slot_default(s)))
+    node["widgets_values"] = new
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -757,7 +843,7 @@ def workflow_to_prompt(ui_workflow: Mapping) -> dict:
             raise UnknownNodeTypeError(
                 f"node {nid} has type {t!r}, which is not registered in this ComfyUI (a missing custom node "
                 f"pack, a comfy_extras module that failed to import, or a typo)")
-        layout = widget_layout(t, class_def)
+        layout = node_widget_layout(n, class_def)
         inputs: dict[str, Any] = {}
         for name, v in _widget_values_for(n, layout).items():
             # a list value would be read as a link; the frontend wraps it the same way
@@ -803,7 +889,7 @@ def _check_value(label: str, slot: WidgetSlot, v: Any) -> str | None:
     if isinstance(v, dict) and "__value__" in v:
         v = v["__value__"]
     name = slot.name
-    if _is_combo(t):
+    if _is_combo(t) or _is_dynamic_combo(t):
         if _is_upload_combo(t, o) or o.get("remote"):
             if not isinstance(v, str) or not v:
                 return f"{label}: file widget {name!r} must be a file name, got {v!r}"
@@ -931,15 +1017,19 @@ def check_workflow(ui_workflow: Mapping) -> list[str]:
         if getattr(class_def, "OUTPUT_NODE", False) is True and n.get("mode", 0) not in (MODE_NEVER, MODE_BYPASS):
             has_output = True
         try:
-            layout = widget_layout(t, class_def)
+            layout = node_widget_layout(n, class_def)
         except Exception as e:  # a broken INPUT_TYPES is a problem of the node pack
             problems.append(f"{label}: INPUT_TYPES() raised {type(e).__name__}: {e}")
             continue
         wv = n.get("widgets_values")
         if isinstance(wv, list):
-            # trailing unserialised widgets (audioUI, ...) leave no entry, so fewer entries are fine as long as
-            # every value/control entry is there
-            need = max((i + 1 for i, s in enumerate(layout) if s.kind in ("value", "control", "filter")), default=0)
+            # trailing unserialised widgets (audioUI, ...) leave no entry, and a file saved before the node gained
+            # an input with a default (Create Video's bit_depth, Save Video's hidden codec in ComfyUI 0.33; a
+            # dynamic combo defaults to its first option) lacks it: the frontend fills those in, so fewer entries
+            # are fine as long as every other value/control entry is there
+            need = max((i + 1 for i, s in enumerate(layout) if s.kind in ("value", "control", "filter")
+                        and not (s.kind == "value" and ("default" in s.options or _is_dynamic_combo(s.input_type)))),
+                       default=0)
             if not need <= len(wv) <= len(layout):
                 problems.append(
                     f"{label}: widgets_values has {len(wv)} entries, the frontend saves "
@@ -1065,7 +1155,7 @@ def run_prompt(prompt: Mapping, client_id: str | None = None, extra_data: Mappin
     server = _HostServer(client_id)
     server.last_prompt_id = prompt_id
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     extra = dict(extra_data or {})
     if client_id is not None:
         extra["client_id"] = client_id
@@ -1151,7 +1241,7 @@ def _find_nodes(ui: Mapping, key: str) -> list[dict]:
 
 
 def _upload_widget_name(node: Mapping) -> str | None:
-    for s in widget_layout(node["type"]):
+    for s in node_widget_layout(node):
         if s.kind == "value" and _is_upload_combo(s.input_type, s.options):
             return s.name
     return None

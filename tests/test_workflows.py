@@ -92,7 +92,9 @@ def core_workflow(image_name: str, audio_name: str) -> dict:
 
 
 def expected_prompt(image_name: str, audio_name: str) -> dict:
-    return {
+    """What the real frontend's ``graphToPrompt`` sends for :func:`core_workflow` (seen in frontend 1.32.9 on
+    ComfyUI 0.3.75 and 1.49.6 on ComfyUI 0.33)."""
+    p = {
         "1": {"class_type": "LoadImage", "inputs": {"image": image_name}},
         "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 128,
                                                      "height": 96, "crop": "disabled"}},
@@ -105,6 +107,12 @@ def expected_prompt(image_name: str, audio_name: str) -> dict:
                                                      "format": "auto", "codec": "auto"}},
         "12": {"class_type": "RandomNoise", "inputs": {"noise_seed": 123456789}},
     }
+    if ch.frontend_version() < (1, 49):  # 1.32 sends the display-only audioUI widget
+        p["7"]["inputs"]["audioUI"] = ""
+    else:  # ComfyUI 0.33: Create Video's bit_depth (default filled in), Save Video's format is a dynamic combo
+        p["8"]["inputs"]["bit_depth"] = 8
+        p["10"]["inputs"]["format.codec"] = "auto"
+    return p
 
 
 def _strip_meta(prompt: dict) -> dict:
@@ -272,10 +280,14 @@ def test_int_widget_out_of_range_is_caught(comfy, staged):
 def test_bad_combo_values_are_caught(comfy, staged):
     ui = core_workflow(*staged[:2])
     _node(ui, 2)["widgets_values"][0] = "bogus-resampler"      # V1 list combo
-    _node(ui, 10)["widgets_values"][2] = "vp9"                 # V3 io.Combo (SaveVideo.codec)
+    # SaveVideo's codec: a V3 io.Combo in ComfyUI 0.3.75; in 0.33 the third value is the dynamic combo
+    # format's child widget 'format.codec'
+    _node(ui, 10)["widgets_values"][2] = "vp9"
+    codec = "'format.codec'" if "format.codec" in ch.workflow_to_prompt(core_workflow(*staged[:2]))["10"]["inputs"] \
+        else "'codec'"
     problems = ch.check_workflow(ui)
     assert _has(problems, "node 2", "'upscale_method'", "'bogus-resampler'", "not one of"), problems
-    assert _has(problems, "node 10", "'codec'", "'vp9'", "not one of"), problems
+    assert _has(problems, "node 10", codec, "'vp9'", "not one of"), problems
     with pytest.raises(ch.PromptValidationError, match=r"node 2 \(ImageScale\).*Value not in list"):
         ch.run_prompt(ch.workflow_to_prompt(ui))
 
@@ -412,8 +424,10 @@ def test_widget_layout_matches_comfyui_templates(comfy):
         single = {"nodes": [dict(n, inputs=[dict(i, link=None) for i in n.get("inputs") or []], mode=0)],
                   "links": []}
         values = ch.workflow_to_prompt(single)[str(n["id"])]["inputs"]
-        layout = ch.widget_layout(t)
-        if t in ("Preview3D", "SaveGLB", "RecordAudio"):  # frontend-only 3D/recorder widgets: not modelled
+        layout = ch.node_widget_layout(n)
+        # frontend-only 3D/recorder widgets: not modelled (Load3D's model/extra-resource upload buttons come before
+        # its width/height in frontend 1.49)
+        if t in ("Preview3D", "SaveGLB", "RecordAudio", "Load3D"):
             continue
         for s in layout:
             if s.kind != "value" or s.name not in values:
