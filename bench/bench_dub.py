@@ -74,7 +74,7 @@ def bench_streamed(video, audio, out_dir) -> None:
                    check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
-    w, h, fps = video_info(out)
+    w, h, fps, _ = video_info(out)
     n = sum(1 for _ in iter_video(out))
     print(f"{video.name} + {audio.name}: {n} frames {w}x{h} @ {fps:g} fps in {wall:.1f} s wall (boot included) = "
           f"{n / wall:.1f} frames/s end to end; peak RSS of the largest run so far {rss:.2f} GB")

@@ -191,8 +191,7 @@ class DubVideo(io.ComfyNode):
                 yield frame
 
         try:
-            w, h, fps = video_info(source)
-            total = video.get_frame_count()  # metadata estimate: for the progress bar only
+            w, h, fps, total = video_info(source)  # total: a metadata estimate, for the progress bar only
             lm = track_landmarks(frames(), total, on_missing="keep", fps=fps,
                                  selection="largest" if face == "largest" else int(face_index),
                                  progress=Progress(total))

@@ -72,14 +72,21 @@ def _source(path):
     return str(path)
 
 
-def video_info(path) -> tuple[int, int, float]:
-    """(width, height, fps) of the first video stream of ``path``, a file path or a seekable binary file object
-    (PyAV; fps = the stream's average rate, 25.0 if the container does not say). Raises as :func:`read_video`."""
+def video_info(path) -> tuple[int, int, float, int]:
+    """(width, height, fps, frames) of the first video stream of ``path``, a file path or a seekable binary file
+    object (PyAV; fps = the stream's average rate, 25.0 if the container does not say; frames = the container's
+    frame count, else its duration × fps: an estimate, e.g. for a progress bar, read without seeking, which FLV
+    does not allow). Raises as :func:`read_video`."""
     import av
 
     with av.open(_source(path)) as c:
         v = c.streams.video[0]
-        return int(v.codec_context.width), int(v.codec_context.height), float(v.average_rate or 25)
+        fps = float(v.average_rate or 25)
+        frames = int(v.frames or 0)
+        if frames <= 0:
+            seconds = float(v.duration * v.time_base) if v.duration and v.time_base else (c.duration or 0) / 1e6
+            frames = max(1, int(round(seconds * fps)))
+        return int(v.codec_context.width), int(v.codec_context.height), fps, frames
 
 
 def iter_video(path) -> Iterator[tuple[np.ndarray, float]]:

@@ -125,7 +125,7 @@ def test_latentsync_pair_end_to_end(comfy, shared_data, tmp_path):
     files = comfy_headless.run_workflow(ui, out_dir=tmp_path)
     assert len(files) == 1 and files[0].suffix == ".mp4"
     wav, sr = read_audio(speech)
-    assert video_info(files[0]) == (1080, 1920, 30.0)
+    assert video_info(files[0])[:3] == (1080, 1920, 30.0)
     out_wav, out_sr = read_audio(files[0])
     assert out_sr == sr and abs(out_wav.shape[1] - wav.shape[1]) < 0.05 * sr
     small = [f[::4, ::4] for f, _ in iter_video(files[0])]
