@@ -2,6 +2,11 @@
 
 * every shipped workflow (workflows/*.json) passes ``check_workflow`` and, converted with
   ``workflow_to_prompt``, ComfyUI's own ``execution.validate_prompt``;
+* every shipped workflow is laid out for a newcomer: one Markdown note (what to load, which model goes in
+  which folder, what to expect on a CPU) at the top left, a numbered group per stage with every node inside
+  exactly one group, no overlapping nodes or groups, links running left to right, a fit view that keeps the
+  text; every model-file widget belongs to a loader with a known models folder that the note names, and no
+  model metadata in a file fails the frontends' workflow schema;
 * a core-only UI workflow written the way the frontend saves it (Reroute, PrimitiveNode, a bypassed and a
   muted node, a Note, a seed widget with its control value) converts to the exact API prompt, validates,
   and runs end to end through ``run_workflow`` into a PNG and an mp4 with an audio stream;
@@ -182,6 +187,187 @@ def test_shipped_workflow_checks_and_validates(comfy, shared_data, path, request
     ok, error, outputs, node_errors = _validate(comfy, prompt)
     assert ok and not node_errors, (error, node_errors)
     assert outputs, "no output node validated"
+
+
+# --------------------------------------------------------------------------------------------------------
+# shipped workflows as a newcomer meets them in the frontend (1.32.9 of ComfyUI 0.3.75, 1.49.6 of 0.33.0)
+# --------------------------------------------------------------------------------------------------------
+#: LiteGraph.NODE_TITLE_HEIGHT in both frontends: a node's title bar is drawn above ``pos``.
+NODE_TITLE_HEIGHT = 30
+#: Node types that are notes (no group needed); the headless runner drops them (FRONTEND_ONLY_TYPES).
+NOTE_TYPES = {"Note", "MarkdownNote"}
+#: What the frontend takes for a model file in a combo (1.49.6 ``isModelFileName``): it lists such widget
+#: values as missing models, filed under a folder from its own table of core loaders or from the node's
+#: ``properties.models`` entry of the same ``name`` (anything else lands under "Unknown").
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".onnx", ".gguf")
+#: (node type, widget) → the ``ComfyUI/models/<folder>`` the loader reads. IdentityNet Loader's options are
+#: ``portraittalk/<file>`` / ``ipadapter/<file>``: its folder is the value's first path component.
+MODEL_DIRECTORIES = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+                     ("ControlNetLoader", "control_net_name"): "controlnet",
+                     ("DiffControlNetLoader", "control_net_name"): "controlnet",
+                     ("VAELoader", "vae_name"): "vae",
+                     ("LoraLoader", "lora_name"): "loras",
+                     ("LoraLoaderModelOnly", "lora_name"): "loras",
+                     ("CLIPVisionLoader", "clip_name"): "clip_vision",
+                     ("UpscaleModelLoader", "model_name"): "upscale_models",
+                     ("PTalkAnimateNetLoader", "weights"): "portraittalk",
+                     ("PTalkIdentityNetLoader", "weights"): None}
+#: Fit view (``Comfy.Canvas.FitView``, also what a file without ``extra.ds`` opens at): scale = 0.75 ×
+#: min(canvas w / bounds w, canvas h / bounds h) over the node boxes + 10 px. Below 8 px / NODE_TEXT_SIZE 14
+#: (LiteGraph's default ``min_font_size_for_lod``, device pixel ratio 1) nodes lose their text and DOM widgets
+#: (the note) are hidden.
+FIT_ZOOM, LOW_QUALITY_SCALE, CANVAS = 0.75, 8 / 14, (1600, 1000)
+
+
+def _box(n: dict) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 of a node as drawn: its size plus the title bar above ``pos``."""
+    (x, y), (w, h) = n["pos"], n["size"]
+    return x, y - NODE_TITLE_HEIGHT, x + w, y + h
+
+
+def _group_box(g: dict) -> tuple[float, float, float, float]:
+    x, y, w, h = g["bounding"]
+    return x, y, x + w, y + h
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(inner, outer) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
+
+
+def _group_content(g: dict) -> tuple[float, float, float, float]:
+    """A group's box below its title band (1.49.6: NODE_TITLE_HEIGHT; 1.32.9: font_size × 1.4)."""
+    x0, y0, x1, y1 = _group_box(g)
+    return x0, y0 + max(NODE_TITLE_HEIGHT, g.get("font_size", 24) * 1.4), x1, y1
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_shipped_workflow_has_a_note_and_a_group_per_stage(path):
+    ui = json.loads(path.read_text(encoding="utf-8"))
+    notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1, "one Markdown note per workflow"
+    text = notes[0]["widgets_values"][0]
+    assert isinstance(text, str) and len(text.split()) >= 30, text
+    assert "**Load:**" in text and "On a CPU" in text, "the note says what to load and what to expect on a CPU"
+    groups = ui.get("groups") or []
+    assert len(groups) >= 3, "a group per stage"
+    titles = [g["title"] for g in groups]
+    assert len(set(titles)) == len(titles), titles
+    for g in groups:
+        assert g["title"].strip() and g.get("color"), g
+        assert len(g["bounding"]) == 4 and g["bounding"][2] > 0 and g["bounding"][3] > 0, g
+    # numbered stages 1 · …, 2 · …, … in order, the inputs first
+    numbers = sorted(int(t.split(" · ", 1)[0]) for t in titles)
+    assert numbers == list(range(1, len(groups) + 1)), titles
+    assert next(t for t in titles if t.startswith("1 · ")) == "1 · Inputs", titles
+    # no saved view: both frontends then open the file at fit view
+    assert "ds" not in (ui.get("extra") or {})
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_shipped_workflow_nodes_do_not_overlap(path):
+    ui = json.loads(path.read_text(encoding="utf-8"))
+    nodes = ui["nodes"]
+    assert not [n["id"] for n in nodes if (n.get("flags") or {}).get("collapsed")], "collapsed nodes hide their widgets"
+    boxes = [(n["id"], n["type"], _box(n)) for n in nodes]
+    clashes = [(a[:2], b[:2]) for i, a in enumerate(boxes) for b in boxes[i + 1:] if _overlap(a[2], b[2])]
+    assert not clashes, clashes
+    groups = ui["groups"]
+    clashes = [(a["title"], b["title"]) for i, a in enumerate(groups) for b in groups[i + 1:]
+               if _overlap(_group_box(a), _group_box(b))]
+    assert not clashes, f"overlapping groups {clashes}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_shipped_workflow_nodes_lie_inside_exactly_one_group(path):
+    ui = json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    for n in ui["nodes"]:
+        box = _box(n)
+        inside = [g["title"] for g in ui["groups"] if _inside(box, _group_content(g))]
+        touching = [g["title"] for g in ui["groups"] if _overlap(box, _group_box(g)) and g["title"] not in inside]
+        if touching:
+            problems.append(f"node {n['id']} ({n['type']}) overlaps group(s) {touching} it is not in")
+        if n["type"] in NOTE_TYPES:
+            if len(inside) > 1:
+                problems.append(f"note {n['id']} lies in {inside}")
+        elif len(inside) != 1:
+            problems.append(f"node {n['id']} ({n['type']}) lies inside {len(inside)} groups: {inside}")
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_shipped_workflow_reads_left_to_right_at_fit_view(path):
+    ui = json.loads(path.read_text(encoding="utf-8"))
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    backwards = []
+    for lk in ui["links"]:
+        src, dst = nodes[lk[1]], nodes[lk[3]]
+        (sx, sy), (dx, dy) = src["pos"], dst["pos"]
+        if not (sx < dx or (sx == dx and sy < dy)):  # rightwards, or down the same column
+            backwards.append((lk[0], src["type"], dst["type"]))
+    assert not backwards, f"links running right to left / upwards: {backwards}"
+    # the first thing at the top left is the note
+    notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    assert notes, "no note"
+    note = notes[0]
+    x0 = min(_box(n)[0] for n in ui["nodes"]); y0 = min(_box(n)[1] for n in ui["nodes"])
+    assert _box(note)[:2] == (x0, y0), "the note sits at the top left"
+    # the whole graph at fit view on a 1600x1000 canvas keeps its text (above the low-quality zoom)
+    x1 = max(_box(n)[2] for n in ui["nodes"]); y1 = max(_box(n)[3] for n in ui["nodes"])
+    w, h = x1 - x0 + 20, y1 - y0 + 20
+    scale = FIT_ZOOM * min(CANVAS[0] / w, CANVAS[1] / h)
+    assert scale > LOW_QUALITY_SCALE, f"fit view at {scale:.3f}: the frontend would draw nodes without text"
+
+
+def _widget_values(n: dict) -> dict:
+    """Widget name -> value of workflow node ``n``, as the converter reads them (inputs unlinked)."""
+    single = {"nodes": [dict(n, inputs=[dict(i, link=None) for i in n.get("inputs") or []], mode=0)], "links": []}
+    return ch.workflow_to_prompt(single)[str(n["id"])]["inputs"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_model_widgets_name_their_folder(comfy, path):
+    """Every widget value the frontend takes for a model file belongs to a loader whose ``ComfyUI/models``
+    folder is known (MODEL_DIRECTORIES), a folder ComfyUI registers, and the note tells where the file goes.
+
+    Model metadata saved in the file (``properties.models``, top-level ``models``) must match both frontends'
+    workflow schema, which requires ``name``, ``directory`` and a download ``url``: an entry without one makes
+    frontend 1.32 (schema validation on by default) show "Invalid workflow against zod schema" on every open,
+    and 1.32 ignores it anyway. The pack's own loaders get no entry: their weights (AnimateNet, a trained
+    IdentityNet) are published nowhere, and IdentityNet Loader's ``ipadapter/…`` values are no download paths."""
+    ui = json.loads(path.read_text(encoding="utf-8"))
+    note = "".join(str(n["widgets_values"][0]) for n in ui["nodes"] if n["type"] == "MarkdownNote")
+    problems, seen = [], 0
+    entries = [("workflow models", m) for m in ui.get("models") or []]
+    for n in ui["nodes"]:
+        entries += [(f"node {n['id']} ({n['type']})", m) for m in (n.get("properties") or {}).get("models") or []]
+        if n["type"] in ch.FRONTEND_ONLY_TYPES:
+            continue
+        for widget, value in _widget_values(n).items():
+            if not (isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS)):
+                continue
+            seen += 1
+            if (n["type"], widget) not in MODEL_DIRECTORIES:
+                problems.append(f"node {n['id']} ({n['type']}).{widget} = {value!r}: add its folder to MODEL_DIRECTORIES")
+                continue
+            folder = MODEL_DIRECTORIES[(n["type"], widget)] or value.split("/", 1)[0]
+            if folder not in comfy.folder_paths.folder_names_and_paths:
+                problems.append(f"node {n['id']}: {folder!r} is no ComfyUI model folder")
+            if f"models/{folder}/" not in note:
+                problems.append(f"the note does not say that {value!r} goes in ComfyUI/models/{folder}/")
+    for where, m in entries:
+        url = str(m.get("url") or "")
+        if not (m.get("name") and m.get("directory") and url.startswith(("https://", "http://"))):
+            problems.append(f"{where}: model metadata {m} is not what the frontends' schema accepts (name, url, directory)")
+        if where.split("(")[-1].startswith("PTalk"):
+            problems.append(f"{where}: metadata for the pack's own weights {m}")
+    assert not problems, problems
+    loaders = any(t in (n["type"] for n in ui["nodes"]) for t, _ in MODEL_DIRECTORIES)
+    assert (seen > 0) == loaders, f"{seen} model-file widgets found"
 
 
 # --------------------------------------------------------------------------------------------------------
