@@ -1,0 +1,668 @@
+"""The pack in the REAL ComfyUI frontend: a ComfyUI server process (scripts/comfy_server.py) and Chromium driven by
+Playwright.
+
+* every shipped workflow (workflows/*.json) loads in the frontend with every node type registered, every link
+  kept, no alert of the frontend's workflow-schema validation, no JavaScript exception, only nodes flagged whose
+  model file the test server lacks, and the API prompt the frontend builds (``app.graphToPrompt()``) equal, node
+  by node (class_type and inputs), to the one the headless runner builds from the same file
+  (``comfy_headless.workflow_to_prompt``) -- except the frontend-only inputs listed in ``FRONTEND_ONLY_INPUTS``
+  (printed); overlapping nodes are printed, not failed;
+* talking_photo.json, talking_photo_long.json and dubbing_long.json queued with the UI's Run button on uploaded
+  real media give an mp4 (video frames, the speech's duration within a frame, an audio stream) that the UI
+  previews;
+* a faceless image queued from the UI gives an error the user can read in the UI, naming our node, the input and
+  the fix, with the exception type ``PortraitTalk.NodeInputError`` (no file path), and the server keeps working.
+
+Screenshots of every loaded workflow and finished run go into each test's ``tmp_path`` (keep them with
+``--basetemp``); ``-s`` shows what the tests print (graphToPrompt's Save Video inputs, run times, the error text).
+
+Needs Chromium (``apt-get install chromium``, or ``$PTALK_CHROMIUM``) and the ``playwright`` Python package; without
+them the tests skip (fail under CI). Playwright's own browser download is not used.
+
+Console errors that are not failures (everything else fails a test), each with its reason:
+  * ``404`` on ``/user.css``, ``/api/userdata/...`` (user.css, comfy.templates.json, saved workflows/subgraphs) and
+    ``/favicon.ico``: the frontend probes optional per-user files that a fresh user directory does not have;
+  * Content-Security-Policy refusals of requests to other hosts (``api.comfy.org`` registry look-ups of node packs,
+    ``huggingface.co`` size probes of the default graph's models): ``--disable-api-nodes`` makes the server send
+    ``connect-src 'self'``, which is what keeps the frontend off the network; the URLs are collected and printed;
+  * at start-up only, before any workflow is loaded: frontend 1.49's "ComfyApp graph accessed before initialization"
+    and frontend 1.32's "TypeError: Cannot read properties of undefined (reading 'id')" (logged by Vue from a
+    setting's onChange during the app's own start-up).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import comfy_headless
+import comfy_server as cs
+
+pytestmark = pytest.mark.frontend
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 1000}
+#: frontend settings for readable screenshots: full node detail at any zoom (no low-detail rendering of nodes
+#: when a large graph is fitted into view), no minimap over the canvas, the top menu bar.
+#: The frontend's own validation of loaded workflows against its schema (zod) is on: it is the default of
+#: frontend 1.32 (which then shows an alert to the user), off by default in 1.49.
+SETTINGS = {"LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.Minimap.Visible": False, "Comfy.UseNewMenu": "Top",
+            "Comfy.Validation.Workflows": True}
+#: what the frontend says when a loaded workflow does not match its workflow schema
+_SCHEMA_ERROR = re.compile(r"Invalid workflow against zod schema|Workflow does not contain a valid version")
+#: the frontend 1.32 "Introducing Nodes 2.0" banner is dismissed through localStorage
+INIT_SCRIPT = "try { localStorage.setItem('vueNodesBannerDismissed', 'true'); } catch (e) {}"
+QUEUE_BUTTON = '[data-testid="queue-button"]'  # the Run button (frontend 1.32 and 1.49)
+#: the widget that holds the file name, per upload node type
+FILE_WIDGETS = {"LoadImage": "image", "LoadAudio": "audio", "LoadVideo": "file"}
+#: stand-ins (shared media) for file names a workflow mentions that the shared data does not have
+STAND_INS = {".png": "photos/astronaut.png", ".jpg": "photos/astronaut.png", ".wav": "audio/jfk.flac",
+             ".flac": "audio/jfk.flac", ".mp4": "video/retalking_face_5.mp4", ".mpg": "video/lbax4n.mpg"}
+
+#: inputs that graphToPrompt may put into the API prompt although the node does not declare them (ComfyUI's
+#: validation and execution ignore undeclared inputs), with the reason; ignored in the comparison only when the
+#: server's /object_info confirms the node does not declare them.
+FRONTEND_ONLY_INPUTS = {
+    "video-preview": "the frontend's (1.32.9 and 1.49.6) LoadVideo preview: a DOM widget added once Chromium has loaded the video "
+                     "(onloadeddata: .mp4 yes, MPEG-1 .mpg never); it is marked serialize=false for the saved "
+                     "workflow but not options.serialize=false, so graphToPrompt sends it with value ''",
+}
+
+_IGNORED_404 = re.compile(r"/(api/)?userdata([/?]|$)|/user\.css(\?|$)|/favicon\.ico(\?|$)")
+_CSP = re.compile(r"violates the following Content Security Policy directive|because it violates the document's "
+                  r"Content Security Policy")
+_STARTUP_ONLY = (
+    "ComfyApp graph accessed before initialization",  # frontend 1.49
+    "Cannot read properties of undefined (reading 'id')",  # frontend 1.32
+)
+
+
+# --------------------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------------------
+def _skip_or_fail(msg: str):
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (CI must provide it)")
+    pytest.skip(msg)
+
+
+def _chromium() -> str:
+    exe = os.environ.get("PTALK_CHROMIUM")
+    if exe:
+        if not (Path(exe).is_file() and os.access(exe, os.X_OK)):
+            _skip_or_fail(f"PTALK_CHROMIUM={exe!r} is not an executable; point it at Chromium/Chrome or unset it to "
+                          f"use the system Chromium (apt-get install chromium)")
+        return exe
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    _skip_or_fail("the frontend tests need Chromium: apt-get install chromium (or set PTALK_CHROMIUM to a "
+                  "Chromium/Chrome executable)")
+
+
+@pytest.fixture(scope="module")
+def server(comfy, shared_data, tmp_path_factory):
+    """A ComfyUI server process for this pack (module-scoped; stopped, with its process group, at teardown), with
+    the media the shipped workflows name uploaded under those names (so that every workflow loads without
+    missing-file errors)."""
+    srv = cs.start(base_dir=tmp_path_factory.mktemp("comfy_server"), settings=SETTINGS,
+                   required_nodes=comfy.pack_nodes)
+    try:
+        for name, src in sorted(_workflow_media(shared_data).items()):
+            cs.upload_file(srv, src, name=name)
+        yield srv
+    finally:
+        cs.stop(srv)
+        print(f"\n[frontend] server log: {srv.log_path}")
+
+
+def _workflow_media(shared_data: Path) -> dict[str, Path]:
+    """File name -> shared media file, for every file widget value in the shipped workflows."""
+    out = {}
+    for path in WORKFLOWS:
+        for n in json.loads(path.read_text())["nodes"]:
+            if n.get("type") in FILE_WIDGETS and isinstance(n.get("widgets_values"), list) and n["widgets_values"]:
+                name = n["widgets_values"][0]
+                if not isinstance(name, str) or not name:
+                    continue
+                hits = [p for sub in ("photos", "audio", "video") for p in (shared_data / sub).glob(name)]
+                stand_in = STAND_INS.get(Path(name).suffix.lower())
+                if hits:
+                    out[name] = hits[0]
+                elif stand_in:
+                    out[name] = shared_data / stand_in
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium (the system one, launched by Playwright), module-scoped."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_or_fail("the frontend tests need the playwright Python package (pip install playwright) and Chromium "
+                      "(apt-get install chromium)")
+    exe = _chromium()
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+    except Exception as e:  # noqa: BLE001 - a broken browser install
+        pw.stop()
+        _skip_or_fail(f"Chromium at {exe} does not start under Playwright ({type(e).__name__}: {e}); "
+                      f"apt-get install chromium")
+    yield b
+    b.close()
+    pw.stop()
+
+
+class Events:
+    """What a page reported: console messages, uncaught exceptions, HTTP errors, requests to other hosts."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.console: list[tuple[str, str, str]] = []  # (type, text, url)
+        self.page_errors: list[str] = []
+        self.http_errors: list[tuple[int, str]] = []
+        self.external: list[str] = []  # aborted by the page's route (never cleared)
+        self.blocked: set[str] = set()  # other-host URLs the server's CSP refused (never cleared)
+
+    def on_console(self, msg):
+        """Record a console message (and the URL of a CSP refusal)."""
+        text = msg.text
+        self.console.append((msg.type, text, (msg.location or {}).get("url", "")))
+        if _CSP.search(text):
+            m = re.search(r"https?://[^\s'\"]+", text)
+            if m:
+                self.blocked.add(m.group(0).rstrip("."))
+
+    def clear(self):
+        """Forget everything recorded so far."""
+        self.console.clear()
+        self.page_errors.clear()
+        self.http_errors.clear()
+
+    def unexpected_errors(self, startup: bool = False) -> list[str]:
+        """Uncaught exceptions and console errors that are not in the module docstring's list."""
+        bad = [f"uncaught exception: {e}" for e in self.page_errors]
+        for typ, text, url in self.console:
+            if typ != "error":
+                continue
+            if "404" in text and _IGNORED_404.search(url or ""):
+                continue
+            if _CSP.search(text):
+                continue
+            if startup and any(s in text for s in _STARTUP_ONLY):
+                continue
+            bad.append(f"console error: {text[:500]} (at {url})")
+        return bad
+
+
+
+def _open_page(browser, srv):
+    ctx = browser.new_context(viewport=VIEWPORT)
+    ctx.add_init_script(INIT_SCRIPT)
+    page = ctx.new_page()
+    ev = Events(srv.url)
+    page.on("console", ev.on_console)
+    page.on("pageerror", lambda e: ev.page_errors.append(f"{e}"))
+    page.on("response", lambda r: r.status >= 400 and ev.http_errors.append((r.status, r.url)))
+
+    def route(r):  # belt and braces: nothing leaves the machine even if a CSP would let it
+        u = r.request.url
+        if u.startswith(srv.url) or u.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            ev.external.append(u)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(srv.url)
+    page.wait_for_function("() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph)",
+                           timeout=120_000)
+    page.locator(QUEUE_BUTTON).first.wait_for(state="visible", timeout=60_000)
+    page.wait_for_timeout(1000)  # the start-up workflow (the default graph) settles
+    return ctx, page, ev
+
+
+@pytest.fixture(scope="module")
+def ui(browser, server):
+    """``(page, events, startup_errors)``: one frontend page for the module, the app ready."""
+    ctx, page, ev = _open_page(browser, server)
+    startup = ev.unexpected_errors(startup=True)
+    ev.clear()
+    yield page, ev, startup
+    if ev.external or ev.blocked:
+        print(f"\n[frontend] requests to other hosts, blocked: {sorted(set(ev.external) | ev.blocked)}")
+    ctx.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers (page JavaScript)
+# --------------------------------------------------------------------------------------------------------
+_JS_LOAD = "async (wf) => { await window.app.loadGraphData(wf); }"
+_JS_FIT = """async () => {
+  const cmd = window.app.extensionManager && window.app.extensionManager.command;
+  if (cmd && cmd.execute) await cmd.execute('Comfy.Canvas.FitView');
+  else window.app.canvas.ds && window.app.canvas.setDirty(true, true);
+}"""
+_JS_GRAPH = """() => {
+  const g = window.app.graph;
+  const links = (g.links instanceof Map ? [...g.links.values()] : Object.values(g.links || {})).filter(Boolean);
+  const problems = [];
+  for (const l of links) {
+    const o = g.getNodeById(l.origin_id), t = g.getNodeById(l.target_id);
+    if (!o) problems.push(`link ${l.id}: origin node ${l.origin_id} does not exist`);
+    else if (!o.outputs || !o.outputs[l.origin_slot]) problems.push(`link ${l.id}: node ${l.origin_id} has no output ${l.origin_slot}`);
+    if (!t) problems.push(`link ${l.id}: target node ${l.target_id} does not exist`);
+    else if (!t.inputs || !t.inputs[l.target_slot]) problems.push(`link ${l.id}: node ${l.target_id} has no input ${l.target_slot}`);
+    else if (t.inputs[l.target_slot].link !== l.id) problems.push(`link ${l.id}: node ${l.target_id} input ${l.target_slot} holds link ${t.inputs[l.target_slot].link}`);
+  }
+  return {
+    nodes: g._nodes.map(n => ({id: n.id, type: n.type, registered: !!window.LiteGraph.registered_node_types[n.type],
+                               has_errors: !!n.has_errors,
+                               widgets: (n.widgets || []).map(w => [w.name, w.value === undefined ? null :
+                                   (typeof w.value === 'object' && w.value !== null ? String(w.value) : w.value)])})),
+    links: links.length, link_ids: links.map(l => l.id), problems,
+  };
+}"""
+_JS_OVERLAPS = """() => {  // pairs of nodes whose boxes (title included) overlap on the canvas, with the overlap in px
+  const g = window.app.graph, th = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+  const box = n => { if (n.getBounding) { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; }
+                     return [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th]; };
+  const out = [], ns = g._nodes;
+  for (let i = 0; i < ns.length; i++) for (let j = i + 1; j < ns.length; j++) {
+    const a = box(ns[i]), b = box(ns[j]);
+    const w = Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]);
+    const h = Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]);
+    if (w > 4 && h > 4) out.push([`${ns[i].id} ${ns[i].title}`, `${ns[j].id} ${ns[j].title}`, Math.round(w), Math.round(h)]);
+  }
+  return out;
+}"""
+_JS_PROMPT = "async () => (await window.app.graphToPrompt()).output"
+_JS_SET_FILES = """(vals) => {
+  const out = [];
+  for (const n of window.app.graph._nodes) {
+    const wname = vals.widgets[n.type];
+    const v = vals.files[n.type];
+    if (!wname || v === undefined) continue;
+    const w = (n.widgets || []).find(w => w.name === wname);
+    if (!w) continue;
+    const opts = w.options && w.options.values;
+    if (Array.isArray(opts) && !opts.includes(v)) opts.push(v);  // what an upload through the UI does
+    w.value = v;
+    if (w.callback) w.callback(v, window.app.canvas, n);
+    out.push([n.id, n.type, w.name, w.value]);
+  }
+  window.app.graph.setDirtyCanvas(true, true);
+  return out;
+}"""
+_JS_OVERLAYS = """() => [...document.querySelectorAll(
+    '[data-testid="error-overlay"], .p-dialog, [role="dialog"], .p-toast-message')]
+  .filter(e => e.offsetParent !== null || e.getClientRects().length).map(e => e.innerText)"""
+_JS_CLOSE_TOASTS = """() => { for (const b of document.querySelectorAll(
+    '.p-toast-message button, .p-toast-close-button, [data-testid="error-overlay"] button[aria-label]')) {
+  try { if ((b.getAttribute('aria-label') || '').match(/close|dismiss/i) || b.classList.contains('p-toast-close-button')) b.click(); } catch (e) {} } }"""
+_JS_CLOSE_PANEL = """async () => {  // frontend 1.49: the Errors panel opened by "View details" (no-op on 1.32)
+  try { await window.app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', false); } catch (e) {}
+}"""
+_JS_TEXT = """() => document.body.innerText + '\\n' +
+  [...document.querySelectorAll('textarea, pre, code')].map(e => e.value || e.textContent || '').join('\\n')"""
+
+
+def _load(page, wf: dict):
+    page.evaluate(_JS_CLOSE_TOASTS)  # what earlier steps left on screen
+    page.evaluate(_JS_LOAD, wf)
+    page.evaluate(_JS_FIT)
+    page.wait_for_timeout(800)  # the canvas redraws after fitting
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (type(a) is type(b) and a == b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def prompt_diff(frontend: dict, runner: dict, object_info: dict | None = None,
+                ignored: list[str] | None = None) -> list[str]:
+    """Readable differences (class_type and inputs, per node id) between the frontend's and the runner's API
+    prompts; empty when they agree. Frontend-only inputs (:data:`FRONTEND_ONLY_INPUTS`) that the node does not
+    declare in ``object_info`` are left out and described in ``ignored``."""
+    lines = []
+    ids = sorted(set(frontend) | set(runner), key=lambda k: (len(str(k)), str(k)))
+    for nid in ids:
+        f, r = frontend.get(nid), runner.get(nid)
+        if f is None:
+            lines.append(f"node {nid} ({r.get('class_type')}): in the runner's prompt only")
+            continue
+        if r is None:
+            lines.append(f"node {nid} ({f.get('class_type')}): in the frontend's prompt only: {f.get('inputs')}")
+            continue
+        if f.get("class_type") != r.get("class_type"):
+            lines.append(f"node {nid}: class_type frontend {f.get('class_type')!r} != runner {r.get('class_type')!r}")
+        fi, ri = f.get("inputs") or {}, r.get("inputs") or {}
+        declared = set()
+        for part in ("required", "optional"):
+            declared |= set(((object_info or {}).get(f.get("class_type"), {}).get("input", {}) or {}).get(part) or {})
+        for k in sorted(set(fi) | set(ri)):
+            if k not in ri and k in FRONTEND_ONLY_INPUTS and object_info is not None and k not in declared:
+                if ignored is not None:
+                    ignored.append(f"node {nid} ({f.get('class_type')}) input {k!r} = {fi[k]!r}: "
+                                   f"{FRONTEND_ONLY_INPUTS[k]}")
+                continue
+            if k not in ri:
+                lines.append(f"node {nid} ({f.get('class_type')}) input {k!r}: frontend {fi[k]!r}, runner (absent)")
+            elif k not in fi:
+                lines.append(f"node {nid} ({f.get('class_type')}) input {k!r}: frontend (absent), runner {ri[k]!r}")
+            elif not _same(fi[k], ri[k]):
+                lines.append(f"node {nid} ({f.get('class_type')}) input {k!r}: frontend {fi[k]!r}, runner {ri[k]!r}")
+    return lines
+
+
+def _queue_from_ui(page, timeout_ms: int = 60_000) -> str:
+    """Click the Run button; return the prompt id of the POST /prompt it makes (fails on a refused prompt)."""
+    with page.expect_response(lambda r: r.request.method == "POST" and re.search(r"/prompt/?(\?|$)", r.url),
+                              timeout=timeout_ms) as info:
+        page.locator(QUEUE_BUTTON).first.click()
+    resp = info.value
+    body = resp.json()
+    assert resp.status == 200 and not body.get("node_errors"), f"the server refused the UI's prompt: {body}"
+    return body["prompt_id"]
+
+
+def _wait_video_preview(page, filename: str, timeout_ms: int = 30_000):
+    page.wait_for_function(
+        "(fn) => [...document.querySelectorAll('video')].some(v => { const s = v.currentSrc || v.src || '';"
+        " return s.includes(fn) || s.includes(encodeURIComponent(fn)); })", arg=filename, timeout=timeout_ms)
+
+
+def _media_duration(path: Path) -> float:
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        n = sum(f.samples for f in c.decode(s))
+        return n / s.rate
+
+
+def check_mp4(path: Path, audio_seconds: float) -> dict:
+    """Decode the mp4 with PyAV; assert video frames, a duration equal to ``audio_seconds`` within one frame, and an
+    audio stream whose decoded length matches too. Returns what was measured."""
+    import av
+
+    with av.open(str(path)) as c:
+        assert c.streams.video, f"{path.name}: no video stream"
+        assert c.streams.audio, f"{path.name}: no audio stream"
+        vs = c.streams.video[0]
+        fps = float(vs.average_rate)
+        frames = 0
+        size = None
+        for f in c.decode(vs):
+            frames += 1
+            size = (f.width, f.height)
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        samples = sum(f.samples for f in c.decode(a))
+        arate = a.rate
+    assert frames > 0 and fps > 0, f"{path.name}: no video frames"
+    video_s = frames / fps
+    assert abs(video_s - audio_seconds) <= 1.0 / fps + 1e-6, (
+        f"{path.name}: video lasts {video_s:.3f} s ({frames} frames at {fps:g} fps), the speech {audio_seconds:.3f} s")
+    # AAC adds up to ~2 frames of 1024 samples of priming/padding
+    assert abs(samples / arate - audio_seconds) <= 1.0 / fps + 2048 / arate, (
+        f"{path.name}: audio stream lasts {samples / arate:.3f} s, the speech {audio_seconds:.3f} s")
+    return {"frames": frames, "fps": fps, "size": size, "video_s": video_s, "audio_s": samples / arate}
+
+
+# --------------------------------------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------------------------------------
+def test_frontend_starts_without_errors(ui, server):
+    """The frontend served by the server starts with the pack's nodes registered and no unexpected JS error."""
+    page, ev, startup = ui
+    assert not startup, "errors while the frontend started:\n" + "\n".join(startup)
+    registered = set(page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)"))
+    info = cs.get_json(server, "/object_info")
+    ours = {k for k, v in info.items() if str(v.get("category", "")).startswith("PortraitTalk")}
+    assert ours and ours <= registered, f"pack nodes not registered in the frontend: {sorted(ours - registered)}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_loads_in_the_frontend(ui, server, comfy, path, tmp_path):
+    """The workflow loads with all node types known and all links kept, no JS error, no schema alert, and
+    graphToPrompt == the headless runner's prompt. Every check runs; the failures are reported together."""
+    page, ev, _ = ui
+    wf = json.loads(path.read_text())
+    ev.clear()
+    _load(page, wf)
+    page.screenshot(path=str(tmp_path / f"{path.stem}.png"))
+    g = page.evaluate(_JS_GRAPH)
+    overlays = page.evaluate(_JS_OVERLAYS)
+    problems: list[str] = []
+    if overlays:
+        print(f"[frontend] {path.name}: the UI shows: {overlays}")
+    overlaps = page.evaluate(_JS_OVERLAPS)  # reported, not failed: a layout matter (see the screenshot)
+    if overlaps:
+        print(f"[frontend] {path.name}: overlapping nodes (a, b, overlap w x h px) once previews loaded: {overlaps}")
+
+    # the frontend's workflow schema (an alert in frontend 1.32, and in 1.49 with Comfy.Validation.Workflows on)
+    schema = [t for t in overlays if _SCHEMA_ERROR.search(t)] + \
+        [f"console {typ}: {text}" for typ, text, _ in ev.console if _SCHEMA_ERROR.search(text)]
+    if schema:
+        problems.append("the frontend rejects the file against its workflow schema: " + " | ".join(
+            " ".join(t.split()) for t in schema))
+    # node types
+    missing = [(n["id"], n["type"]) for n in g["nodes"] if not n["registered"]]
+    if missing:
+        problems.append(f"node types the frontend does not know: {missing}")
+    problems += [f"the UI reports: {' '.join(t.split())}" for t in overlays if re.search(r"missing node", t, re.I)]
+    if len(g["nodes"]) != len(wf["nodes"]):
+        problems.append(f"{len(g['nodes'])} nodes loaded of the file's {len(wf['nodes'])}")
+    # links
+    file_links = sorted(lk[0] if isinstance(lk, list) else lk["id"] for lk in wf["links"])
+    if g["links"] != len(wf["links"]) or sorted(g["link_ids"]) != file_links:
+        problems.append(f"the frontend holds {g['links']} links {sorted(g['link_ids'])}, the file "
+                        f"{len(file_links)} {file_links}")
+    problems += [f"dangling link: {p}" for p in g["problems"]]
+    # nodes the frontend flags must only miss a file (a model the test server does not have)
+    info = cs.get_json(server, "/object_info")
+    for n in (n for n in g["nodes"] if n["has_errors"]):
+        spec = info.get(n["type"], {}).get("input", {})
+        combos = {k: v[0] if isinstance(v[0], list) else (v[1] or {}).get("options")
+                  for part in ("required", "optional") for k, v in (spec.get(part) or {}).items()
+                  if isinstance(v, list) and v and (isinstance(v[0], list) or v[0] == "COMBO")}
+        absent = [(name, val) for name, val in n["widgets"] if name in combos and combos[name] is not None
+                  and val not in combos[name]]
+        if absent:
+            print(f"[frontend] {path.name}: node {n['id']} ({n['type']}) flagged, missing file(s) {absent}")
+        else:
+            problems.append(f"the frontend flags node {n['id']} ({n['type']}) but none of its files is missing")
+    # the prompt
+    frontend_prompt = page.evaluate(_JS_PROMPT)
+    runner_prompt = {str(k): v for k, v in
+                     comfy_headless.workflow_to_prompt(comfy_headless.load_workflow(path)).items()}
+    for nid, node in frontend_prompt.items():
+        if node.get("class_type") == "SaveVideo":
+            widgets = next((n["widgets"] for n in g["nodes"] if str(n["id"]) == str(nid)), None)
+            print(f"[frontend] {path.name}: graphToPrompt SaveVideo {nid}: {node.get('inputs')}; widgets {widgets}; "
+                  f"runner: {runner_prompt.get(nid, {}).get('inputs')}")
+    (tmp_path / "frontend_prompt.json").write_text(json.dumps(frontend_prompt, indent=1))
+    (tmp_path / "runner_prompt.json").write_text(json.dumps(runner_prompt, indent=1))
+    ignored: list[str] = []
+    diff = prompt_diff(frontend_prompt, runner_prompt, info, ignored)
+    for line in ignored:
+        print(f"[frontend] {path.name}: not compared: {line}")
+    if diff:
+        problems.append(f"the frontend's graphToPrompt and the headless runner disagree (prompts in {tmp_path}):"
+                        f"\n    " + "\n    ".join(diff))
+    # JavaScript
+    problems += ev.unexpected_errors()
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+UI_RUNS = {  # workflow -> {upload node type: shared media}
+    "talking_photo": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
+    "talking_photo_long": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
+    "dubbing_long": {"LoadVideo": "video/lbax4n.mpg", "LoadAudio": "audio/jfk.flac"},
+}
+
+
+@pytest.mark.parametrize("name", list(UI_RUNS))
+def test_queue_from_the_ui(ui, server, shared_data, name, tmp_path):
+    """Upload real media, point the loaded workflow's widgets at it, press Run: the mp4 has the speech's length,
+    video frames and an audio stream, and the UI previews it."""
+    page, ev, _ = ui
+    files = {t: cs.upload_file(server, shared_data / rel) for t, rel in UI_RUNS[name].items()}
+    ev.clear()
+    _load(page, json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text()))
+    done = page.evaluate(_JS_SET_FILES, {"widgets": FILE_WIDGETS, "files": files})
+    assert sorted(t for _, t, _, _ in done) == sorted(files), f"file widgets set: {done}"
+    t0 = time.monotonic()
+    prompt_id = _queue_from_ui(page)
+    entry = cs.wait_history(server, prompt_id, timeout=400)
+    seconds = time.monotonic() - t0
+    err = cs.execution_error(entry)
+    assert err is None and entry["status"]["status_str"] == "success", (
+        f"{name}: the run failed: {err and (err.get('node_id'), err.get('node_type'), err.get('exception_type'), err.get('exception_message'))}"
+        f"\nserver log tail:\n{server.log_tail(40)}")
+    outs = [o for o in cs.output_entries(entry) if o["filename"].endswith(".mp4")]
+    assert len(outs) == 1, f"{name}: outputs {cs.output_entries(entry)}"
+    _wait_video_preview(page, outs[0]["filename"])
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(tmp_path / f"{name}_finished.png"))
+    mp4 = cs.fetch_output(server, outs[0], tmp_path)
+    info = check_mp4(mp4, _media_duration(shared_data / UI_RUNS[name]["LoadAudio"]))
+    print(f"[frontend] {name}: run {seconds:.1f} s, {info}")
+    errors = ev.unexpected_errors()
+    assert not errors, f"{name}: JavaScript errors:\n" + "\n".join(errors)
+
+
+def _gradient_png(path: Path, size: int = 256) -> Path:
+    from PIL import Image
+
+    x = np.linspace(0.0, 1.0, size)
+    img = np.stack([np.add.outer(x, x) * 100 + 40, np.add.outer(x, 1 - x) * 90 + 50,
+                    np.add.outer(1 - x, x) * 80 + 60], axis=-1).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def _speech_clip(src: Path, dst: Path, seconds: float) -> Path:
+    """The first ``seconds`` of ``src`` as a 16-bit mono WAV."""
+    import av
+
+    chunks, rate = [], None
+    with av.open(str(src)) as c:
+        for f in c.decode(audio=0):
+            rate = f.sample_rate
+            a = f.to_ndarray().astype(np.float32)
+            if f.format.is_planar:
+                a = a.mean(axis=0)
+            else:
+                a = a.reshape(-1, len(f.layout.channels)).mean(axis=1)
+            if np.issubdtype(f.to_ndarray().dtype, np.integer):
+                a = a / 32768.0
+            chunks.append(a)
+    wav = np.concatenate(chunks)[: int(round(seconds * rate))]
+    with wave.open(str(dst), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes())
+    return dst
+
+
+def _error_text_in_ui(page, needle: str, timeout_ms: int = 30_000) -> str:
+    """Wait for the error UI and open its details the way a user would; return all text the page shows.
+
+    Frontend 1.32 opens a dialog with the message (its "Show Report" button adds the report); frontend 1.49 shows
+    an error overlay "<node> failed" whose "View details" opens the Errors panel with an error log."""
+    page.wait_for_function(
+        "() => !!document.querySelector('[data-testid=\"error-overlay\"]') || "
+        "[...document.querySelectorAll('.p-dialog, [role=\"dialog\"]')].some(d => d.innerText.includes('PortraitTalk'))",
+        timeout=timeout_ms)
+    overlay = page.locator('[data-testid="error-overlay"]')
+    if overlay.count():
+        overlay.first.get_by_text("View details").click()
+    else:
+        report = page.get_by_text("Show Report")
+        if report.count():
+            report.first.click()
+    page.wait_for_function(f"(n) => ({_JS_TEXT})().includes(n)", arg=needle, timeout=timeout_ms)
+    page.wait_for_timeout(500)
+    return page.evaluate(_JS_TEXT)
+
+
+def test_faceless_image_error_in_the_ui(browser, server, shared_data, tmp_path):
+    """A faceless image queued from the UI: the UI shows our message (node, input, fix) and the exception type
+    PortraitTalk.NodeInputError; the server keeps serving and runs the next job."""
+    ctx, page, ev = _open_page(browser, server)
+    try:
+        wf = json.loads((REPO_ROOT / "workflows" / "talking_photo.json").read_text())
+        faceless = cs.upload_file(server, _gradient_png(tmp_path / "ptalk_faceless_gradient.png"))
+        speech = cs.upload_file(server, _speech_clip(shared_data / "audio" / "jfk.flac",
+                                                     tmp_path / "ptalk_jfk_2s.wav", 2.0))
+        ev.clear()
+        _load(page, wf)
+        page.evaluate(_JS_SET_FILES, {"widgets": FILE_WIDGETS, "files": {"LoadImage": faceless, "LoadAudio": speech}})
+        prompt_id = _queue_from_ui(page)
+        entry = cs.wait_history(server, prompt_id, timeout=120)
+        err = cs.execution_error(entry)
+        assert entry["status"]["status_str"] == "error" and err is not None, f"expected a failed run: {entry['status']}"
+        # /history
+        assert err["node_type"] == "PTalkFaceLandmarks", err
+        assert err["exception_type"] == "PortraitTalk.NodeInputError", err["exception_type"]
+        msg = err["exception_message"].strip()
+        assert msg.startswith("[PortraitTalk · Face Landmarks] input 'image': "), msg
+        assert "no face" in msg and "on_missing" in msg, msg  # what is wrong and the fix
+        # the UI
+        text = _error_text_in_ui(page, "[PortraitTalk · Face Landmarks] input 'image'")
+        page.screenshot(path=str(tmp_path / "faceless_error.png"))
+        flat = " ".join(text.split())
+        assert " ".join(msg.split()) in flat, f"the UI does not show the whole message {msg!r}; it shows:\n{text}"
+        shown_types = re.findall(r"Exception Type:\W*([^\s*]+)", text)
+        print(f"[frontend] error UI text (excerpt): {flat[flat.find('PortraitTalk') - 200:][:900]}")
+        print(f"[frontend] exception type(s) shown: {shown_types}")
+        for t in shown_types:
+            assert t == "PortraitTalk.NodeInputError", f"the UI shows the exception type {t!r}"
+            assert "/" not in t and "\\" not in t, t
+        # 'PortraitTalk.NodeInputError: [PortraitTalk ...' where the UI prefixes the message with its type
+        for m in re.finditer(r"(\S+)NodeInputError", text):
+            assert "/" not in m.group(1) and "\\" not in m.group(1) and "_x_" not in m.group(1), m.group(0)
+        errors = ev.unexpected_errors()
+        assert not errors, "JavaScript errors:\n" + "\n".join(errors)
+        # the server keeps serving, and runs a good job queued from the same UI
+        assert cs.get_json(server, "/system_stats")["system"]
+        for _ in range(3):
+            page.keyboard.press("Escape")
+        page.evaluate(_JS_CLOSE_PANEL)
+        page.evaluate(_JS_SET_FILES, {"widgets": FILE_WIDGETS, "files": {"LoadImage": "astronaut.png"}})
+        entry = cs.wait_history(server, _queue_from_ui(page), timeout=300)
+        assert entry["status"]["status_str"] == "success", cs.execution_error(entry)
+        out = [o for o in cs.output_entries(entry) if o["filename"].endswith(".mp4")][0]
+        check_mp4(cs.fetch_output(server, out, tmp_path), 2.0)
+        _wait_video_preview(page, out["filename"])
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(tmp_path / "after_error_good_run.png"))
+    finally:
+        if ev.external or ev.blocked:
+            print(f"\n[frontend] requests to other hosts, blocked: {sorted(set(ev.external) | ev.blocked)}")
+        ctx.close()
