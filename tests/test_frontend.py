@@ -6,15 +6,27 @@ Playwright.
   model file the test server lacks, and the API prompt the frontend builds (``app.graphToPrompt()``) equal, node
   by node (class_type and inputs), to the one the headless runner builds from the same file
   (``comfy_headless.workflow_to_prompt``) -- except the frontend-only inputs listed in ``FRONTEND_ONLY_INPUTS``
-  (printed); overlapping nodes are printed, not failed;
+  (printed);
+* the layout on the canvas once the media previews have loaded and grown their nodes (Load Image's image, Load
+  Video's .mp4; after a run Save Video's mp4): no two nodes overlap (``LAYOUT_TOLERANCE`` px), and every node,
+  its DOM widgets and previews included, lies inside exactly one group and reaches into no other (notes: no
+  group) -- after loading every workflow and after every run below (``layout.json`` in ``tmp_path``);
+* the pack's loaders (IdentityNet Loader, AnimateNet Loader) in talking_photo_diffusion.json,
+  dubbing_diffusion.json and attribute_editing.json carry web/portraittalk.js's live, unsaved
+  ``properties.models = [{name: <weights>, directory: <models folder>}]`` (nothing of it in the saved graph,
+  which loads again without a schema alert); in frontend 1.49 the error toast's "View details" opens the
+  "Missing Models" panel, which files the IdentityNet file under ipadapter, the AnimateNet file under
+  portraittalk and the checkpoint under checkpoints, none under "Unknown" (frontend 1.32 has no such panel);
+  a loader added by hand follows its widget value;
 * talking_photo.json, talking_photo_long.json and dubbing_long.json queued with the UI's Run button on uploaded
   real media give an mp4 (video frames, the speech's duration within a frame, an audio stream) that the UI
   previews;
 * a faceless image queued from the UI gives an error the user can read in the UI, naming our node, the input and
   the fix, with the exception type ``PortraitTalk.NodeInputError`` (no file path), and the server keeps working.
 
-Screenshots of every loaded workflow and finished run go into each test's ``tmp_path`` (keep them with
-``--basetemp``); ``-s`` shows what the tests print (graphToPrompt's Save Video inputs, run times, the error text).
+Screenshots of every loaded workflow, finished run and Missing Models panel go into each test's ``tmp_path``
+(keep them with ``--basetemp``); ``-s`` shows what the tests print (graphToPrompt's Save Video inputs, run times,
+the error text, the Missing Models panel's text, layout problems).
 
 Needs Chromium (``apt-get install chromium``, or ``$PTALK_CHROMIUM``) and the ``playwright`` Python package; without
 them the tests skip (fail under CI). Playwright's own browser download is not used.
@@ -67,6 +79,8 @@ INIT_SCRIPT = "try { localStorage.setItem('vueNodesBannerDismissed', 'true'); } 
 QUEUE_BUTTON = '[data-testid="queue-button"]'  # the Run button (frontend 1.32 and 1.49)
 #: the widget that holds the file name, per upload node type
 FILE_WIDGETS = {"LoadImage": "image", "LoadAudio": "audio", "LoadVideo": "file"}
+#: node types that are notes: they lie outside the stage groups (tests/test_workflows.py)
+NOTE_TYPES = {"Note", "MarkdownNote"}
 #: stand-ins (shared media) for file names a workflow mentions that the shared data does not have
 STAND_INS = {".png": "photos/astronaut.png", ".jpg": "photos/astronaut.png", ".wav": "audio/jfk.flac",
              ".flac": "audio/jfk.flac", ".mp4": "video/retalking_face_5.mp4", ".mpg": "video/lbax4n.mpg"}
@@ -278,18 +292,46 @@ _JS_GRAPH = """() => {
     links: links.length, link_ids: links.map(l => l.id), problems,
   };
 }"""
-_JS_OVERLAPS = """() => {  // pairs of nodes whose boxes (title included) overlap on the canvas, with the overlap in px
-  const g = window.app.graph, th = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
-  const box = n => { if (n.getBounding) { const b = n.getBounding(); return [b[0], b[1], b[2], b[3]]; }
-                     return [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th]; };
-  const out = [], ns = g._nodes;
-  for (let i = 0; i < ns.length; i++) for (let j = i + 1; j < ns.length; j++) {
-    const a = box(ns[i]), b = box(ns[j]);
-    const w = Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]);
-    const h = Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]);
-    if (w > 4 && h > 4) out.push([`${ns[i].id} ${ns[i].title}`, `${ns[j].id} ${ns[j].title}`, Math.round(w), Math.round(h)]);
+_JS_LAYOUT = """() => {  // every node's box as drawn and its DOM widgets' boxes (graph units), and the groups
+  const app = window.app, g = app.graph, c = app.canvas, th = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+  const ds = c.ds, cr = c.canvas.getBoundingClientRect();
+  const toGraph = r => [(r.left - cr.left) / ds.scale - ds.offset[0], (r.top - cr.top) / ds.scale - ds.offset[1],
+                        r.width / ds.scale, r.height / ds.scale];
+  const nodes = g._nodes.map(n => {
+    // pos/size, not getBounding(): the frontends refresh the cached bounding box only when they redraw the node
+    const box = [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th];
+    const dom = [];  // a preview (video, image, audio) may reach out of its widget, and the widget out of the node
+    for (const w of n.widgets || []) {
+      const el = w.element;
+      if (!el || !el.isConnected) continue;
+      for (const e of [el, ...el.querySelectorAll('video, img, audio')]) {
+        const st = getComputedStyle(e);
+        if (st.display === 'none' || st.visibility === 'hidden') continue;
+        const r = e.getBoundingClientRect();
+        if (r.width > 0 && r.height > 0) dom.push([w.name, e.tagName.toLowerCase(), ...toGraph(r)]);
+      }
+    }
+    return {id: n.id, title: n.title, type: n.type, box, dom};
+  });
+  const groups = (g._groups || g.groups || []).map(gr => ({title: gr.title, box: [...(gr._bounding || gr.bounding)]}));
+  return {nodes, groups};
+}"""
+#: media previews the frontend has not shown yet: Load Video's of a file Chromium plays (an MPEG-1 .mpg never
+#: loads), Load Image's image
+_JS_PREVIEWS_PENDING = """() => window.app.graph._nodes.flatMap(n => {
+  const value = name => String(((n.widgets || []).find(w => w.name === name) || {}).value ?? '');
+  if (n.type === 'LoadVideo' && /\\.(mp4|webm)$/i.test(value('file'))) {
+    const w = (n.widgets || []).find(w => w.name === 'video-preview');
+    const v = w && w.element && w.element.querySelector('video');
+    return v && v.readyState >= 2 ? [] : [`${n.id} ${n.type} ${value('file')}`];
   }
-  return out;
+  if (n.type === 'LoadImage' && value('image'))
+    return (n.imgs || []).length && n.imgs.every(i => i.complete) ? [] : [`${n.id} ${n.type} ${value('image')}`];
+  return [];
+})"""
+_JS_REDRAW = """async () => {  // draw now (node sizes, DOM widget positions), then let the DOM follow
+  window.app.canvas.draw(true, true);
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
 }"""
 _JS_PROMPT = "async () => (await window.app.graphToPrompt()).output"
 _JS_SET_FILES = """(vals) => {
@@ -327,6 +369,77 @@ def _load(page, wf: dict):
     page.evaluate(_JS_LOAD, wf)
     page.evaluate(_JS_FIT)
     page.wait_for_timeout(800)  # the canvas redraws after fitting
+
+
+def _wait_previews(page, timeout_ms: int = 20_000) -> list[str]:
+    """Wait until the frontend has shown every media preview of the loaded graph (and grown its node); return
+    the previews still missing after ``timeout_ms`` (empty when all loaded)."""
+    try:
+        page.wait_for_function(f"() => ({_JS_PREVIEWS_PENDING})().length === 0", timeout=timeout_ms)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError: reported by the caller
+        pass
+    page.wait_for_timeout(300)  # a loaded preview resizes its node on the next frame
+    page.evaluate(_JS_REDRAW)
+    return page.evaluate(_JS_PREVIEWS_PENDING)
+
+
+#: overlaps up to this many px (rounding of DOM boxes, frame borders) are not counted
+LAYOUT_TOLERANCE = 4
+
+
+def layout_problems(layout: dict, tolerance: float = LAYOUT_TOLERANCE) -> list[str]:
+    """What is wrong with a graph's layout on the canvas (``_JS_LAYOUT``): nodes overlapping each other, a node
+    (with its previews and other DOM widgets) not inside exactly one group or reaching into another group. Notes
+    (``NOTE_TYPES``) need no group but must not overlap one."""
+    def extent(n):
+        x, y, w, h = n["box"]
+        x0, y0, x1, y1 = x, y, x + w, y + h
+        for _name, _tag, dx, dy, dw, dh in n["dom"]:
+            x0, y0, x1, y1 = min(x0, dx), min(y0, dy), max(x1, dx + dw), max(y1, dy + dh)
+        return x0, y0, x1, y1
+
+    def overlap(a, b):
+        return min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+
+    def fmt(b):
+        return "[" + ", ".join(f"{v:.0f}" for v in b) + "]"
+
+    nodes = [(f"{n['id']} {n['title']} ({n['type']})", n["type"], extent(n)) for n in layout["nodes"]]
+    groups = [(g["title"], (g["box"][0], g["box"][1], g["box"][0] + g["box"][2], g["box"][1] + g["box"][3]))
+              for g in layout["groups"]]
+    problems = []
+    for i, (a, _, ba) in enumerate(nodes):
+        for b, _, bb in nodes[i + 1:]:
+            w, h = overlap(ba, bb)
+            if w > tolerance and h > tolerance:
+                problems.append(f"nodes {a} {fmt(ba)} and {b} {fmt(bb)} overlap by {w:.0f} x {h:.0f} px")
+    for name, typ, b in nodes:
+        inside = [t for t, g in groups if g[0] - tolerance <= b[0] and g[1] - tolerance <= b[1]
+                  and b[2] <= g[2] + tolerance and b[3] <= g[3] + tolerance]
+        touching = [f"{t} {fmt(g)}" for t, g in groups if t not in inside and min(overlap(b, g)) > tolerance]
+        if typ in NOTE_TYPES or len(inside) == 1:
+            if touching:
+                problems.append(f"node {name} {fmt(b)} reaches into group(s) it is not in: {touching}")
+        elif inside:
+            problems.append(f"node {name} {fmt(b)} lies inside {len(inside)} groups {inside}")
+        elif touching:
+            problems.append(f"node {name} {fmt(b)} sticks out of its group {touching}")
+        else:
+            problems.append(f"node {name} {fmt(b)} lies in no group")
+    return problems
+
+
+def _check_layout(page, where: str, tmp_path: Path) -> list[str]:
+    """Wait for the previews, then the layout problems of the graph on the canvas (printed as well); the layout
+    goes into ``tmp_path``."""
+    pending = _wait_previews(page)
+    layout = page.evaluate(_JS_LAYOUT)
+    (tmp_path / "layout.json").write_text(json.dumps(layout, indent=1))
+    problems = [f"{where}: media previews not shown after 20 s: {pending}"] if pending else []
+    problems += [f"{where}: {p}" for p in layout_problems(layout)]
+    for p in problems:
+        print(f"[frontend] layout: {p}")
+    return problems
 
 
 def _same(a, b) -> bool:
@@ -453,15 +566,14 @@ def test_workflow_loads_in_the_frontend(ui, server, comfy, path, tmp_path):
     wf = json.loads(path.read_text())
     ev.clear()
     _load(page, wf)
-    page.screenshot(path=str(tmp_path / f"{path.stem}.png"))
     g = page.evaluate(_JS_GRAPH)
     overlays = page.evaluate(_JS_OVERLAYS)
     problems: list[str] = []
     if overlays:
         print(f"[frontend] {path.name}: the UI shows: {overlays}")
-    overlaps = page.evaluate(_JS_OVERLAPS)  # reported, not failed: a layout matter (see the screenshot)
-    if overlaps:
-        print(f"[frontend] {path.name}: overlapping nodes (a, b, overlap w x h px) once previews loaded: {overlaps}")
+    # the layout once the media previews have loaded (and grown their nodes)
+    problems += _check_layout(page, path.name, tmp_path)
+    page.screenshot(path=str(tmp_path / f"{path.stem}.png"))
 
     # the frontend's workflow schema (an alert in frontend 1.32, and in 1.49 with Comfy.Validation.Workflows on)
     schema = [t for t in overlays if _SCHEMA_ERROR.search(t)] + \
@@ -518,6 +630,222 @@ def test_workflow_loads_in_the_frontend(ui, server, comfy, path, tmp_path):
     assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
 
 
+#: the pack's loaders and the ComfyUI/models folder of a weights value (web/portraittalk.js MODEL_FOLDERS):
+#: IdentityNet Loader's options are "portraittalk/<file>" / "ipadapter/<file>"
+PACK_LOADERS = {"PTalkIdentityNetLoader": lambda v: v.split("/", 1)[0],
+                "PTalkAnimateNetLoader": lambda v: "portraittalk"}
+#: core loaders of the shipped workflows the frontend files by itself: (type, widget) -> folder
+CORE_LOADERS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints"}
+MODEL_WORKFLOWS = [p for p in WORKFLOWS
+                   if any(n["type"] in PACK_LOADERS for n in json.loads(p.read_text())["nodes"])]
+
+_JS_FRONTEND_VERSION = "() => String(window.__COMFYUI_FRONTEND_VERSION__ || '')"
+_JS_PACK_LOADERS = """(types) => window.app.graph._nodes.filter(n => types.includes(n.type)).map(n => {
+  const w = (n.widgets || []).find(w => w.name === 'weights');
+  const d = Object.getOwnPropertyDescriptor(n.properties || {}, 'models');
+  return {id: n.id, type: n.type, value: w ? (w.value ?? null) : null, models: (n.properties || {}).models ?? null,
+          enumerable: d ? !!d.enumerable : null, keys: Object.keys(n.properties || {})};
+})"""
+#: what gets saved: LGraph.serialize() (the file the frontend writes) and graphToPrompt's workflow (what a run
+#: embeds in its outputs)
+_JS_SAVED = """async () => JSON.stringify({graph: window.app.graph.serialize(),
+                                       workflow: (await window.app.graphToPrompt()).workflow})"""  # as written to a file
+_JS_MISSING_MODELS_PANEL = """() => {  // frontend 1.49: the right side panel's "Missing Models" group, row by row
+  const s = document.querySelector('[data-testid="error-group-missing-model"]');
+  if (!s) return null;
+  const rows = [...s.querySelectorAll('button[title]')].filter(b => !b.hasAttribute('aria-label')).map(b => {
+    const name = b.getAttribute('title'), row = b.closest('span.flex-col') || b.parentElement.parentElement;
+    return {name, lines: row.innerText.split('\\n').map(t => t.trim()).filter(t => t && t !== name)};
+  });
+  return {text: s.innerText, rows};
+}"""
+_JS_ADD_BY_HAND = """(steps) => {  // add a loader the way the node library does and pick weights in its combo
+  const LG = window.LiteGraph, g = window.app.graph, c = window.app.canvas, out = [];
+  for (const [type, values] of Object.entries(steps)) {
+    const n = LG.createNode(type);
+    n.pos = [100 + 400 * out.length, 100];
+    g.add(n);
+    const w = (n.widgets || []).find(w => w.name === 'weights');
+    const snap = () => ({value: w ? (w.value ?? null) : null, models: n.properties.models ?? null,
+                         keys: Object.keys(n.properties), saved: n.serialize().properties ?? {}});
+    const seen = [snap()];
+    for (const v of values) {
+      const opts = w.options && w.options.values;
+      if (Array.isArray(opts) && !opts.includes(v)) opts.push(v);  // a file that appeared in models/ (Refresh)
+      w.value = v;
+      if (w.callback) w.callback(v, c, n);
+      seen.push(snap());
+    }
+    out.push({type, id: n.id, seen});
+  }
+  g.setDirtyCanvas(true, true);
+  return out;
+}"""
+EMPTY_WORKFLOW = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+                  "extra": {}, "version": 0.4}
+
+
+def _frontend_version(page) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", page.evaluate(_JS_FRONTEND_VERSION))[:3])
+
+
+def _saved_models(saved: dict, types) -> list[str]:
+    """``models`` entries of the pack's loaders in a serialized graph, and top-level ones naming their files."""
+    out = []
+    for where in ("graph", "workflow"):
+        wf = saved.get(where) or {}
+        for n in wf.get("nodes") or []:
+            if n.get("type") in types and "models" in (n.get("properties") or {}):
+                out.append(f"{where}: node {n['id']} ({n['type']}) saves properties.models = "
+                           f"{n['properties']['models']}")
+        ours = {str(v) for n in wf.get("nodes") or [] if n.get("type") in types for v in n.get("widgets_values") or []}
+        out += [f"{where}: top-level models entry {m}" for m in wf.get("models") or [] if m.get("name") in ours]
+    return out
+
+
+@pytest.mark.parametrize("path", MODEL_WORKFLOWS, ids=[p.stem for p in MODEL_WORKFLOWS])
+def test_missing_models_panel_files_the_pack_weights_in_their_folder(ui, path, tmp_path):
+    """web/portraittalk.js gives the pack's loaders a live, unsaved ``properties.models = [{name, directory}]``:
+    every pack loader of the loaded workflow has it (name = its weights value, directory = the models folder),
+    nothing of it is saved (LGraph.serialize(), graphToPrompt's workflow) and the saved graph loads again
+    without a schema alert.
+
+    Frontend 1.49.6: the error toast's "View details" opens the right side panel, whose "Missing Models" group
+    files the IdentityNet file under ipadapter, the AnimateNet file under portraittalk, the checkpoint under
+    checkpoints -- none under "Unknown" (screenshot: ``<workflow>_missing_models.png``).
+    Frontend 1.32.9 has no such panel (its missing-models dialog lists only models with a download URL, which
+    these weights lack): there only the properties and the saved graph are checked."""
+    page, ev, _ = ui
+    wf = json.loads(path.read_text())
+    version = _frontend_version(page)
+    ev.clear()
+    _load(page, wf)
+    types = list(PACK_LOADERS)
+    expected = {}  # file name -> folder
+    for n in wf["nodes"]:
+        if n["type"] in PACK_LOADERS:
+            expected[n["widgets_values"][0]] = PACK_LOADERS[n["type"]](n["widgets_values"][0])
+        for (typ, widget), folder in CORE_LOADERS.items():
+            if n["type"] == typ:
+                expected[n["widgets_values"][0]] = folder
+    problems = []
+    # the live properties
+    live = page.evaluate(_JS_PACK_LOADERS, types)
+    print(f"[frontend] {path.name} (frontend {'.'.join(map(str, version))}): pack loaders {live}")
+    want_ids = sorted(str(n["id"]) for n in wf["nodes"] if n["type"] in PACK_LOADERS)
+    if sorted(str(n["id"]) for n in live) != want_ids:
+        problems.append(f"pack loaders in the frontend {[(n['id'], n['type']) for n in live]}, in the file {want_ids}")
+    for n in live:
+        want = [{"name": n["value"], "directory": PACK_LOADERS[n["type"]](str(n["value"]))}]
+        if n["models"] != want:
+            problems.append(f"node {n['id']} ({n['type']}): properties.models = {n['models']}, expected {want}")
+        if n["enumerable"] is not False or "models" in n["keys"]:
+            problems.append(f"node {n['id']} ({n['type']}): properties.models is enumerable (would be saved): "
+                            f"keys {n['keys']}")
+    # nothing saved, and the saved graph loads without a schema alert
+    saved = json.loads(page.evaluate(_JS_SAVED))
+    problems += _saved_models(saved, types)
+    (tmp_path / "saved_graph.json").write_text(json.dumps(saved["graph"], indent=1))
+
+    # frontend 1.49: the missing-models panel, opened the way a user does
+    if version >= (1, 49):
+        overlay = page.locator('[data-testid="error-overlay"]')
+        overlay.first.wait_for(state="visible", timeout=15_000)
+        overlay.first.get_by_role("button", name="View details").click()
+        section = page.locator('[data-testid="error-group-missing-model"]')
+        section.first.wait_for(state="visible", timeout=15_000)
+        try:
+            page.wait_for_function(f"(names) => {{ const p = ({_JS_MISSING_MODELS_PANEL})(); "
+                                   f"return !!p && names.every(n => p.text.includes(n)); }}",
+                                   arg=sorted(expected), timeout=15_000)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: what the panel shows is reported below
+            pass
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(tmp_path / f"{path.stem}_missing_models.png"))
+        panel = page.locator('[data-testid="properties-panel"]')
+        if panel.count():
+            panel.first.screenshot(path=str(tmp_path / f"{path.stem}_missing_models_panel.png"))
+        shown = page.evaluate(_JS_MISSING_MODELS_PANEL)
+        print(f"[frontend] {path.name}: the Missing Models panel shows: {shown['text']!r}")
+        # each model: its name, the line below it its folder ("<folder> · <size>" where a download size is known)
+        lines = [t.strip() for t in shown["text"].split("\n") if t.strip()]
+        filed = {name: lines[i + 1].split(" · ")[0] if i + 1 < len(lines) else None
+                 for i, name in enumerate(lines) if name in expected}
+        filed.update({r["name"]: r["lines"][0].split(" · ")[0] for r in shown["rows"] if r["lines"]})
+        for name, folder in expected.items():
+            if filed.get(name) != folder:
+                problems.append(f"the Missing Models panel files {name!r} under {filed.get(name)!r}, not {folder!r}")
+        if re.search(r"\bUnknown\b", shown["text"]):
+            problems.append(f"the Missing Models panel files something under 'Unknown': {shown['text']!r}")
+        page.evaluate(_JS_CLOSE_PANEL)
+        page.keyboard.press("Escape")
+    else:
+        print(f"[frontend] {path.name}: frontend {'.'.join(map(str, version))} has no missing-models panel; "
+              f"properties and the saved graph checked only")
+
+    ev.clear()
+    _load(page, saved["graph"])
+    overlays = page.evaluate(_JS_OVERLAYS)
+    problems += [f"the saved graph, loaded again: {' '.join(t.split())}" for t in overlays if _SCHEMA_ERROR.search(t)]
+    problems += [f"the saved graph, loaded again: console {typ}: {text}" for typ, text, _ in ev.console
+                 if _SCHEMA_ERROR.search(text)]
+    again = page.evaluate(_JS_PACK_LOADERS, types)
+    if [n["models"] for n in again] != [n["models"] for n in live]:
+        problems.append(f"the saved graph, loaded again: properties.models {[n['models'] for n in again]}, "
+                        f"before {[n['models'] for n in live]}")
+    problems += ev.unexpected_errors()
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+def test_pack_loader_added_by_hand_follows_its_widget(ui, tmp_path):
+    """A pack loader added by hand (``LiteGraph.createNode`` + ``graph.add``, what the node library does):
+    ``properties.models`` names its current weights value and that value's folder, follows the widget when the
+    user picks another file, and is never saved (the node's and the graph's serialization, a save/load round
+    trip)."""
+    page, ev, _ = ui
+    ev.clear()
+    page.evaluate(_JS_CLOSE_TOASTS)
+    page.evaluate(_JS_LOAD, EMPTY_WORKFLOW)  # no fit view: frontend 1.49 says "Empty canvas" to that
+    steps = {"PTalkAnimateNetLoader": ["my_animatenet.safetensors", "sub/other_animatenet.safetensors"],
+             "PTalkIdentityNetLoader": ["portraittalk/my_identitynet.safetensors", "ipadapter/ip-adapter-faceid_sd15.bin"]}
+    added = page.evaluate(_JS_ADD_BY_HAND, steps)
+    print(f"[frontend] pack loaders added by hand: {added}")
+    problems = []
+    for node in added:
+        typ, seen = node["type"], node["seen"]
+        first = seen[0]  # the value the combo starts with: the first file of the folder, none on the test server
+        want = [{"name": first["value"], "directory": PACK_LOADERS[typ](first["value"])}] \
+            if isinstance(first["value"], str) and first["value"] else None
+        if first["models"] != want and not (want is None and first["models"] in (None, [])):
+            problems.append(f"{typ} as added: properties.models = {first['models']}, expected {want}")
+        for value, snap in zip(steps[typ], seen[1:]):
+            want = [{"name": value, "directory": PACK_LOADERS[typ](value)}]
+            if snap["value"] != value or snap["models"] != want:
+                problems.append(f"{typ} with weights {value!r}: widget {snap['value']!r}, properties.models = "
+                                f"{snap['models']}, expected {want}")
+        for snap in seen:
+            if "models" in snap["keys"] or "models" in snap["saved"]:
+                problems.append(f"{typ}: properties.models would be saved: keys {snap['keys']}, "
+                                f"serialize() {snap['saved']}")
+    saved = json.loads(page.evaluate(_JS_SAVED))
+    problems += _saved_models(saved, list(PACK_LOADERS))
+    (tmp_path / "saved_graph.json").write_text(json.dumps(saved["graph"], indent=1))
+    page.evaluate(_JS_FIT)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(tmp_path / "added_by_hand.png"))
+    # save / load round trip: the loaded nodes describe their (saved) widget values again, still unsaved
+    _load(page, saved["graph"])
+    again = {n["type"]: n for n in page.evaluate(_JS_PACK_LOADERS, list(PACK_LOADERS))}
+    for typ, values in steps.items():
+        want = [{"name": values[-1], "directory": PACK_LOADERS[typ](values[-1])}]
+        got = again.get(typ) or {}
+        if got.get("models") != want or got.get("enumerable") is not False:
+            problems.append(f"{typ} after a save/load round trip: properties.models = {got.get('models')} "
+                            f"(enumerable {got.get('enumerable')}), expected {want}")
+    problems += ev.unexpected_errors()
+    assert not problems, "\n".join(problems)
+
+
 UI_RUNS = {  # workflow -> {upload node type: shared media}
     "talking_photo": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
     "talking_photo_long": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
@@ -547,12 +875,14 @@ def test_queue_from_the_ui(ui, server, shared_data, name, tmp_path):
     assert len(outs) == 1, f"{name}: outputs {cs.output_entries(entry)}"
     _wait_video_preview(page, outs[0]["filename"])
     page.wait_for_timeout(1000)
+    layout = _check_layout(page, f"{name} after the run", tmp_path)  # Save Video grown by its preview
     page.screenshot(path=str(tmp_path / f"{name}_finished.png"))
     mp4 = cs.fetch_output(server, outs[0], tmp_path)
     info = check_mp4(mp4, _media_duration(shared_data / UI_RUNS[name]["LoadAudio"]))
     print(f"[frontend] {name}: run {seconds:.1f} s, {info}")
     errors = ev.unexpected_errors()
     assert not errors, f"{name}: JavaScript errors:\n" + "\n".join(errors)
+    assert not layout, f"{name}: the layout once the mp4 preview shows:\n" + "\n".join(layout)
 
 
 def _gradient_png(path: Path, size: int = 256) -> Path:
@@ -661,7 +991,9 @@ def test_faceless_image_error_in_the_ui(browser, server, shared_data, tmp_path):
         check_mp4(cs.fetch_output(server, out, tmp_path), 2.0)
         _wait_video_preview(page, out["filename"])
         page.wait_for_timeout(1000)
+        layout = _check_layout(page, "talking_photo after the good run", tmp_path)
         page.screenshot(path=str(tmp_path / "after_error_good_run.png"))
+        assert not layout, "the layout once the mp4 preview shows:\n" + "\n".join(layout)
     finally:
         if ev.external or ev.blocked:
             print(f"\n[frontend] requests to other hosts, blocked: {sorted(set(ev.external) | ev.blocked)}")
