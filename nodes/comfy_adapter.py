@@ -271,7 +271,15 @@ class _StreamedVideo(_video_types()[0]):
 
 
 class StreamedTalkingVideo(_StreamedVideo):
-    """Landmark Warp Render → Video's output: frames warp-rendered from one reference on demand."""
+    """Landmark Warp Render → Video's output: frames warp-rendered from one reference on demand.
+
+    Each frame is made as a :class:`ptalk_models.media.PatchedFrame` (the unchanged photo + the rendered face
+    crop, :meth:`ptalk_models.render.WarpRenderer.render_patch`): ``save_to``'s encoder composites it in YUV,
+    so per frame only the face crop is rendered and colour-converted and no full-size RGB frame exists —
+    memory stays at the photo plus one crop for any speech length, and a large photo costs about what a
+    512x512 one does except in the H.264 encode itself. ``get_components`` still gets full uint8 frames
+    (``np.asarray`` of each) and builds the whole IMAGE batch.
+    """
 
     _node = "Landmark Warp Render → Video"
 
@@ -293,7 +301,7 @@ class StreamedTalkingVideo(_StreamedVideo):
     def _frames(self):
         from ..ptalk_models.render import iter_render
 
-        return iter_render(self._renderer, self._sequence, self._even_size)
+        return iter_render(self._renderer, self._sequence, self._even_size, patches=True)
 
 
 class StreamedDubVideo(_StreamedVideo):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ptalk_models.contour import ContourInputError, head_contour
+from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from .comfy_adapter import CATEGORY, Landmarks, Progress, image_to_numpy, node_error, numpy_to_image, numpy_to_mask
 
 NODE = "Contour Guide"
@@ -23,7 +24,9 @@ class ContourGuide(io.ComfyNode):
                 "silhouette, no facial features. The head region is downscaled and smoothed, segmented with "
                 "OpenCV GrabCut seeded by the MediaPipe face landmarks, merged with the face oval (jaw line), "
                 "smoothed, and its boundary traced with OpenCV Canny. Outputs a white-on-black edge map "
-                "(3-channel, for ControlNets) and the head mask. A frame without a face gives a black map."),
+                "(3-channel, for ControlNets) and the head mask. A frame without a face gives a black map. Memory "
+                "besides the input batch, while it runs: up to 60 bytes per pixel per frame (converting the frames "
+                "to uint8, the edge maps, the float32 IMAGE and MASK), checked against the free memory first."),
             inputs=[
                 io.Image.Input("images", tooltip="Frames (or a single reference portrait) to outline; any size, "
                                                  "gray/RGBA accepted."),
@@ -63,6 +66,16 @@ class ContourGuide(io.ComfyNode):
     @classmethod
     def execute(cls, images, detail, smoothing, thickness, use_face_oval, source, on_missing, landmarks=None,
                 reference=None) -> io.NodeOutput:
+        if getattr(images, "ndim", 0) in (3, 4):
+            # pre-flight: converting the frames to uint8 (up to 13 bytes a value while converting), the uint8
+            # edge maps and masks, the 3-channel float32 contour IMAGE and the float32 MASK
+            t, h, w = (int(x) for x in images.shape[:3])
+            need = image_batch_bytes(t, h, w, itemsize=13) + image_batch_bytes(t, h, w, channels=1, itemsize=21)
+            problem = batch_fit_problem(f"Outlining {t} frames of {w}x{h} (IMAGE and MASK batches, float32)", need,
+                                        "There is no streamed contour node: outline fewer frames at once (a "
+                                        "shorter clip) or smaller frames.")
+            if problem:
+                raise node_error(NODE, "images", problem)
         frames = image_to_numpy(images, NODE, "images")
         ref = image_to_numpy(reference, NODE, "reference") if reference is not None else None
         if source not in SOURCE_OPTIONS:

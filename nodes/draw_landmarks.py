@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ptalk_models.draw import STYLES, draw_landmarks
+from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from .comfy_adapter import CATEGORY, Landmarks, image_to_numpy, node_error, numpy_to_image
 
 NODE = "Draw Landmarks"
@@ -18,7 +19,9 @@ class DrawLandmarks(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Draws MediaPipe face landmarks as images: on black (what MediaPipe-face / landmark ControlNets "
-                "expect) or over the given frames for inspection. One output image per landmark frame."),
+                "expect) or over the given frames for inspection. One output image per landmark frame. Memory: "
+                "the whole IMAGE batch, frames x height x width x 3 x (4 + 1) bytes while it is made (10 s at "
+                "25 fps and 512x512: 1 GB); the node checks this against the free memory first."),
             inputs=[
                 Landmarks.Input("landmarks", tooltip="PTALK_LANDMARKS to draw, one image per frame."),
                 io.Combo.Input("style", options=list(STYLES), default=STYLES[0],
@@ -35,6 +38,20 @@ class DrawLandmarks(io.ComfyNode):
 
     @classmethod
     def execute(cls, landmarks, style, thickness, images=None) -> io.NodeOutput:
+        # pre-flight: the uint8 drawing and its float32 IMAGE (5 bytes a value), plus converting the frames
+        # drawn over to uint8 (up to 13 bytes a value while converting)
+        n = len(landmarks)
+        if images is not None and getattr(images, "ndim", 0) in (3, 4):
+            n_in, h, w = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
+        else:
+            n_in, (w, h) = 0, landmarks.image_size
+        need = image_batch_bytes(n, h, w, itemsize=5) + image_batch_bytes(n_in, h, w, itemsize=13)
+        problem = batch_fit_problem(f"Drawing {n} frames of {w}x{h} as an IMAGE batch (float32)", need,
+                                    "There is no streamed drawing node: draw fewer frames at once (a shorter "
+                                    "sequence) or at a smaller size; to make a talking-photo video use Landmark "
+                                    "Warp Render → Video, which streams.")
+        if problem:
+            raise node_error(NODE, "landmarks", problem)
         frames = None
         if images is not None:
             frames = image_to_numpy(images, NODE, "images")

@@ -1,12 +1,15 @@
 """Landmark Warp Render nodes: reference IMAGE + PTALK_LANDMARKS sequence → IMAGE frames, or a streamed VIDEO."""
 from __future__ import annotations
 
+import numpy as np
+import torch
 from comfy_api.latest import io
 
 from ..ptalk_models.face import NoFaceError, detect_landmarks
-from ..ptalk_models.render import MOUTH_FILLS, WarpRenderer, check_aspect, render_sequence
+from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
+from ..ptalk_models.render import MOUTH_FILLS, WarpRenderer, check_aspect, even_dims, iter_render
 from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedTalkingVideo, audio_to_numpy, image_to_numpy,
-                            node_error, numpy_to_image)
+                            node_error)
 
 NODE = "Landmark Warp Render"
 NODE_VIDEO = "Landmark Warp Render → Video"
@@ -14,7 +17,14 @@ NODE_VIDEO = "Landmark Warp Render → Video"
 _DESCRIPTION = (
     "Instant CPU preview renderer: warps the reference portrait to each frame's landmarks (piecewise-affine over "
     "the MediaPipe face-mesh triangles, OpenCV remap) inside a face crop feathered into the untouched background, "
-    "and fills the opened mouth (dark cavity, teeth). Any size and aspect ratio.")
+    "and fills the opened mouth (dark cavity, teeth). Any size and aspect ratio; only the face crop is rendered "
+    "per frame, so a large photo costs about what a 512x512 one does.")
+
+#: What the IMAGE-batch node's memory error recommends instead.
+STREAMED_ALTERNATIVE = (
+    "Use Landmark Warp Render → Video (PortraitTalk) into Save Video instead (workflows/talking_photo.json): it "
+    "renders while Save Video encodes and needs one frame of memory for any speech length. Or shorten the "
+    "speech, or resize the portrait.")
 
 
 def _inputs():
@@ -68,20 +78,46 @@ class LandmarkWarpRender(io.ComfyNode):
             node_id="PTalkLandmarkWarpRender",
             display_name="Landmark Warp Render (PortraitTalk)",
             category=CATEGORY,
-            description=_DESCRIPTION + " Output: an IMAGE batch for Create Video / Video Combine / upscalers.",
+            description=_DESCRIPTION + " Output: an IMAGE batch for Create Video / Video Combine / upscalers. "
+                        "Memory: the whole batch at once, frames x height x width x 3 x 4 bytes (float32) — 10 s "
+                        "at 25 fps is 0.8 GB for a 512x512 portrait and 6.4 GB for a 970x2204 phone photo, one "
+                        "minute six times that. The node checks the estimate against the free memory first and "
+                        "stops with an error naming it; for long speech or large photos use Landmark Warp "
+                        "Render → Video (one frame of memory).",
             inputs=_inputs(),
-            outputs=[io.Image.Output("images", tooltip="One frame per landmark frame.")],
+            outputs=[io.Image.Output("images", tooltip="One frame per landmark frame (float32 IMAGE batch: "
+                                                       "frames x H x W x 3 x 4 bytes of memory).")],
         )
 
     @classmethod
     def execute(cls, reference_image, landmarks, mouth_fill, even_size, reference_landmarks=None) -> io.NodeOutput:
         ref, ref_lm = _prepare(NODE, reference_image, landmarks, reference_landmarks)
+        T = len(landmarks)
+        h, w = even_dims(*ref.shape[:2]) if even_size else ref.shape[:2]
+        # pre-flight: the float32 batch plus one uint8 and one float32 frame of scratch
+        need = image_batch_bytes(T, h, w) + image_batch_bytes(1, h, w, itemsize=5)
+        problem = batch_fit_problem(f"The IMAGE batch of {T} frames of {w}x{h} (float32, frames x H x W x 3 x 4 "
+                                    "bytes)", need, STREAMED_ALTERNATIVE)
+        if problem:
+            raise node_error(NODE, "landmarks", problem)
         try:
-            frames = render_sequence(ref, ref_lm, landmarks, mouth_fill=mouth_fill, even_size=even_size,
-                                     progress=Progress(len(landmarks)))
+            renderer = WarpRenderer(ref, ref_lm, mouth_fill=mouth_fill)
+            frames = iter_render(renderer, landmarks, even_size=even_size, patches=True)
+            # filled frame by frame straight into the float32 batch (no uint8 copy of the whole video): the
+            # unchanged photo, then the rendered face crop (the same values as converting whole frames)
+            images = torch.empty((T, h, w, 3), dtype=torch.float32)
+            background = torch.from_numpy(np.ascontiguousarray(renderer.image[:h, :w])).float().div_(255.0)
+            progress = Progress(T)
+            for i, f in enumerate(frames):
+                images[i] = background
+                ph, pw = f.patch.shape[:2]
+                if ph and pw:
+                    images[i, f.y:f.y + ph, f.x:f.x + pw] = torch.from_numpy(
+                        np.ascontiguousarray(f.patch)).float().div_(255.0)
+                progress(i + 1, T)
         except ValueError as e:
             raise node_error(NODE, _render_error_input(str(e)), str(e)) from None
-        return io.NodeOutput(numpy_to_image(frames))
+        return io.NodeOutput(images)
 
 
 class LandmarkWarpRenderVideo(io.ComfyNode):
@@ -92,7 +128,10 @@ class LandmarkWarpRenderVideo(io.ComfyNode):
             display_name="Landmark Warp Render → Video (PortraitTalk)",
             category=CATEGORY,
             description=_DESCRIPTION + " Output: a VIDEO for Save Video whose frames are rendered while it is "
-                        "encoded, one at a time, so minutes of speech need no more memory than seconds.",
+                        "encoded, one at a time, so minutes of speech need no more memory than seconds (10 minutes "
+                        "on a 970x2204 photo: under 2.5 GB for the whole ComfyUI process). Each frame is only the "
+                        "face crop, composited into the unchanged photo inside the encoder. The default for the "
+                        "talking photo; use Landmark Warp Render (IMAGE batch) only to feed upscalers or VHS.",
             inputs=_inputs() + [
                 io.Audio.Input("audio", optional=True, tooltip="Soundtrack muxed into the video (trimmed to it)."),
             ],

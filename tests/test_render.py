@@ -167,6 +167,25 @@ def test_background_untouched_and_no_seam(photos, name):
     assert np.abs(inner[band]).max() <= 3
 
 
+@pytest.mark.parametrize("name", ["astronaut", "grid_still_lbax4n"])
+def test_render_patch_is_the_frame_inside_the_face_crop(photos, name):
+    """render_patch gives only the face crop (the rest of the frame is the reference): pasted into the reference
+    it is exactly render's frame — for a normal frame (inside crop_box) and a very large head motion (an
+    enlarged crop)."""
+    img, lm = photos[name]
+    r = WarpRenderer(img, lm)
+    x0, y0, x1, y1 = r.crop_box()
+    for q, inside in ((open_jaw(lm.points[0], lm.image_size, 0.25), True),
+                      (_shift(lm.points[0], lm.image_size, 0.3 * (x1 - x0), 0.2 * (y1 - y0)), False)):
+        patch, x, y = r.render_patch(q)
+        assert patch.dtype == np.uint8 and patch.ndim == 3 and patch.shape[2] == 3
+        if inside:
+            assert (x, y, x + patch.shape[1], y + patch.shape[0]) == (x0, y0, x1, y1)
+        frame = img.copy()
+        frame[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+        assert np.array_equal(frame, r.render(q))
+
+
 @pytest.mark.parametrize("name,dx,dy", [("astronaut", 8, 8), ("grid_still_lbax4n", 8, -5), ("astronaut", 40, -30)])
 def test_translated_head_moves_the_face(photos, name, dx, dy):
     img, lm = photos[name]
