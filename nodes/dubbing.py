@@ -9,10 +9,11 @@ from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS
 from ..ptalk_models.dub_render import render_dub
-from ..ptalk_models.dubbing import LENGTH_POLICIES, plan_dub
+from ..ptalk_models.dubbing import DEFAULT_LENGTH_POLICY, LENGTH_POLICIES, LENGTH_POLICY_HELP, plan_dub
 from ..ptalk_models.face import NoFaceError, track_landmarks
 from ..ptalk_models.landmarks import FaceLandmarks
 from ..ptalk_models.media import constant_rate_index, iter_video, video_info
+from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedDubVideo, audio_to_numpy, image_to_numpy,
                             node_error, numpy_to_image)
 
@@ -23,10 +24,10 @@ DUB, RENDER, VIDEO = "Audio → Dub Landmarks", "Dub Render", "Dub Video"
 def _motion_inputs() -> list:
     """Inputs shared by Audio → Dub Landmarks and Dub Video: how the new speech drives the mouth."""
     return [
-        io.Combo.Input("length_policy", options=list(LENGTH_POLICIES), default="hold",
-                       tooltip="When audio and video lengths differ: trim (the shorter wins), loop the "
-                               "video, ping-pong it, or hold its last frame. Output length = the audio's "
-                               "(trim: the shorter)."),
+        io.Combo.Input("length_policy", options=list(LENGTH_POLICIES), default=DEFAULT_LENGTH_POLICY,
+                       tooltip="When the new speech outlasts the video (output length = the speech's; trim: the "
+                               "shorter). " + " ".join(f"{p}: {LENGTH_POLICY_HELP[p]}." for p in
+                                                        ("ping-pong", "loop", "hold", "trim"))),
         io.Float.Input("smoothing", default=1.0, min=0.0, max=5.0, step=0.1,
                        tooltip="Temporal smoothing of the detected landmarks (Gaussian sigma in frames)."),
         io.Boolean.Input("persona", default=True,
@@ -111,7 +112,10 @@ class DubRender(io.ComfyNode):
                 "Visual dubbing, CPU preview render: each output frame is its source video frame with only the lower "
                 "face (mouth, jaw, chin) warped from the source landmarks to the dubbed ones (the foundation's "
                 "piecewise-affine warp, mouth cavity and teeth), pasted back with a feathered mask and a colour "
-                "match. Pixels outside the region are bit-identical to the source; faceless frames pass through."),
+                "match. Pixels outside the region are bit-identical to the source; faceless frames pass through. "
+                "Memory: the whole output IMAGE batch, output frames x height x width x 3 x (4 + 1) bytes while "
+                "it is made (20 s of 1080x1920 at 30 fps: 19 GB), checked against the free memory first; for long "
+                "or HD clips use Dub Video (streamed), one frame at a time."),
             inputs=[
                 io.Image.Input("images", tooltip="The source video's frames (Get Video Components)."),
                 Landmarks.Input("source_landmarks", tooltip="From Audio → Dub Landmarks (aligned_source)."),
@@ -124,19 +128,30 @@ class DubRender(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, source_landmarks, landmarks, feather, color_match) -> io.NodeOutput:
-        frames = image_to_numpy(images, RENDER, "images")
+        if not hasattr(images, "ndim") or images.ndim not in (3, 4) or images.shape[0] == 0:
+            image_to_numpy(images, RENDER, "images")  # raises the node error for a malformed input
         idx = np.asarray(landmarks.meta.get("source_index", range(len(landmarks))), np.int64)
         if len(idx) != len(landmarks) or len(source_landmarks) != len(landmarks):
             raise node_error(RENDER, "source_landmarks", "source_landmarks and landmarks must both come from the same "
                                                          "Audio → Dub Landmarks node")
-        if len(idx) and idx.max() >= len(frames):
-            raise node_error(RENDER, "images", f"the landmarks index frame {int(idx.max())} but only {len(frames)} "
+        n_in, h, w = (int(x) for x in images.shape[:3])
+        if len(idx) and idx.max() >= n_in:
+            raise node_error(RENDER, "images", f"the landmarks index frame {int(idx.max())} but only {n_in} "
                                                "images are connected: connect the frames the landmarks were made from")
-        h, w = frames.shape[1:3]
         if abs(landmarks.image_size[0] / landmarks.image_size[1] - w / h) > 0.01:
             raise node_error(RENDER, "images", f"{w}x{h} frames, but the landmarks are for "
                                                f"{landmarks.image_size[0]}x{landmarks.image_size[1]}")
-        out = render_dub((frames[i] for i in idx), source_landmarks, landmarks, progress=Progress(len(idx)),
+        # pre-flight: the uint8 output batch and its float32 IMAGE (5 bytes a value)
+        problem = batch_fit_problem(
+            f"The dubbed IMAGE batch of {len(idx)} frames of {w}x{h} (float32)",
+            image_batch_bytes(len(idx), h, w, itemsize=5),
+            "Use Dub Video (streamed) (PortraitTalk) between Load Video and Save Video instead "
+            "(workflows/dubbing_long.json): it dubs while Save Video encodes, one frame in memory at a time.")
+        if problem:
+            raise node_error(RENDER, "landmarks", problem)
+        # source frames converted to uint8 one at a time as they are used (not the whole clip at once)
+        frames = (image_to_numpy(images[int(i):int(i) + 1], RENDER, "images")[0] for i in idx)
+        out = render_dub(frames, source_landmarks, landmarks, progress=Progress(len(idx)),
                          feather=feather, color_match=bool(color_match))
         return io.NodeOutput(numpy_to_image(out))
 

@@ -28,6 +28,24 @@ from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, inner_lip_aper
 
 LENGTH_POLICIES = ("trim", "loop", "ping-pong", "hold")
 
+#: The length policy used when none is chosen: when the new speech outlasts the video, the video plays forward
+#: then backward (ping-pong), so the head, eyes and brows keep moving naturally and there is never a jump. A
+#: plain loop jumps back to the first frame at every seam (on the retalking_face_5 clip the head jumps ~50 px,
+#: 10 % of the frame, in one frame; a cross-fade there would show two heads), and "hold" freezes everything but
+#: the mouth after the clip's end.
+DEFAULT_LENGTH_POLICY = "ping-pong"
+
+#: What each length policy does, for node tooltips and messages.
+LENGTH_POLICY_HELP = {
+    "ping-pong": "the video plays forward, then backward, then forward … (0 1 2 3 2 1 0 1 …): the head keeps "
+                 "moving without ever jumping; the default",
+    "loop": "the video starts again from its first frame (0 1 2 3 0 1 …): the head jumps back at every seam unless "
+            "the clip ends where it began",
+    "hold": "the video plays once, then freezes on its last frame (0 1 2 3 3 3 …): only the mouth moves after the "
+            "clip's end",
+    "trim": "the output stops at the shorter of video and speech (the speech is cut when the video is shorter)",
+}
+
 #: Upper-face points that do not move with speech (eye corners, nose bridge, forehead, temples): the head
 #: pose of a frame is the similarity transform of these points from the rest face to that frame.
 STABLE_POINTS = (33, 133, 263, 362,             # eye corners
@@ -274,7 +292,8 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
                          present=source.present.copy(), meta=meta)
 
 
-def plan_dub(source: FaceLandmarks, waveform, sample_rate: int, fps: float, length_policy: str = "hold",
+def plan_dub(source: FaceLandmarks, waveform, sample_rate: int, fps: float,
+             length_policy: str = DEFAULT_LENGTH_POLICY,
              smoothing: float = 1.0, persona: bool = True, expressiveness: float = 1.0,
              backend: str | None = None, transcript: str = "") -> tuple[FaceLandmarks, FaceLandmarks]:
     """Steps 1-4 of the module pipeline for a detected source video: (dubbed, aligned_source), both with one
@@ -286,6 +305,9 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int, fps: float, leng
         waveform, sample_rate: the new speech, float ``[C, N]`` or ``[N]`` in [-1, 1], Hz.
         fps: the video's frame rate (frames per second); the output has ``round(audio seconds * fps)`` frames
             (``"trim"``: at most the video's).
+        length_policy: one of :data:`LENGTH_POLICIES` (:data:`LENGTH_POLICY_HELP`), default
+            :data:`DEFAULT_LENGTH_POLICY` ("ping-pong"); loop, ping-pong and hold differ only when the speech
+            outlasts the video.
         smoothing: :func:`smooth_landmarks` sigma in frames (0 = none).
         persona, expressiveness, backend, transcript: see :func:`dub_landmarks` and
             :func:`ptalk_models.audio2landmarks.generate_landmarks` (backend None = its default).
@@ -308,6 +330,7 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int, fps: float, leng
     return dubbed, aligned
 
 
-__all__ = ["LENGTH_POLICIES", "STABLE_POINTS", "apply_length_policy", "smooth_landmarks", "similarity",
+__all__ = ["LENGTH_POLICIES", "DEFAULT_LENGTH_POLICY", "LENGTH_POLICY_HELP", "STABLE_POINTS",
+           "apply_length_policy", "smooth_landmarks", "similarity",
            "mouth_weights", "closed_mouth_frame", "persona_scale", "dub_landmarks",
            "plan_dub"]

@@ -88,7 +88,7 @@ def test_length_policies_and_faceless_frames(comfy, clip):
 
 def test_dubbing_workflow_end_to_end(comfy, shared_data, tmp_path):
     """workflows/dubbing.json: Load Video (GRID .mpg) + Load Audio (beckett.wav) → mp4 with the new audio at the
-    source fps, one frame per audio frame (hold policy)."""
+    source fps, one frame per audio frame (any length policy but trim: the speech outlasts the 3 s clip)."""
     from ptalk_models.media import read_audio, read_video
 
     ui = comfy_headless.apply_inputs(comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" /
