@@ -5,9 +5,10 @@ Prints, on real media from ``$PTALK_SHARED_DATA`` or ``<repo>/../shared/data``:
 * Face Landmarks fps (MediaPipe, real GRID video frames, 360x288);
 * Audio → Landmarks × real time (jfk.flac 11 s, with and without transcript);
 * Landmark Warp Render fps at 512x512 on one core (``cv2.setNumThreads(1)``, process pinned to one CPU);
-* whole job (``workflows/talking_photo.json`` through ComfyUI's executor, in a fresh process) wall time ÷
-  audio duration on a 44 s speech track, and its peak RSS;
-* a 10-minute speech track through ``workflows/talking_photo_long.json`` (streamed render → Save Video):
+* whole job (``workflows/talking_photo.json``, the streamed default, and ``workflows/talking_photo_batch.json``,
+  the IMAGE batch, through ComfyUI's executor, in a fresh process) wall time ÷ audio duration on a 44 s speech
+  track, and its peak RSS;
+* a 10-minute speech track through ``workflows/talking_photo.json`` (streamed render → Save Video):
   wall time ÷ duration and peak RSS. (The IMAGE-batch graph cannot hold 10 minutes: 15000 float32
   512x512 frames are 47 GB, which is why the streamed node exists.)
 
@@ -109,20 +110,20 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_wav(tmp / "speech44.wav", speech_track(data, 44.0), 16000)
-        job, rss, wall = run_job("talking_photo.json", data / "photos" / "astronaut.png", tmp / "speech44.wav",
-                                 tmp / "out44.mp4")
-        print(f"Whole job, talking_photo.json, 44 s audio: workflow {job:.1f} s = {job / 44:.2f}x audio duration "
-              f"(process incl. ComfyUI boot {wall:.1f} s); peak RSS {rss:.2f} GB")
-        job, rss, wall = run_job("talking_photo_long.json", data / "photos" / "astronaut.png",
+        job, rss, wall = run_job("talking_photo_batch.json", data / "photos" / "astronaut.png",
+                                 tmp / "speech44.wav", tmp / "out44.mp4")
+        print(f"Whole job, talking_photo_batch.json (IMAGE batch), 44 s audio: workflow {job:.1f} s = "
+              f"{job / 44:.2f}x audio duration (process incl. ComfyUI boot {wall:.1f} s); peak RSS {rss:.2f} GB")
+        job, rss, wall = run_job("talking_photo.json", data / "photos" / "astronaut.png",
                                  tmp / "speech44.wav", tmp / "out44s.mp4")
-        print(f"Whole job, talking_photo_long.json (streamed), 44 s audio: workflow {job:.1f} s = "
-              f"{job / 44:.2f}x audio duration; peak RSS {rss:.2f} GB")
+        print(f"Whole job, talking_photo.json (streamed), 44 s audio: workflow {job:.1f} s = "
+              f"{job / 44:.2f}x audio duration (process incl. ComfyUI boot {wall:.1f} s); peak RSS {rss:.2f} GB")
         if args.long_minutes > 0:
             secs = args.long_minutes * 60
             write_wav(tmp / "speech_long.wav", speech_track(data, secs), 16000)
-            job, rss, wall = run_job("talking_photo_long.json", data / "photos" / "astronaut.png",
+            job, rss, wall = run_job("talking_photo.json", data / "photos" / "astronaut.png",
                                      tmp / "speech_long.wav", tmp / "out_long.mp4")
-            print(f"Whole job, talking_photo_long.json (streamed), {secs / 60:.0f} min audio: workflow {job:.1f} s = "
+            print(f"Whole job, talking_photo.json (streamed), {secs / 60:.0f} min audio: workflow {job:.1f} s = "
                   f"{job / secs:.2f}x audio duration; peak RSS {rss:.2f} GB")
 
 

@@ -40,26 +40,9 @@ from _common import REPO, require_shared_data  # also appends the repo root to s
 
 from ptalk_models.media import read_audio, read_image, write_wav
 
-
-
-def talking_photo_graph(render_node: str = "PTalkLandmarkWarpRenderVideo", repo: Path = REPO) -> Path:
-    """The shipped talking-photo workflow of ``repo`` whose renderer is ``render_node`` (``talking_photo.json``
-    looked at first): ``PTalkLandmarkWarpRenderVideo``, the streamed graph, or ``PTalkLandmarkWarpRender``, the
-    IMAGE-batch variant."""
-    import json
-
-    files = sorted((repo / "workflows").glob("talking_photo*.json"), key=lambda p: (p.name != "talking_photo.json",
-                                                                                    p.name))
-    for path in files:
-        types = {n.get("type") for n in json.loads(path.read_text())["nodes"]}
-        if render_node in types and not any("AnimateNet" in str(t) for t in types):
-            return path
-    raise FileNotFoundError(f"no {repo}/workflows/talking_photo*.json renders with {render_node}")
-
-
 #: The graph measured by default: the streamed talking photo (Landmark Warp Render → Video → Save Video), the
 #: default graph of ``make demo``.
-WORKFLOW = talking_photo_graph()
+WORKFLOW = REPO / "workflows" / "talking_photo.json"
 #: Peak-RSS bound of the issue for 10 minutes of speech on a 970x2204 photo.
 BOUND_GB = 2.5
 LARGE_SIZE = (970, 2204)  # width, height
@@ -147,7 +130,7 @@ def main():
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: memory, speed, large")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    workflow = args.workflow or talking_photo_graph(repo=args.repo)
+    workflow = args.workflow or args.repo / "workflows" / "talking_photo.json"
     data = require_shared_data()
     print(f"{os.cpu_count()} CPUs; workflow {workflow}")
     with tempfile.TemporaryDirectory() as tmp:

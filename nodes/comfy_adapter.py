@@ -195,8 +195,9 @@ class _StreamedVideo(_video_types()[0]):
 
         The signature is ``VideoInput.save_to``'s in ComfyUI 0.33 (``bit_depth``, ``crf``, ``color_space`` are
         passed by its Save Video; 0.3.75 passes only the first four): ``format`` auto/mp4, ``codec`` auto/h264,
-        ``bit_depth`` None/8, ``crf`` None (write_mp4's 19) or 0..51, ``color_space`` None/auto/sRGB (the frames
-        are 8-bit sRGB). Raises ValueError naming the Save Video setting to change for anything else.
+        ``bit_depth`` None/8, ``crf`` None (write_mp4's default: 17 with preset veryfast for face-patch streams,
+        else 19) or 0..51, ``color_space`` None/auto/sRGB (the frames are 8-bit sRGB). Raises ValueError naming
+        the Save Video setting to change for anything else.
         """
         import json
 
@@ -307,7 +308,8 @@ class StreamedTalkingVideo(_StreamedVideo):
 class StreamedDubVideo(_StreamedVideo):
     """Dub Video's output: each frame decoded from the source VIDEO again and dubbed (CPU preview render) on
     demand, muxed with the new speech. Memory stays at one frame except with ping-pong, which holds the
-    source frames it revisits (:func:`ptalk_models.media.frames_at`)."""
+    source frames it revisits, at most 512 MiB of them, then a window decoded again
+    (:func:`ptalk_models.media.frames_at`)."""
 
     _node = "Dub Video"
 

@@ -19,7 +19,6 @@ nodes that stop before they run out of memory, and a dubbing default that keeps 
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -38,21 +37,9 @@ LARGE = (970, 2204)   # width, height of the "phone" portrait
 BOUND_GB = 2.5        # issue 17: 10 minutes of speech on a 970x2204 photo in at most 2.5 GB peak RSS
 
 
-def talking_photo_graph(render_node: str) -> Path:
-    """The shipped talking-photo workflow whose renderer is ``render_node``: ``PTalkLandmarkWarpRenderVideo``
-    (the streamed graph) or ``PTalkLandmarkWarpRender`` (the IMAGE-batch variant). ``talking_photo.json`` is
-    looked at first, so this follows the default graph whichever file holds it."""
-    files = sorted((REPO / "workflows").glob("talking_photo*.json"), key=lambda p: (p.name != "talking_photo.json",
-                                                                                    p.name))
-    for path in files:
-        types = {n.get("type") for n in json.loads(path.read_text())["nodes"]}
-        if render_node in types and not any("AnimateNet" in str(t) for t in types):
-            return path
-    raise FileNotFoundError(f"no workflows/talking_photo*.json renders with {render_node}")
-
-
-STREAMED_WORKFLOW = talking_photo_graph("PTalkLandmarkWarpRenderVideo")
-BATCH_WORKFLOW = talking_photo_graph("PTalkLandmarkWarpRender")
+#: the default graph (Landmark Warp Render → Video → Save Video) and the IMAGE-batch variant
+STREAMED_WORKFLOW = REPO / "workflows" / "talking_photo.json"
+BATCH_WORKFLOW = REPO / "workflows" / "talking_photo_batch.json"
 
 
 # ----------------------------------------------------------------------------------------------- media

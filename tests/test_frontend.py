@@ -18,7 +18,7 @@ Playwright.
   "Missing Models" panel, which files the IdentityNet file under ipadapter, the AnimateNet file under
   portraittalk and the checkpoint under checkpoints, none under "Unknown" (frontend 1.32 has no such panel);
   a loader added by hand follows its widget value;
-* talking_photo.json, talking_photo_long.json and dubbing_long.json queued with the UI's Run button on uploaded
+* talking_photo.json (streamed), talking_photo_batch.json (IMAGE batch) and dubbing_long.json queued with the UI's Run button on uploaded
   real media give an mp4 (video frames, the speech's duration within a frame, an audio stream) that the UI
   previews;
 * a faceless image queued from the UI gives an error the user can read in the UI, naming our node, the input and
@@ -848,7 +848,7 @@ def test_pack_loader_added_by_hand_follows_its_widget(ui, tmp_path):
 
 UI_RUNS = {  # workflow -> {upload node type: shared media}
     "talking_photo": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
-    "talking_photo_long": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
+    "talking_photo_batch": {"LoadImage": "photos/astronaut.png", "LoadAudio": "audio/jfk.flac"},
     "dubbing_long": {"LoadVideo": "video/lbax4n.mpg", "LoadAudio": "audio/jfk.flac"},
 }
 

@@ -94,12 +94,12 @@ def test_save_to_takes_the_encoding_arguments(talking, tmp_path):
 
 
 def test_core_trim_video_node_in_a_workflow(comfy, shared_data, tmp_path):
-    """talking_photo_long.json with core Trim Video between the renderer and Save Video, run by ComfyUI's
+    """talking_photo.json (the streamed graph) with core Trim Video between the renderer and Save Video, run by ComfyUI's
     executor: the saved mp4 is the trimmed length (ComfyUI 0.33 has Trim Video; 0.3.75 does not)."""
     if "Video Slice" not in comfy.nodes.NODE_CLASS_MAPPINGS:
         pytest.skip(f"this ComfyUI ({comfy.comfy_dir}) has no core Trim Video node (ComfyUI 0.33 has)")
     ui = comfy_headless.apply_inputs(
-        comfy_headless.load_workflow(REPO / "workflows" / "talking_photo_long.json"),
+        comfy_headless.load_workflow(REPO / "workflows" / "talking_photo.json"),
         {"Portrait": str(shared_data / "photos" / "grid_still_lbax4n.png"),
          "Speech": str(shared_data / "audio" / "beckett.wav")})
     prompt = comfy_headless.workflow_to_prompt(ui)

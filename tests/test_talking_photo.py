@@ -22,20 +22,16 @@ from ptalk_models.media import read_video, write_wav
 from ptalk_models.metrics import lag_correlations
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOW = REPO / "workflows" / "talking_photo.json"   # the default graph (what make demo runs), either renderer
+WORKFLOW = REPO / "workflows" / "talking_photo.json"   # the default graph (what make demo runs): streamed
+#: the shipped talking-photo graph of each renderer
+GRAPHS = {"PTalkLandmarkWarpRenderVideo": WORKFLOW, "PTalkLandmarkWarpRender": REPO / "workflows" / "talking_photo_batch.json"}
 
 
 def talking_photo_graph(render_node: str) -> Path:
-    """The shipped talking-photo workflow (talking_photo.json looked at first) whose renderer is ``render_node``:
-    ``PTalkLandmarkWarpRenderVideo`` (streamed) or ``PTalkLandmarkWarpRender`` (IMAGE batch)."""
-    import json
+    """The shipped talking-photo workflow whose renderer is ``render_node``: ``PTalkLandmarkWarpRenderVideo``
+    (streamed, the default) or ``PTalkLandmarkWarpRender`` (IMAGE batch)."""
+    return GRAPHS[render_node]
 
-    files = sorted((REPO / "workflows").glob("talking_photo*.json"), key=lambda p: (p.name != WORKFLOW.name, p.name))
-    for path in files:
-        types = {n.get("type") for n in json.loads(path.read_text())["nodes"]}
-        if render_node in types and not any("AnimateNet" in str(t) for t in types):
-            return path
-    raise FileNotFoundError(f"no workflows/talking_photo*.json renders with {render_node}")
 
 FPS = 25.0
 PACK_NODES = {"PTalkFaceLandmarks", "PTalkAudioToLandmarks", "PTalkDrawLandmarks", "PTalkLandmarkWarpRender",
