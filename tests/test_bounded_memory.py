@@ -19,7 +19,6 @@ nodes that stop before they run out of memory, and a dubbing default that keeps 
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,15 +68,22 @@ def speech(shared_data, seconds: float, sr: int = 16000) -> np.ndarray:
     return np.concatenate(parts * reps)[None, : int(seconds * sr)]
 
 
+#: Runs its arguments as a child and prints the child's peak RSS (KiB). Linux keeps a process's peak RSS across
+#: fork and exec (``ru_maxrss`` starts at the forking process's RSS), so a job forked straight from this pytest
+#: process — GBs after the suite's earlier tests — would report at least that; forked from this small launcher
+#: it reports its own.
+_PEAK_RSS_LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+                      "_, st, ru = os.wait4(p.pid, 0); print(ru.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(st))")
+
+
 def run_workflow_process(workflow: Path, image: Path, audio: Path, out: Path) -> tuple[int, str, float]:
-    """scripts/run_workflow.py in a child process: (exit status, stderr, peak RSS in GB)."""
-    cmd = [sys.executable, str(REPO / "scripts" / "run_workflow.py"), str(workflow), "--image", str(image),
-           "--audio", str(audio), "--out", str(out)]
+    """scripts/run_workflow.py in a child process: (exit status, stderr, its peak RSS in GB)."""
+    cmd = [sys.executable, "-c", _PEAK_RSS_LAUNCHER, sys.executable, str(REPO / "scripts" / "run_workflow.py"),
+           str(workflow), "--image", str(image), "--audio", str(audio), "--out", str(out)]
     err_path = out.with_suffix(".stderr")
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), err_path.read_text(), usage.ru_maxrss * 1024 / 1e9
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    return proc.returncode, err_path.read_text(), int(proc.stdout.split()[-1]) * 1024 / 1e9
 
 
 def _video_stream(path: Path) -> tuple[int, int, int]:
