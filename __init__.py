@@ -1,15 +1,20 @@
-"""ComfyUI-PortraitTalk: registers the PortraitTalk nodes with ComfyUI through the V3 extension API."""
-from comfy_api.latest import ComfyExtension, io
+"""ComfyUI-PortraitTalk: registers the PortraitTalk nodes with ComfyUI through the V3 extension API.
+
+``comfy_api`` is imported only when ComfyUI calls :func:`comfy_entrypoint`, so the engine
+(``ptalk_models``) can be imported without ComfyUI (see ``harness/ptalk_harness/pack.py``).
+"""
 
 WEB_DIRECTORY = "./web"
 
 
-class PortraitTalkExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from .nodes import NODE_LIST
+async def comfy_entrypoint():
+    """V3 entry point: the extension whose ``get_node_list`` returns the pack's nodes (``nodes.NODE_LIST``)."""
+    from comfy_api.latest import ComfyExtension
 
-        return NODE_LIST
+    from .nodes import NODE_LIST
 
+    class PortraitTalkExtension(ComfyExtension):
+        async def get_node_list(self):
+            return NODE_LIST
 
-async def comfy_entrypoint() -> PortraitTalkExtension:
     return PortraitTalkExtension()

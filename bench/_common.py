@@ -1,20 +1,17 @@
-"""Shared set-up of the bench/ scripts (run as ``.venv/bin/python bench/<script>.py``, so bench/ is on sys.path).
+"""Shared set-up of the bench/ scripts (run as ``.venv/bin/python bench/<script>.py``).
 
-Importing this appends the repo root to ``sys.path`` (append, never insert: this pack's ``nodes/`` package
-must not shadow ComfyUI's top-level ``nodes``), so the scripts can ``import ptalk_models`` afterwards.
+The scripts import the pack as ``portraittalk`` and the harness as ``ptalk_harness`` (both provided by the venv's
+``portraittalk.pth``, see ``harness/ptalk_harness/pack.py``); this module only adds the shared-media lookup.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO), str(REPO / "scripts")):
-    if _p not in sys.path:
-        sys.path.append(_p)
+from ptalk_harness import REPO_ROOT as REPO
+from ptalk_harness import shared_data_dir as shared_data
 
-#: Directory of the real media: ``$PTALK_SHARED_DATA``, else ``<repo>/../shared/data`` (may not exist).
-from comfy_headless import shared_data_dir as shared_data  # noqa: E402  (importing it has no side effects)
+__all__ = ["REPO", "shared_data", "require_shared_data"]
 
 
 def require_shared_data() -> Path:

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, require_shared_data  # also appends the repo root to sys.path
+from _common import REPO, require_shared_data 
 
-from ptalk_models.audio2landmarks import generate_landmarks
-from ptalk_models.face import detect_landmarks
-from ptalk_models.media import read_audio, read_image, read_video, write_wav
-from ptalk_models.render import render_sequence
+from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.media import read_audio, read_image, read_video, write_wav
+from portraittalk.ptalk_models.render import render_sequence
 
 JFK_TEXT = ("And so, my fellow Americans: ask not what your country can do for you, ask what you can do for "
             "your country.")

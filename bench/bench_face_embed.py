@@ -23,11 +23,11 @@ import time
 import cv2
 import numpy as np
 
-from _common import require_shared_data  # also appends the repo root to sys.path
+from _common import require_shared_data 
 
-from ptalk_models.face import detect_landmarks
-from ptalk_models.identity import embed_faces
-from ptalk_models.media import read_video
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.identity import embed_faces
+from portraittalk.ptalk_models.media import read_video
 
 
 def load_frames(n: int) -> dict[str, np.ndarray]:

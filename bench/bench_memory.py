@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, require_shared_data  # also appends the repo root to sys.path
+from _common import REPO, require_shared_data 
 
-from ptalk_models.media import read_audio, read_image, write_wav
+from portraittalk.ptalk_models.media import read_audio, read_image, write_wav
 
 #: The graph measured by default: the streamed talking photo (Landmark Warp Render → Video → Save Video), the
 #: default graph of ``make demo``.
@@ -100,10 +100,10 @@ def run_job(workflow: Path, image: Path, audio: Path, out: Path, repo: Path = RE
 def encode_cost(photo: np.ndarray, speech: np.ndarray, sample_rate: int = 16000) -> float:
     """CPU seconds of the final H.264 encode alone (:func:`write_mp4`) of the talking photo of ``photo`` on
     ``speech``: the frames (face-crop patches) are rendered first, then only the encode is timed."""
-    from ptalk_models.audio2landmarks import generate_landmarks
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.media import write_mp4
-    from ptalk_models.render import WarpRenderer, iter_render
+    from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.media import write_mp4
+    from portraittalk.ptalk_models.render import WarpRenderer, iter_render
 
     ref = detect_landmarks(photo)
     seq = generate_landmarks(speech[None], sample_rate, ref, fps=25.0, seed=0)

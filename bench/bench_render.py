@@ -18,14 +18,14 @@ import time
 import cv2
 import numpy as np
 
-from _common import require_shared_data  # also appends the repo root to sys.path
+from _common import require_shared_data 
 
-from ptalk_models.draw import draw_landmarks
-from ptalk_models.face import detect_landmarks
-from ptalk_models.landmarks import FaceLandmarks
-from ptalk_models.media import read_audio, read_image
-from ptalk_models.render import WarpRenderer
-from ptalk_models.audio2landmarks import generate_landmarks
+from portraittalk.ptalk_models.draw import draw_landmarks
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.landmarks import FaceLandmarks
+from portraittalk.ptalk_models.media import read_audio, read_image
+from portraittalk.ptalk_models.render import WarpRenderer
+from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
 
 
 def driving_sequence(ref: FaceLandmarks, n: int, fps: float = 25.0) -> FaceLandmarks:

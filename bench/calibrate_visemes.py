@@ -31,14 +31,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from _common import shared_data  # also appends the repo root to sys.path
+from _common import shared_data 
 
-from ptalk_models.audio import prepare_audio
-from ptalk_models.face import resolve_model_path
-from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture, inter_ocular_px
-from ptalk_models.media import read_audio, read_video
-from ptalk_models.phonemes import align_transcript
-from ptalk_models.visemes import HAND_VISEMES, VISEMES, WIDE_OPEN_IOD, mouth_parameters, phone_to_visemes
+from portraittalk.ptalk_models.audio import prepare_audio
+from portraittalk.ptalk_models.face import resolve_model_path
+from portraittalk.ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture, inter_ocular_px
+from portraittalk.ptalk_models.media import read_audio, read_video
+from portraittalk.ptalk_models.phonemes import align_transcript
+from portraittalk.ptalk_models.visemes import HAND_VISEMES, VISEMES, WIDE_OPEN_IOD, mouth_parameters, phone_to_visemes
 
 
 def landmarker():

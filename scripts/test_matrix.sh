@@ -36,10 +36,12 @@ for leg in "${legs[@]}"; do
   IFS='|' read -r name venv comfy <<<"$leg"
   echo "[test] === $name ===" >&2
   t0=$(date +%s)
+  # -P: the working directory (the repo root) is not put on sys.path, where the pack's nodes/ would shadow
+  # ComfyUI's top-level nodes module; the tests import the pack as `portraittalk` (harness/ptalk_harness/pack.py)
   if [ -n "$comfy" ]; then
-    PTALK_COMFYUI_DIR="$comfy" "$venv/bin/python" -m pytest "$@"
+    PTALK_COMFYUI_DIR="$comfy" "$venv/bin/python" -P -m pytest "$@"
   else
-    "$venv/bin/python" -m pytest "$@"
+    "$venv/bin/python" -P -m pytest "$@"
   fi
   rc=$?
   [ $rc -ne 5 ] || echo "[test] $name: pytest collected no tests" >&2

@@ -1,66 +1,32 @@
 """Shared pytest fixtures for ComfyUI-PortraitTalk.
 
-* ``comfy`` (session): the real ComfyUI booted once in-process by ``scripts/comfy_headless.py`` with
+* ``comfy`` (session): the real ComfyUI booted once in-process by :func:`ptalk_harness.boot` with
   temporary input/output/temp directories and this pack loaded through ``nodes.load_custom_node``.
 * ``shared_data``: ``Path`` of the shared real-media directory (``$PTALK_SHARED_DATA`` or
   ``<repo>/../shared/data``); skips when absent, but fails under CI (env ``CI`` set), where it must exist.
 * real media read once per session: ``astronaut``, ``grid_still`` (uint8 RGB photos), ``jfk``, ``beckett``
   (``(waveform, sample_rate)``), and the photos' MediaPipe landmarks ``astronaut_lm``, ``grid_still_lm``.
 
-``import ptalk_models`` in a test gives the modules of the pack as ComfyUI loads it (see
-``_PackEngineAlias``); the repo root is never put on ``sys.path``, so this pack's ``nodes/`` package cannot
-shadow ComfyUI's top-level ``nodes`` module. ``scripts/`` is appended (for ``import comfy_headless``).
+The tests import the pack as ``portraittalk`` (``from portraittalk.ptalk_models.x import y``): the modules of the
+pack as ComfyUI loads it, one copy (see ``harness/ptalk_harness/pack.py``; the venv's ``portraittalk.pth``
+installs that import hook and puts ``ptalk_harness`` on the path).
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT / "scripts") not in sys.path:
-    sys.path.append(str(REPO_ROOT / "scripts"))
+import ptalk_harness as harness
 
-import comfy_headless  # noqa: E402  (scripts/, appended above; importing it has no side effects)
+REPO_ROOT = harness.REPO_ROOT
 
-# The repo root holds the pack's __init__.py, so pytest collects the root as a package and imports that
-# __init__.py (which imports comfy_api) before running any test; make ComfyUI importable first (cheap: no
-# node is loaded here).
-comfy_headless.prepare()
-
-#: The module name ComfyUI's ``nodes.load_custom_node`` gives this pack (its path, dots replaced).
-PACK_MODULE = str(REPO_ROOT).replace(".", "_x_")
-
-
-class _PackEngineAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import ptalk_models[.x]`` in tests → the very modules the loaded pack uses (``<pack>.ptalk_models.x``).
-
-    Without this, tests and ComfyUI would hold two copies of every engine module, and a FaceLandmarks made
-    in a test would not be an instance of the class the nodes check against.
-    """
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "ptalk_models" or name.startswith("ptalk_models."):
-            return importlib.util.spec_from_loader(name, self, is_package=name == "ptalk_models")
-        return None
-
-    def create_module(self, spec):
-        if PACK_MODULE not in sys.modules:
-            root = importlib.util.spec_from_file_location(PACK_MODULE, REPO_ROOT / "__init__.py")
-            module = importlib.util.module_from_spec(root)
-            sys.modules[PACK_MODULE] = module
-            root.loader.exec_module(module)
-        return importlib.import_module(f"{PACK_MODULE}.{spec.name}")
-
-    def exec_module(self, module):
-        pass
-
-
-sys.meta_path.insert(0, _PackEngineAlias())
+# The repo root holds the pack's __init__.py, so pytest collects the root as a package; the tests import
+# portraittalk.nodes (which imports comfy_api) at module level: make ComfyUI importable first (cheap: no node
+# is loaded here).
+harness.prepare()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,7 +46,7 @@ def _release_models_before_exit():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Directory of the shared real media (photos/, audio/, video/, grid_s1/; see its MANIFEST.md)."""
-    d = comfy_headless.shared_data_dir()
+    d = harness.shared_data_dir()
     if not d.is_dir():
         msg = (f"shared media directory {d} not found; set PTALK_SHARED_DATA to the directory holding "
                f"photos/ audio/ video/")
@@ -91,10 +57,10 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory) -> "comfy_headless.Comfy":
+def comfy(tmp_path_factory) -> "harness.Comfy":
     """The in-process ComfyUI (core nodes + this pack), booted once per test session."""
     root = tmp_path_factory.mktemp("comfyui")
-    return comfy_headless.boot(input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
+    return harness.boot(input_dir=root / "input", output_dir=root / "output", temp_dir=root / "temp",
                                load_pack=True)
 
 
@@ -102,7 +68,7 @@ def comfy(tmp_path_factory) -> "comfy_headless.Comfy":
 @pytest.fixture(scope="session")
 def astronaut(shared_data):
     """photos/astronaut.png as uint8 RGB [512, 512, 3]."""
-    from ptalk_models.media import read_image
+    from portraittalk.ptalk_models.media import read_image
 
     return read_image(shared_data / "photos" / "astronaut.png")
 
@@ -110,7 +76,7 @@ def astronaut(shared_data):
 @pytest.fixture(scope="session")
 def grid_still(shared_data):
     """photos/grid_still_lbax4n.png as uint8 RGB [288, 360, 3]."""
-    from ptalk_models.media import read_image
+    from portraittalk.ptalk_models.media import read_image
 
     return read_image(shared_data / "photos" / "grid_still_lbax4n.png")
 
@@ -118,7 +84,7 @@ def grid_still(shared_data):
 @pytest.fixture(scope="session")
 def jfk(shared_data):
     """audio/jfk.flac: (float32 [2, N], 44100)."""
-    from ptalk_models.media import read_audio
+    from portraittalk.ptalk_models.media import read_audio
 
     return read_audio(shared_data / "audio" / "jfk.flac")
 
@@ -126,7 +92,7 @@ def jfk(shared_data):
 @pytest.fixture(scope="session")
 def beckett(shared_data):
     """audio/beckett.wav: (float32 [1, N], 16000)."""
-    from ptalk_models.media import read_audio
+    from portraittalk.ptalk_models.media import read_audio
 
     return read_audio(shared_data / "audio" / "beckett.wav")
 
@@ -136,7 +102,7 @@ def beckett(shared_data):
 @pytest.fixture(scope="session")
 def astronaut_lm(astronaut):
     """``detect_landmarks(astronaut)``: one-frame FaceLandmarks, image_size (512, 512)."""
-    from ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.face import detect_landmarks
 
     return detect_landmarks(astronaut)
 
@@ -144,7 +110,7 @@ def astronaut_lm(astronaut):
 @pytest.fixture(scope="session")
 def grid_still_lm(grid_still):
     """``detect_landmarks(grid_still)``: one-frame FaceLandmarks, image_size (360, 288)."""
-    from ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.face import detect_landmarks
 
     return detect_landmarks(grid_still)
 
@@ -158,7 +124,7 @@ def tiny_sd15(comfy, tmp_path_factory):
     ``ckpt_name``."""
     from collections import namedtuple
 
-    import random_sd15  # scripts/, on sys.path above
+    from ptalk_harness import random_sd15
 
     d = tmp_path_factory.mktemp("checkpoints")
     path = random_sd15.write_sd15_checkpoint(d / "ptalk_random_sd15_tiny.safetensors", size="tiny", seed=0)
@@ -170,19 +136,13 @@ def tiny_sd15(comfy, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def pack_adapter(comfy):
-    """The loaded pack's ``nodes.comfy_adapter`` module (ComfyUI glue: IdentityNet patches, sampling)."""
-    return importlib.import_module(f"{PACK_MODULE}.nodes.comfy_adapter")
-
-
-@pytest.fixture(scope="session")
 def tiny_sd15_loaded(comfy, tiny_sd15):
     """(MODEL, CLIP, VAE) of :func:`tiny_sd15`, loaded once by core CheckpointLoaderSimple."""
     return comfy.nodes.NODE_CLASS_MAPPINGS["CheckpointLoaderSimple"]().load_checkpoint(tiny_sd15.name)[:3]
 
 
 @pytest.fixture(scope="session")
-def tiny_identitynet(comfy, tiny_sd15_loaded, pack_adapter, tmp_path_factory):
+def tiny_identitynet(comfy, tiny_sd15_loaded, tmp_path_factory):
     """A random IdentityNet for the tiny UNet (dlib 128-D projection, seed 1) in a temporary
     ``models/portraittalk`` registered with folder_paths (a temporary ``models/ipadapter`` too).
 
@@ -191,14 +151,16 @@ def tiny_identitynet(comfy, tiny_sd15_loaded, pack_adapter, tmp_path_factory):
     """
     from collections import namedtuple
 
-    from ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
+    from portraittalk.nodes.glue.folders import IDENTITYNET_FOLDERS, register_identitynet_folders
+    from portraittalk.nodes.glue.identity_patch import cross_attention_layers
+    from portraittalk.ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
 
     root = tmp_path_factory.mktemp("models")
-    pack_adapter.register_identitynet_folders()
-    for folder in pack_adapter.IDENTITYNET_FOLDERS:
+    register_identitynet_folders()
+    for folder in IDENTITYNET_FOLDERS:
         (root / folder).mkdir()
         comfy.folder_paths.add_model_folder_path(folder, str(root / folder))
-    dims = [w for _, w, _ in pack_adapter.cross_attention_layers(tiny_sd15_loaded[0])]
+    dims = [w for _, w, _ in cross_attention_layers(tiny_sd15_loaded[0])]
     cfg = IdentityNetConfig(id_dim=128, hidden=256, layer_dims=dims, embed_backend="dlib")
     save_identitynet(new_identitynet(cfg, seed=1), root / "portraittalk" / "ptalk_tiny_dlib.safetensors")
     return namedtuple("TinyIdentityNet", "root name layer_dims")(root, "portraittalk/ptalk_tiny_dlib.safetensors",
@@ -222,7 +184,7 @@ def tiny_controlnets(comfy, tmp_path_factory):
     """
     from collections import namedtuple
 
-    import random_sd15  # scripts/, on sys.path above
+    from ptalk_harness import random_sd15
 
     d = tmp_path_factory.mktemp("controlnet")
     files = [random_sd15.write_controlnet(d / f"ptalk_random_cn_{name}_tiny.safetensors", size="tiny", seed=seed,
@@ -236,7 +198,7 @@ def tiny_controlnets(comfy, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet, pack_adapter):
+def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet):
     """A tiny AnimateNet for the tiny UNet (initialised from it, seed 0; zero convs given small random values and
     w1..w3 set to 1 so the branch and its temporal term act, standing in for stage-2-trained weights) saved as ``models/portraittalk/ptalk_tiny_animatenet.
     safetensors`` in :func:`tiny_identitynet`'s registered folder. ``.name``: the AnimateNet Loader option;
@@ -245,10 +207,11 @@ def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet, pack_adapter):
 
     import torch
 
-    from ptalk_models.animatenet import AnimateNetConfig, new_animatenet, save_animatenet
+    from portraittalk.nodes.glue.patcher import unet_config
+    from portraittalk.ptalk_models.animatenet import AnimateNetConfig, new_animatenet, save_animatenet
 
     model = tiny_sd15_loaded[0]
-    net = new_animatenet(AnimateNetConfig.from_unet_config(pack_adapter.unet_config(model)), seed=0,
+    net = new_animatenet(AnimateNetConfig.from_unet_config(unet_config(model)), seed=0,
                          unet_sd=model.model.diffusion_model.state_dict())
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptalk_models import landmarks as L
-from ptalk_models.audio import (band_log_energy, n_video_frames, prepare_audio, rms_dbfs,
+from portraittalk.ptalk_models import landmarks as L
+from portraittalk.ptalk_models.audio import (band_log_energy, n_video_frames, prepare_audio, rms_dbfs,
                                 to_mono_16k)
-from ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
-from ptalk_models.media import read_audio, read_video
-from ptalk_models.metrics import lag_correlations
-from ptalk_models.phonemes import SILENCE, normalize_transcript, phones_from_audio
-from ptalk_models.visemes import mouth_parameters, viseme_curves
+from portraittalk.ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
+from portraittalk.ptalk_models.media import read_audio, read_video
+from portraittalk.ptalk_models.metrics import lag_correlations
+from portraittalk.ptalk_models.phonemes import SILENCE, normalize_transcript, phones_from_audio
+from portraittalk.ptalk_models.visemes import mouth_parameters, viseme_curves
 
 BECKETT_TEXT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 FPS = 25.0
@@ -139,7 +139,7 @@ def test_aperture_follows_speech_energy_without_lag(clip, text, jfk, beckett, re
 
 def test_generated_mouth_matches_real_video_of_the_same_speech(shared_data, grid_still_lm):
     """GRID clip lbax4n: audio -> landmarks on the speaker's own still vs. MediaPipe on the real video."""
-    from ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.face import detect_landmarks
 
     path = shared_data / "video" / "lbax4n.mpg"
     frames, _ = read_video(path)

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ptalk_models.face import NoFaceError, detect_landmarks
-from ptalk_models.landmarks import NOSE_TIP, inner_lip_aperture, inter_ocular_px
+from portraittalk.ptalk_models.face import NoFaceError, detect_landmarks
+from portraittalk.ptalk_models.landmarks import NOSE_TIP, inner_lip_aperture, inter_ocular_px
 
 
 def test_astronaut_landmarks_are_a_face(astronaut):
@@ -74,7 +74,7 @@ def test_node_resolves_models_mediapipe_before_the_embedded_model(comfy, astrona
 
     import torch
 
-    from ptalk_models.face import embedded_model_path
+    from portraittalk.ptalk_models.face import embedded_model_path
 
     node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkFaceLandmarks"]
     image = torch.from_numpy(astronaut)[None].float() / 255

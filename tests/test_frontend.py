@@ -1,11 +1,11 @@
-"""The pack in the REAL ComfyUI frontend: a ComfyUI server process (scripts/comfy_server.py) and Chromium driven by
-Playwright.
+"""The pack in the REAL ComfyUI frontend: a ComfyUI server process (``ptalk_harness.server``) and Chromium driven
+by Playwright.
 
 * every shipped workflow (workflows/*.json) loads in the frontend with every node type registered, every link
   kept, no alert of the frontend's workflow-schema validation, no JavaScript exception, only nodes flagged whose
   model file the test server lacks, and the API prompt the frontend builds (``app.graphToPrompt()``) equal, node
   by node (class_type and inputs), to the one the headless runner builds from the same file
-  (``comfy_headless.workflow_to_prompt``) -- except the frontend-only inputs listed in ``FRONTEND_ONLY_INPUTS``
+  (``harness.workflow_to_prompt``) -- except the frontend-only inputs listed in ``FRONTEND_ONLY_INPUTS``
   (printed);
 * the layout on the canvas once the media previews have loaded and grown their nodes (Load Image's image, Load
   Video's .mp4; after a run Save Video's mp4): no two nodes overlap (``LAYOUT_TOLERANCE`` px), and every node,
@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import comfy_headless
-import comfy_server as cs
+import ptalk_harness as harness
+from ptalk_harness import server as cs
 
 pytestmark = pytest.mark.frontend
 
@@ -132,7 +132,7 @@ def server(comfy, shared_data, tmp_path_factory):
     """A ComfyUI server process for this pack (module-scoped; stopped, with its process group, at teardown), with
     the media the shipped workflows name uploaded under those names (so that every workflow loads without
     missing-file errors)."""
-    srv = cs.start(base_dir=tmp_path_factory.mktemp("comfy_server"), settings=SETTINGS,
+    srv = cs.start(base_dir=tmp_path_factory.mktemp("server"), settings=SETTINGS,
                    required_nodes=comfy.pack_nodes)
     try:
         for name, src in sorted(_workflow_media(shared_data).items()):
@@ -610,7 +610,7 @@ def test_workflow_loads_in_the_frontend(ui, server, comfy, path, tmp_path):
     # the prompt
     frontend_prompt = page.evaluate(_JS_PROMPT)
     runner_prompt = {str(k): v for k, v in
-                     comfy_headless.workflow_to_prompt(comfy_headless.load_workflow(path)).items()}
+                     harness.workflow_to_prompt(harness.load_workflow(path)).items()}
     for nid, node in frontend_prompt.items():
         if node.get("class_type") == "SaveVideo":
             widgets = next((n["widgets"] for n in g["nodes"] if str(n["id"]) == str(nid)), None)

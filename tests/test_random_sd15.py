@@ -1,4 +1,4 @@
-"""Tests of scripts/random_sd15.py: random SD1.5 checkpoints that the real ComfyUI 0.3.75 loads as SD15.
+"""Tests of ``ptalk_harness.random_sd15``: random SD1.5 checkpoints that the real ComfyUI 0.3.75 loads as SD15.
 
 * ``comfy.sd.load_checkpoint_guess_config`` detects the tiny checkpoint as ``supported_models.SD15``, builds
   the UNet with :data:`random_sd15.TINY_UNET`, a TAESD VAE and the CLIP-L text encoder, and the UNet has
@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import random_sd15
+from ptalk_harness import random_sd15
 
 CAPTURED: dict[str, dict] = {}
 
@@ -66,13 +66,13 @@ def _sd_graph(ckpt_name: str, seeds: tuple[int, ...]) -> dict:
 @pytest.fixture
 def run_sd(comfy, tiny_sd15, monkeypatch):
     """``run(seeds) -> {"seed<N>": {"images", "latent"}}``: the graph run by ComfyUI's PromptExecutor."""
-    import comfy_headless
+    import ptalk_harness as harness
 
     monkeypatch.setitem(comfy.nodes.NODE_CLASS_MAPPINGS, "PTalkTestCapture", _Capture)
 
     def run(*seeds: int) -> dict:
         CAPTURED.clear()
-        comfy_headless.run_prompt(_sd_graph(tiny_sd15.name, seeds))
+        harness.run_prompt(_sd_graph(tiny_sd15.name, seeds))
         out = dict(CAPTURED)
         assert sorted(out) == sorted(f"seed{s}" for s in seeds)
         return out
@@ -236,9 +236,9 @@ def _hint_nodes(comfy) -> dict:
     hint); an EmptyImage 64×64 mid-grey "h2" where the shared media are absent."""
     import shutil
 
-    import comfy_headless
+    import ptalk_harness as harness
 
-    photo = comfy_headless.shared_data_dir() / "photos" / "astronaut.png"
+    photo = harness.shared_data_dir() / "photos" / "astronaut.png"
     if not photo.is_file():
         return {"h2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
                                                               "color": 0x808080}}}
@@ -252,7 +252,7 @@ def test_controlnet_graph_changes_the_image(comfy, tiny_sd15, tiny_controlnets, 
     """CheckpointLoaderSimple → CLIPTextEncode → [ControlNetLoader → ControlNetApplyAdvanced] → KSampler (euler,
     2 steps, one seed; cfg 1, so that ComfyUI skips the negative pass: half the time) → VAEDecode, once without a
     ControlNet and once per variant, all in one prompt (one checkpoint load)."""
-    import comfy_headless
+    import ptalk_harness as harness
 
     monkeypatch.setitem(comfy.nodes.NODE_CLASS_MAPPINGS, "PTalkTestCapture", _Capture)
     g = {
@@ -281,7 +281,7 @@ def test_controlnet_graph_changes_the_image(comfy, tiny_sd15, tiny_controlnets, 
         g[f"d_{tag}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"k_{tag}", 0], "vae": ["1", 2]}}
         g[f"c_{tag}"] = {"class_type": "PTalkTestCapture", "inputs": {"images": [f"d_{tag}", 0], "tag": tag}}
     CAPTURED.clear()
-    comfy_headless.run_prompt(g)
+    harness.run_prompt(g)
     img = {tag: CAPTURED[tag]["images"] for tag in variants}
     for t in img.values():
         assert t.shape == (1, 64, 64, 3) and torch.isfinite(t).all() and 0.0 <= t.min() and t.max() <= 1.0

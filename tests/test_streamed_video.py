@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
+import ptalk_harness as harness
 
-REPO = comfy_headless.REPO_ROOT
+REPO = harness.REPO_ROOT
 BACKEND = "phonemes (pocketsphinx)"
 
 
@@ -98,11 +98,11 @@ def test_core_trim_video_node_in_a_workflow(comfy, shared_data, tmp_path):
     executor: the saved mp4 is the trimmed length (ComfyUI 0.33 has Trim Video; 0.3.75 does not)."""
     if "Video Slice" not in comfy.nodes.NODE_CLASS_MAPPINGS:
         pytest.skip(f"this ComfyUI ({comfy.comfy_dir}) has no core Trim Video node (ComfyUI 0.33 has)")
-    ui = comfy_headless.apply_inputs(
-        comfy_headless.load_workflow(REPO / "workflows" / "talking_photo.json"),
+    ui = harness.apply_inputs(
+        harness.load_workflow(REPO / "workflows" / "talking_photo.json"),
         {"Portrait": str(shared_data / "photos" / "grid_still_lbax4n.png"),
          "Speech": str(shared_data / "audio" / "beckett.wav")})
-    prompt = comfy_headless.workflow_to_prompt(ui)
+    prompt = harness.workflow_to_prompt(ui)
     render = next(k for k, v in prompt.items() if v["class_type"] == "PTalkLandmarkWarpRenderVideo")
     save = next(k for k, v in prompt.items() if v["class_type"] == "SaveVideo")
     prompt = copy.deepcopy(prompt)
@@ -110,7 +110,7 @@ def test_core_trim_video_node_in_a_workflow(comfy, shared_data, tmp_path):
                     "inputs": {"video": [render, 0], "start_time": 1.0, "duration": 2.0, "strict_duration": True}}
     prompt[save]["inputs"]["video"] = ["99", 0]
     prompt[save]["inputs"]["filename_prefix"] = "ptalk_test/trimmed"
-    files = comfy_headless.output_files(comfy_headless.run_prompt(prompt))
+    files = harness.output_files(harness.run_prompt(prompt))
     mp4 = [f for f in files if f.suffix == ".mp4"]
     assert len(mp4) == 1
     with av.open(str(mp4[0])) as f:

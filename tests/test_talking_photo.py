@@ -14,12 +14,12 @@ import pytest
 import soxr
 import torch
 
-import comfy_headless
-from ptalk_models.audio import band_log_energy, n_video_frames, prepare_audio
-from ptalk_models.face import detect_landmarks
-from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
-from ptalk_models.media import read_video, write_wav
-from ptalk_models.metrics import lag_correlations
+import ptalk_harness as harness
+from portraittalk.ptalk_models.audio import band_log_energy, n_video_frames, prepare_audio
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
+from portraittalk.ptalk_models.media import read_video, write_wav
+from portraittalk.ptalk_models.metrics import lag_correlations
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "workflows" / "talking_photo.json"   # the default graph (what make demo runs): streamed
@@ -55,7 +55,7 @@ def probe_mp4(path) -> dict:
 def run(image, audio, tmp_path, **widgets) -> Path:
     """talking_photo.json on ``image`` + ``audio`` (paths), widget overrides by node; the one mp4 it saved."""
     inputs = {"Portrait": str(image), "Speech": str(audio), **widgets}
-    files = comfy_headless.run_workflow(WORKFLOW, inputs=inputs, out_dir=tmp_path)
+    files = harness.run_workflow(WORKFLOW, inputs=inputs, out_dir=tmp_path)
     mp4s = [f for f in files if f.suffix == ".mp4"]
     assert len(mp4s) == 1, files
     return mp4s[0]
@@ -148,7 +148,7 @@ def test_image_without_face_is_a_clear_error(comfy, shared_data, short_speech, t
     photo = cv2.imread(str(shared_data / "photos" / "astronaut.png"))
     cv2.imwrite(str(tmp_path / "suit.png"), photo[330:512, 280:512])  # the flag and suit, no face
     speech = write_wav(tmp_path / "s.wav", *short_speech[0])
-    with pytest.raises(comfy_headless.PromptExecutionError) as e:
+    with pytest.raises(harness.PromptExecutionError) as e:
         run(tmp_path / "suit.png", speech, tmp_path)
     msg = str(e.value)
     assert "Face Landmarks" in msg and "no face found in frame 0" in msg and "'image'" in msg
@@ -236,7 +236,7 @@ def test_streamed_video_node_renders_the_same_frames(comfy, shared_data, short_s
     speech = write_wav(tmp_path / "s.wav", *short_speech[0])
     mp4 = {}
     for kind in ("PTalkLandmarkWarpRender", "PTalkLandmarkWarpRenderVideo"):
-        files = comfy_headless.run_workflow(talking_photo_graph(kind), out_dir=tmp_path,
+        files = harness.run_workflow(talking_photo_graph(kind), out_dir=tmp_path,
                                             inputs={"Portrait": str(image), "Speech": str(speech)})
         mp4[kind] = [f for f in files if f.suffix == ".mp4"][0]
     batch, streamed = probe_mp4(mp4["PTalkLandmarkWarpRender"]), probe_mp4(mp4["PTalkLandmarkWarpRenderVideo"])

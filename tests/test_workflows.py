@@ -1,4 +1,4 @@
-"""Tests of the in-process ComfyUI harness (scripts/comfy_headless.py) on the real ComfyUI 0.3.75 schemas.
+"""Tests of the in-process ComfyUI harness (``ptalk_harness``) on the real ComfyUI 0.3.75 schemas.
 
 * every shipped workflow (workflows/*.json) passes ``check_workflow`` and, converted with
   ``workflow_to_prompt``, ComfyUI's own ``execution.validate_prompt``;
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import comfy_headless as ch
+import ptalk_harness as ch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))

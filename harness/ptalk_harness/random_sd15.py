@@ -46,13 +46,13 @@ from ComfyUI's own ``comfy.cldm.cldm.ControlNet`` with the config core ControlNe
 rules and per-key seeding, except that the zero convs get small random weights (a trained ControlNet) or, with
 ``zero_out=True``, exact zeros (an untrained one), and the hint encoder a gain that keeps the hint's scale.
 
-Importing this module does not import ComfyUI; the functions do, so the caller must have made ComfyUI
-importable first (``comfy_headless.prepare()``).
+The module imports torch but not ComfyUI; its functions import ComfyUI's modules, so the caller must have made
+ComfyUI importable first (:func:`ptalk_harness.prepare`; the command line does that itself).
 
 Command line::
 
-    python scripts/random_sd15.py OUT.safetensors [--size tiny|full] [--seed N] [--dtype fp16|bf16|fp32]
-    python scripts/random_sd15.py OUT.safetensors --controlnet [--zero-out] [--size ...] [--seed N] [--dtype ...]
+    python -m ptalk_harness.random_sd15 OUT.safetensors [--size tiny|full] [--seed N] [--dtype fp16|bf16|fp32]
+    python -m ptalk_harness.random_sd15 OUT.safetensors --controlnet [--zero-out] [--size ...] [--seed N] [--dtype ...]
 """
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ import time
 import zlib
 
 import torch
+
+from .comfy import prepare
 
 __all__ = ["TINY_UNET", "FULL_UNET", "CLIP_PREFIX", "UNET_PREFIX", "VAE_PREFIX", "build_sd15_state_dict",
            "write_sd15_checkpoint", "CONTROLNET_ZERO_CONV_GAIN", "CONTROLNET_ZERO_CONV_KEYS", "controlnet_unet_config",
@@ -161,11 +163,15 @@ def _tensor_seed(seed: int, key: str) -> int:
     return (int(seed) * 0x9E3779B1 + zlib.crc32(key.encode())) % (1 << 63)
 
 
+_NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+_WEIGHT_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                 torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)
+#: the TAESD scalars, stored as fp32 whatever the dtype
+_TAESD_SCALARS = ("vae_scale", "vae_shift")
+
+
 def _init_module(module: torch.nn.Module, prefix: str, seed: int, dtype, out: dict, skip=()) -> None:
     """Fill ``out[prefix + name]`` for every parameter and buffer of ``module`` (except names in ``skip``)."""
-    norm_types = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
-    weight_types = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
-                    torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)
     gen = torch.Generator(device="cpu")
     state_names = set(module.state_dict().keys())
     done = set()
@@ -176,32 +182,36 @@ def _init_module(module: torch.nn.Module, prefix: str, seed: int, dtype, out: di
             if name in skip or name not in state_names:
                 continue
             key = prefix + name
-            shape = tuple(t.shape)
-            if pname == "bias":
-                value = torch.zeros(shape)
-            elif isinstance(mod, norm_types) and pname == "weight":
-                value = torch.ones(shape)
-            elif isinstance(mod, torch.nn.Embedding) and pname == "weight":
-                gen.manual_seed(_tensor_seed(seed, key))
-                value = torch.empty(shape).normal_(0.0, 0.02, generator=gen)
-            elif isinstance(mod, weight_types) and pname == "weight":
-                transposed = isinstance(mod, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d))
-                fan_in = shape[0 if transposed else 1] * math.prod(shape[2:])
-                gen.manual_seed(_tensor_seed(seed, key))
-                value = torch.empty(shape).normal_(0.0, fan_in ** -0.5, generator=gen)
-            elif name == "vae_scale":
-                value = torch.tensor(TAESD_SD15_SCALE)
-            elif name == "vae_shift":
-                value = torch.tensor(0.0)
-            else:
-                raise TypeError(f"random_sd15: no init rule for {key} ({type(mod).__name__}.{pname}, "
-                                f"shape {shape})")
+            value = _init_value(mod, pname, name, key, tuple(t.shape), seed, gen)
             # the two TAESD scalars stay fp32 (0.18215 is 0.182129 in fp16), as ComfyUI's VAELoader makes them
-            out[key] = (value if name in ("vae_scale", "vae_shift") else value.to(dtype)).contiguous()
+            out[key] = (value if name in _TAESD_SCALARS else value.to(dtype)).contiguous()
             done.add(name)
     missing = state_names - done - set(skip)
     if missing:
         raise RuntimeError(f"random_sd15: tensors left uninitialised under {prefix!r}: {sorted(missing)[:10]}")
+
+
+def _init_value(mod: torch.nn.Module, pname: str, name: str, key: str, shape: tuple, seed: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """The fp32 initial value of tensor ``pname`` of module ``mod`` (``name`` in its model, ``key`` in the state
+    dict), by the rules in the module docstring."""
+    if pname == "bias":
+        return torch.zeros(shape)
+    if isinstance(mod, _NORM_TYPES) and pname == "weight":
+        return torch.ones(shape)
+    if isinstance(mod, torch.nn.Embedding) and pname == "weight":
+        gen.manual_seed(_tensor_seed(seed, key))
+        return torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+    if isinstance(mod, _WEIGHT_TYPES) and pname == "weight":
+        transposed = isinstance(mod, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d))
+        fan_in = shape[0 if transposed else 1] * math.prod(shape[2:])
+        gen.manual_seed(_tensor_seed(seed, key))
+        return torch.empty(shape).normal_(0.0, fan_in ** -0.5, generator=gen)
+    if name == "vae_scale":
+        return torch.tensor(TAESD_SD15_SCALE)
+    if name == "vae_shift":
+        return torch.tensor(0.0)
+    raise TypeError(f"random_sd15: no init rule for {key} ({type(mod).__name__}.{pname}, shape {shape})")
 
 
 def build_sd15_state_dict(size: str = "tiny", seed: int = 0, dtype=torch.float16) -> dict[str, torch.Tensor]:
@@ -415,11 +425,12 @@ def write_controlnet(path, size: str = "tiny", seed: int = 0, dtype=torch.float1
 
 
 def _main(argv=None) -> int:
+    """``python -m ptalk_harness.random_sd15``: write a random checkpoint or ControlNet."""
     import argparse
-    import sys
 
-    ap = argparse.ArgumentParser(description="Write a randomly initialised SD1.5 checkpoint (.safetensors), or with "
-                                             "--controlnet a random SD1.5 ControlNet (v1.1 layout).")
+    ap = argparse.ArgumentParser(prog="python -m ptalk_harness.random_sd15",
+                                 description="Write a randomly initialised SD1.5 checkpoint (.safetensors), or "
+                                             "with --controlnet a random SD1.5 ControlNet (v1.1 layout).")
     ap.add_argument("out", help="output .safetensors path")
     ap.add_argument("--size", choices=_SIZES, default="tiny")
     ap.add_argument("--seed", type=int, default=0)
@@ -432,10 +443,7 @@ def _main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.zero_out and not a.controlnet:
         ap.error("--zero-out needs --controlnet")
-    sys.path.append(str(pathlib.Path(__file__).resolve().parent))
-    import comfy_headless
-
-    comfy_headless.prepare()
+    prepare()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     t0 = time.perf_counter()
     if a.controlnet:

@@ -1,7 +1,7 @@
 """A real ComfyUI *server* process for tests of ComfyUI-PortraitTalk in the real frontend.
 
-Where :mod:`comfy_headless` imports ComfyUI into the test process, this module starts ComfyUI the way a user
-does — ``python main.py`` of the ComfyUI the tests use (:func:`comfy_headless.find_comfyui_dir`, which
+Where :func:`ptalk_harness.boot` imports ComfyUI into the calling process, this module starts ComfyUI the way a
+user does — ``python main.py`` of the ComfyUI the tests use (:func:`ptalk_harness.find_comfyui_dir`, which
 honours ``$PTALK_COMFYUI_DIR``) — so that a browser can load the real frontend from it, and talks to it over
 HTTP with the endpoints the frontend uses (``/upload/image``, ``/prompt``, ``/history/<id>``, ``/view``).
 
@@ -10,7 +10,8 @@ code in the base directory when that directory is read-only or holds an ``extra_
 :func:`run_dir`), with:
 
 * ``--cpu --listen 127.0.0.1 --port <free port>``;
-* ``--base-directory <temp dir>``: its ``custom_nodes/ComfyUI-PortraitTalk`` is a symlink to this repo, and
+* ``--base-directory <temp dir>``: its ``custom_nodes/ComfyUI-PortraitTalk`` is a symlink to this pack
+  (:data:`ptalk_harness.pack.REPO_ROOT`), and
   ``input/``, ``output/``, ``temp/``, ``user/`` (settings, database) are fresh; ``--database-url`` points
   into it too (ComfyUI's default database lives in the ComfyUI directory itself);
 * ``--disable-all-custom-nodes --whitelist-custom-nodes ComfyUI-PortraitTalk``: this pack only, whatever
@@ -30,8 +31,9 @@ Public API
 ``start(...) -> ComfyServer``, ``stop(server)``, ``wait_ready(server, ...)``
 ``get_json(server, path)``, ``upload_file(server, path, name=None) -> str``
 ``queue_prompt(server, prompt, ...) -> str``, ``wait_history(server, prompt_id, timeout) -> dict``
-``output_entries(history_entry)``, ``execution_error(history_entry)``, ``status_messages(history_entry)``,
-``fetch_output(server, entry, dest)``; helpers ``free_port``, ``prepare_base_dir``, ``run_dir``, ``server_command``.
+``output_entries(history_entry)`` (from :mod:`ptalk_harness.outputs`), ``execution_error(history_entry)``,
+``status_messages(history_entry)``, ``fetch_output(server, entry, dest)``; helpers ``free_port``,
+``prepare_base_dir``, ``run_dir``, ``server_command``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import comfy_headless
+from .comfy import find_comfyui_dir
+from .outputs import output_entries
+from .comfy import REPO_ROOT
 
 __all__ = [
     "ComfyServer", "ComfyServerError", "PromptRejectedError", "PACK_DIR_NAME", "DEFAULT_SETTINGS",
@@ -62,7 +66,7 @@ __all__ = [
     "status_messages", "fetch_output",
 ]
 
-log = logging.getLogger("ptalk.comfy_server")
+log = logging.getLogger("ptalk.harness.server")
 
 #: Folder name of this pack under the server's ``custom_nodes/`` (what a ``git clone`` into ComfyUI gives).
 PACK_DIR_NAME = "ComfyUI-PortraitTalk"
@@ -158,10 +162,10 @@ def prepare_base_dir(base_dir: str | os.PathLike, settings: Mapping[str, Any] | 
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / PACK_DIR_NAME
     if link.is_symlink() or link.exists():
-        if link.resolve() != comfy_headless.REPO_ROOT.resolve():
-            raise ComfyServerError(f"{link} exists and is not a link to {comfy_headless.REPO_ROOT}")
+        if link.resolve() != REPO_ROOT.resolve():
+            raise ComfyServerError(f"{link} exists and is not a link to {REPO_ROOT}")
     else:
-        link.symlink_to(comfy_headless.REPO_ROOT, target_is_directory=True)
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
     s = dict(DEFAULT_SETTINGS)
     s.update(settings or {})
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(s, indent=2), encoding="utf-8")
@@ -238,6 +242,27 @@ def _parent_death_signal():  # runs in the child between fork and exec
         pass
 
 
+def _server_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The server's environment: this process's, less ``PYTHONPATH``, offline, plus ``env``."""
+    run_env = dict(os.environ)
+    run_env.pop("PYTHONPATH", None)  # the server imports ComfyUI from its cwd, nothing of the test process
+    run_env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"})
+    run_env.update(env or {})
+    return run_env
+
+
+def _spawn(cmd: list[str], work_dir: Path, env: Mapping[str, str], log_path: Path):
+    """Start ``cmd`` in ``work_dir`` in its own session (and, on Linux, with a parent-death signal), its stdout
+    and stderr appended to ``log_path`` after the command line. Returns ``(Popen, open log file)``."""
+    log_file = open(log_path, "ab")
+    log_file.write(f"$ cd {work_dir} && {' '.join(cmd)}\n".encode())
+    log_file.flush()
+    proc = subprocess.Popen(cmd, cwd=work_dir, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_parent_death_signal if sys.platform.startswith("linux") else None)
+    return proc, log_file
+
+
 def start(base_dir: str | os.PathLike | None = None, port: int | None = None,
           max_seconds: float | None = None, ready_timeout: float = 180.0,
           required_nodes: Iterable[str] | None = None, settings: Mapping[str, Any] | None = None,
@@ -258,10 +283,10 @@ def start(base_dir: str | os.PathLike | None = None, port: int | None = None,
         env: variables added to the server's environment.
 
     Raises:
-        FileNotFoundError: no ComfyUI (see :func:`comfy_headless.find_comfyui_dir`).
+        FileNotFoundError: no ComfyUI (see :func:`ptalk_harness.find_comfyui_dir`).
         ComfyServerError: the server died or did not come up in time (with the log tail); it is stopped.
     """
-    comfy_dir = comfy_headless.find_comfyui_dir()
+    comfy_dir = find_comfyui_dir()
     owned = None
     if base_dir is None:
         owned = tempfile.TemporaryDirectory(prefix="ptalk_server_")
@@ -272,17 +297,8 @@ def start(base_dir: str | os.PathLike | None = None, port: int | None = None,
     if max_seconds is None:
         max_seconds = float(os.environ.get("PTALK_SERVER_MAX_SECONDS", DEFAULT_MAX_SECONDS))
     cmd = server_command(work_dir, base, port, max_seconds, extra_args)
-    run_env = dict(os.environ)
-    run_env.pop("PYTHONPATH", None)  # the server imports ComfyUI from its cwd, nothing of the test process
-    run_env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"})
-    run_env.update(env or {})
     log_path = base / "server.log"
-    log_file = open(log_path, "ab")
-    log_file.write(f"$ cd {work_dir} && {' '.join(cmd)}\n".encode())
-    log_file.flush()
-    proc = subprocess.Popen(cmd, cwd=work_dir, env=run_env, stdin=subprocess.DEVNULL, stdout=log_file,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_parent_death_signal if sys.platform.startswith("linux") else None)
+    proc, log_file = _spawn(cmd, work_dir, _server_env(env), log_path)
     server = ComfyServer(url=f"http://127.0.0.1:{port}", port=port, process=proc, base_dir=base,
                          comfy_dir=work_dir, log_path=log_path, max_seconds=max_seconds, _owned_tmp=owned,
                          _log_file=log_file)
@@ -486,28 +502,6 @@ def execution_error(entry: Mapping) -> dict | None:
     """The ``execution_error`` message of a history entry (``node_id``, ``node_type``, ``exception_type``,
     ``exception_message``, ``traceback``, ...), or None when the prompt did not fail."""
     return next((d for ev, d in status_messages(entry) if ev == "execution_error"), None)
-
-
-def output_entries(entry: Mapping, types: Iterable[str] = ("output",)) -> list[dict]:
-    """Every ``{"filename", "subfolder", "type"}`` dict in the ui outputs of a history entry (SaveVideo's
-    ``images``, SaveImage's ``images``, SaveAudio's ``audio``, ...) whose type is in ``types``, in output
-    node order."""
-    types = set(types)
-    found: list[dict] = []
-
-    def walk(x):
-        if isinstance(x, Mapping):
-            if "filename" in x and x.get("type") in types:
-                found.append(dict(x))
-                return
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-
-    walk(entry.get("outputs") or {})
-    return found
 
 
 def fetch_output(server: ComfyServer, file_entry: Mapping, dest: str | os.PathLike) -> Path:
