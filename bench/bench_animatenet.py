@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_animatenet.py --dtype bf16 --channels-last --compile
     .venv/bin/python bench/bench_animatenet.py --size 128 --frames 4 --window 2 --quality-steps 2 --threads 1  # CPU
 
-What runs (all in this one process, ComfyUI in-process through ``scripts/comfy_headless.py``, no server):
+What runs (all in this one process, ComfyUI in-process through ``scripts/harness.py``, no server):
 
 * **Ours**: the real ``PTalkAnimateNetTemporalSampler`` node (its ``execute``: condition drawing, windows of
   ``--window`` frames denoised as one batch with ComfyUI's own sampler, VAE encode of the reference and decode of
@@ -57,8 +57,8 @@ import threading
 import time
 import traceback
 
-import _common  # puts the repo root and scripts/ on sys.path
-import comfy_headless
+import _common
+import ptalk_harness as harness
 
 GOAL_FPS, GOAL_SPEEDUP, GOAL_VRAM_GIB = 50.0, 3.0, 8.0
 GIB = 1024 ** 3
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     data = _common.require_shared_data()
-    comfy_headless.prepare()
+    harness.prepare()
     if args.device == "cpu":
         import comfy.cli_args  # ComfyUI parses no command line in-process: set its flag before model_management
 
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     import shutil
 
     atexit.register(shutil.rmtree, root, True)
-    st = comfy_headless.boot(input_dir=root / "in", output_dir=root / "out", temp_dir=root / "tmp", load_pack=True)
+    st = harness.boot(input_dir=root / "in", output_dir=root / "out", temp_dir=root / "tmp", load_pack=True)
     logging.getLogger().setLevel(logging.WARNING)  # ComfyUI's "Requested to load …" lines would drown the table
 
     import numpy as np
@@ -225,12 +225,12 @@ def main(argv=None) -> int:
     import comfy.ldm.modules.attention as comfy_attention
     import comfy.model_management as mm
     import comfy.sd
-    import random_sd15
+    from ptalk_harness import random_sd15
 
     def pack(name):
-        return importlib.import_module(f"{st.pack_module}.{name}")
+        return importlib.import_module(f"portraittalk.{name}")
 
-    adapter = pack("nodes.comfy_adapter")
+    glue_patcher = pack("nodes.glue.patcher")
     an = pack("ptalk_models.animatenet")
     face, a2l, media, lmmod = (pack("ptalk_models.face"), pack("ptalk_models.audio2landmarks"),
                                pack("ptalk_models.media"), pack("ptalk_models.landmarks"))
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     mm.soft_empty_cache()
 
     t0 = time.perf_counter()
-    cfg_an = an.AnimateNetConfig.from_unet_config(adapter.unet_config(model))
+    cfg_an = an.AnimateNetConfig.from_unet_config(glue_patcher.unet_config(model))
     net = an.new_animatenet(cfg_an, seed=0, unet_sd=model.model.diffusion_model.state_dict())
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # "trained" zero convs: the branch's residuals are non-zero and really added
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------------------------ ours: the node
     def unload_module(module):
         """Take one extra module (an AnimateNet) off ComfyUI's compute device, leaving the UNet / VAE loaded."""
-        patcher = adapter.module_patcher(module)
+        patcher = glue_patcher.module_patcher(module)
         for i in range(len(mm.current_loaded_models) - 1, -1, -1):
             if mm.current_loaded_models[i].model is patcher:
                 mm.current_loaded_models[i].model_unload()

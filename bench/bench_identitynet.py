@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import _common  # puts the repo root and scripts/ on sys.path
-import comfy_headless
+import _common
+import ptalk_harness as harness
 
 
 def main(argv=None) -> int:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         return bench_training(args)
 
     if args.device == "cpu":
-        comfy_headless.prepare()
+        harness.prepare()
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True  # ComfyUI's --cpu, read when comfy.model_management is first imported
@@ -53,16 +53,17 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     root = Path(tempfile.mkdtemp(prefix="ptalk_bench_"))
-    st = comfy_headless.boot(input_dir=root / "in", output_dir=root / "out", temp_dir=root / "tmp", load_pack=True)
+    harness.boot(input_dir=root / "in", output_dir=root / "out", temp_dir=root / "tmp", load_pack=True)
     import importlib
 
     import comfy.model_management as mm
     import comfy.sd
-    import random_sd15
+    from ptalk_harness import random_sd15
     import torch
 
-    adapter = importlib.import_module(f"{st.pack_module}.nodes.comfy_adapter")
-    engine = importlib.import_module(f"{st.pack_module}.ptalk_models.identitynet")
+    identity_patch = importlib.import_module("portraittalk.nodes.glue.identity_patch")
+    sampling = importlib.import_module("portraittalk.nodes.glue.sampling")
+    engine = importlib.import_module("portraittalk.ptalk_models.identitynet")
 
     t0 = time.perf_counter()
     sd = random_sd15.build_sd15_state_dict("full", seed=0, dtype=torch.float16)
@@ -71,15 +72,15 @@ def main(argv=None) -> int:
     print(f"device {mm.get_torch_device()} ({torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}), "
           f"UNet dtype {model.model.get_dtype()}, built+loaded in {time.perf_counter() - t0:.1f} s")
 
-    layers = adapter.cross_attention_layers(model)
+    layers = identity_patch.cross_attention_layers(model)
     net = engine.new_identitynet(engine.IdentityNetConfig(layer_dims=[w for _, w, _ in layers]), seed=0)
     emb = torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
     with torch.no_grad():
         tokens = net.face_tokens(emb).float()
     pos_text = clip.encode_from_tokens_scheduled(clip.tokenize("portrait photo of a person, red hair"))
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
-    pos = adapter.attach_face_tokens(pos_text, tokens)
-    patched = adapter.apply_identitynet(model, net, strength=1.0)
+    pos = identity_patch.attach_face_tokens(pos_text, tokens)
+    patched = identity_patch.apply_identitynet(model, net, strength=1.0)
 
     n = args.size // 8
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t = time.perf_counter()
-        adapter.sample_latent(m, p, neg, latent, 0, args.steps, args.cfg, "euler", "normal", 1.0)
+        sampling.sample_latent(m, p, neg, latent, 0, args.steps, args.cfg, "euler", "normal", 1.0)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return (time.perf_counter() - t) / args.steps
@@ -111,13 +112,13 @@ def bench_training(args) -> int:
     import tempfile
     from pathlib import Path
 
-    import prepare_identity_data as prep
-    import random_sd15
     import torch
-    import train_identitynet as trainer
+    from ptalk_harness import identity_data as prep
+    from ptalk_harness import random_sd15
+    from ptalk_harness import train_identitynet as trainer
 
     data_src = _common.require_shared_data()
-    comfy_headless.prepare()  # ComfyUI importable (random_sd15 builds the shapes with comfy's own modules)
+    harness.prepare()  # ComfyUI importable (random_sd15 builds the shapes with comfy's own modules)
     root = Path(tempfile.mkdtemp(prefix="ptalk_bench_train_"))
     src = root / "src"
     src.mkdir()

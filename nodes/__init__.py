@@ -1,5 +1,7 @@
-"""PortraitTalk ComfyUI nodes (V3 schema). Thin classes over ``ptalk_models``; one file per pipeline stage,
-each exporting its node classes as ``NODES``."""
+"""PortraitTalk's ComfyUI nodes (V3 schema): the list of every node class, ``NODE_LIST``.
+
+Thin classes over ``ptalk_models``, one file per pipeline stage, each exporting its node classes as ``NODES``;
+everything that touches ComfyUI internals lives in ``glue/``."""
 from . import (adfd_score, animatenet, audio_landmarks, contour_guide, draw_landmarks, dub_diffusion, dubbing,
                face_embed, face_landmarks, identitynet, text_encode, warp_render)
 

@@ -1,5 +1,6 @@
-"""AnimateNet nodes (PortraitTalk §III-B, motion → frames): AnimateNet Loader and the design card's AnimateNet
-Temporal Sampler (frame-window generation conditioned on landmarks, head contour and the previous frame)."""
+"""AnimateNet nodes (paper §III-B, motion → frames): AnimateNet Loader (weights file → PTALK_ANIMATENET) and
+AnimateNet Temporal Sampler (frame-window generation conditioned on landmarks, head contour and the previous
+frame → IMAGE frames)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,13 @@ from comfy_api.latest import io
 from ..ptalk_models.animatenet import AnimateNetFormatError, check_compatible, load_animatenet
 from ..ptalk_models.contour import ContourInputError
 from ..ptalk_models.temporal import CONTOUR_SOURCES, FrameConditions
-from .comfy_adapter import (CATEGORY, AnimateNetType, Landmarks, image_to_numpy, node_error, portraittalk_options,
-                            resolve_portraittalk, sampling_inputs, temporal_sample, unet_config)
+from .glue.convert import image_to_numpy, numpy_to_image
+from .glue.errors import node_error
+from .glue.folders import portraittalk_options, resolve_portraittalk
+from .glue.patcher import unet_config
+from .glue.sampling import sampling_inputs
+from .glue.sockets import CATEGORY, AnimateNetType, Landmarks
+from .glue.temporal_sampling import temporal_sample
 
 LOADER, SAMPLER = "AnimateNet Loader", "AnimateNet Temporal Sampler"
 
@@ -139,8 +145,6 @@ class AnimateNetTemporalSampler(io.ComfyNode):
                 animatenet=None, landmark_controlnet=None, contour_controlnet=None, controlnet_strength=0.8,
                 init_frames=None) -> io.NodeOutput:
         import torch
-
-        from .comfy_adapter import numpy_to_image
 
         controlnets = checked_controls(SAMPLER, model, animatenet, landmark_controlnet, contour_controlnet,
                                        controlnet_strength)

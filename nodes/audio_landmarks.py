@@ -4,7 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
-from .comfy_adapter import CATEGORY, Landmarks, audio_to_numpy, log, node_error
+from .glue.convert import audio_to_numpy
+from .glue.errors import log, node_error
+from .glue.sockets import CATEGORY, Landmarks
 
 NODE = "Audio → Landmarks"
 

@@ -5,7 +5,10 @@ from comfy_api.latest import io
 
 from ..ptalk_models.contour import ContourInputError, head_contour
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
-from .comfy_adapter import CATEGORY, Landmarks, Progress, image_to_numpy, node_error, numpy_to_image, numpy_to_mask
+from .glue.convert import image_to_numpy, numpy_to_image, numpy_to_mask
+from .glue.errors import node_error
+from .glue.progress import Progress
+from .glue.sockets import CATEGORY, Landmarks
 
 NODE = "Contour Guide"
 SOURCE_OPTIONS = {"this frame": "same", "previous frame": "previous"}

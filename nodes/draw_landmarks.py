@@ -5,7 +5,9 @@ from comfy_api.latest import io
 
 from ..ptalk_models.draw import STYLES, draw_landmarks
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
-from .comfy_adapter import CATEGORY, Landmarks, image_to_numpy, node_error, numpy_to_image
+from .glue.convert import image_to_numpy, numpy_to_image
+from .glue.errors import node_error
+from .glue.sockets import CATEGORY, Landmarks
 
 NODE = "Draw Landmarks"
 

@@ -1,11 +1,14 @@
-"""Face Landmarks node: IMAGE → PTALK_LANDMARKS (MediaPipe 478-point face mesh)."""
+"""Face Landmarks node: MediaPipe 478-point face mesh of an IMAGE batch → PTALK_LANDMARKS."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..ptalk_models.face import NoFaceError, detect_landmarks
-from .comfy_adapter import (CATEGORY, Landmarks, Progress, image_to_numpy, mediapipe_model_options, node_error,
-                            resolve_mediapipe_model)
+from .glue.convert import image_to_numpy
+from .glue.errors import node_error
+from .glue.folders import mediapipe_model_options, resolve_mediapipe_model
+from .glue.progress import Progress
+from .glue.sockets import CATEGORY, Landmarks
 
 NODE = "Face Landmarks"
 

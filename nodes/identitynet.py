@@ -1,12 +1,16 @@
-"""IdentityNet nodes (PortraitTalk §III-A): Loader, Apply (MODEL → patched MODEL) and the design card's
-IdentityNet Sampler (apply + ComfyUI sampling + decode)."""
+"""IdentityNet nodes (paper §III-A): IdentityNet Loader (weights file → PTALK_IDENTITYNET), IdentityNet Apply
+(MODEL → MODEL clone with the face cross-attention patches) and IdentityNet Sampler (apply + ComfyUI sampling +
+VAE decode)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..ptalk_models.identitynet import IdentityNetFormatError, load_identitynet
-from .comfy_adapter import (CATEGORY, FaceEmbed, IdentityNetType, apply_identitynet, identitynet_options, node_error,
-                            resolve_identitynet, sample_latent, sampling_inputs)
+from .glue.errors import node_error
+from .glue.folders import identitynet_options, resolve_identitynet
+from .glue.identity_patch import apply_identitynet
+from .glue.sampling import sample_latent, sampling_inputs
+from .glue.sockets import CATEGORY, FaceEmbed, IdentityNetType
 from .text_encode import face_tokens_or_none
 
 LOADER, APPLY, SAMPLER = "IdentityNet Loader", "IdentityNet Apply", "IdentityNet Sampler"

@@ -6,8 +6,11 @@ import numpy as np
 from comfy_api.latest import io
 
 from ..ptalk_models.identitynet import IdentityNetFormatError
-from .comfy_adapter import (CATEGORY, FaceEmbed, IdentityNetType, attach_face_tokens, load_module, node_error,
-                            numpy_to_image)
+from .glue.convert import numpy_to_image
+from .glue.errors import node_error
+from .glue.identity_patch import attach_face_tokens
+from .glue.patcher import load_module
+from .glue.sockets import CATEGORY, FaceEmbed, IdentityNetType
 
 NODE = "Text Encode"
 

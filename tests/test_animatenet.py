@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ptalk_models.animatenet import AnimateNetConfig, new_animatenet, save_animatenet
-from ptalk_models.landmarks import FaceLandmarks
+from portraittalk.nodes.glue.patcher import unet_config
+from portraittalk.nodes.glue.sampling import sample_latent
+from portraittalk.nodes.glue.temporal_sampling import _decode
+from portraittalk.ptalk_models.animatenet import AnimateNetConfig, new_animatenet, save_animatenet
+from portraittalk.ptalk_models.landmarks import FaceLandmarks
 
 SIZE, FRAMES = 64, 4
 COMMON = dict(seed=11, steps=2, cfg=3.0, sampler_name="euler", scheduler="normal", denoise=1.0, strength=1.0,
@@ -32,7 +35,7 @@ def reference(astronaut):
 @pytest.fixture(scope="module")
 def driving(astronaut_lm, beckett):
     """FRAMES frames of Audio → Landmarks on beckett.wav (speech from 1 s on), for the 64x64 reference."""
-    from ptalk_models.audio2landmarks import generate_landmarks
+    from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
 
     wav, sr = beckett
     lm = generate_landmarks(wav[:, sr: 2 * sr], sr, astronaut_lm, fps=25.0, seed=0)
@@ -45,16 +48,16 @@ def conds(comfy, sd):
     return encode(sd[1], "a photo of a person talking").result[0], encode(sd[1], "blurry").result[0]
 
 
-def _untrained(sd, pack_adapter, seed: int = 0):
+def _untrained(sd, seed: int = 0):
     """An AnimateNet initialised from the tiny UNet, untrained (zero convs exactly zero)."""
-    cfg = AnimateNetConfig.from_unet_config(pack_adapter.unet_config(sd[0]))
+    cfg = AnimateNetConfig.from_unet_config(unet_config(sd[0]))
     net = new_animatenet(cfg, seed=seed, unet_sd=sd[0].model.diffusion_model.state_dict())
     return net.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
-def nets(sd, pack_adapter, tiny_animatenet):
-    return {"zero": _untrained(sd, pack_adapter), "active": tiny_animatenet.net}
+def nets(sd, tiny_animatenet):
+    return {"zero": _untrained(sd), "active": tiny_animatenet.net}
 
 
 def _run(comfy, sd, conds, reference, landmarks, **kw):
@@ -65,15 +68,15 @@ def _run(comfy, sd, conds, reference, landmarks, **kw):
     return images
 
 
-def test_zero_initialised_branch_changes_nothing(comfy, sd, conds, reference, driving, nets, pack_adapter):
+def test_zero_initialised_branch_changes_nothing(comfy, sd, conds, reference, driving, nets):
     """An untrained AnimateNet (zero convs) gives exactly the frames of the plain model with the same noise."""
     frames = _run(comfy, sd, conds, reference, driving, animatenet=nets["zero"])
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and torch.isfinite(frames).all()
     model, _, vae = sd
-    latents = [pack_adapter.sample_latent(model, conds[0], conds[1], {"samples": torch.zeros(1, 4, 8, 8)},
-                                          COMMON["seed"] + t, 2, 3.0, "euler", "normal", 1.0)["samples"]
+    latents = [sample_latent(model, conds[0], conds[1], {"samples": torch.zeros(1, 4, 8, 8)},
+                             COMMON["seed"] + t, 2, 3.0, "euler", "normal", 1.0)["samples"]
                for t in range(FRAMES)]
-    assert torch.equal(pack_adapter._decode(vae, torch.cat(latents)), frames)  # decoded as one batch, as the node
+    assert torch.equal(_decode(vae, torch.cat(latents)), frames)  # decoded as one batch, as the node
 
 
 def test_frames_follow_landmarks_and_previous_frame(comfy, sd, conds, reference, driving, nets):
@@ -162,8 +165,8 @@ def test_diffusion_workflow_end_to_end(comfy, tiny_sd15, tiny_identitynet, tiny_
     AnimateNet Temporal Sampler → Create Video → Save Video: an mp4 with one frame per landmark frame."""
     import cv2
 
-    import comfy_headless
-    from ptalk_models.media import read_video, write_wav
+    import ptalk_harness as harness
+    from portraittalk.ptalk_models.media import read_video, write_wav
 
     img = tmp_path / "astronaut_128.png"
     cv2.imwrite(str(img), cv2.cvtColor(cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA),
@@ -171,8 +174,8 @@ def test_diffusion_workflow_end_to_end(comfy, tiny_sd15, tiny_identitynet, tiny_
     wav, sr = beckett
     speech = tmp_path / "speech_1s.wav"
     write_wav(speech, wav[:, sr: 2 * sr], sr)
-    ui = comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" / "talking_photo_diffusion.json")
-    ui = comfy_headless.apply_inputs(ui, {
+    ui = harness.load_workflow(harness.REPO_ROOT / "workflows" / "talking_photo_diffusion.json")
+    ui = harness.apply_inputs(ui, {
         "Reference portrait": img, "Speech": speech,
         "CheckpointLoaderSimple": {"ckpt_name": tiny_sd15.name},
         "PTalkIdentityNetLoader": {"weights": tiny_identitynet.name},
@@ -180,7 +183,7 @@ def test_diffusion_workflow_end_to_end(comfy, tiny_sd15, tiny_identitynet, tiny_
         "PTalkFaceEmbed": {"backend": "dlib"},
         "PTalkAnimateNetTemporalSampler": {"steps": 2},
     })
-    files = comfy_headless.run_workflow(ui, out_dir=tmp_path / "out")
+    files = harness.run_workflow(ui, out_dir=tmp_path / "out")
     assert len(files) == 1 and files[0].suffix == ".mp4"
     frames, fps = read_video(files[0])
     assert frames.shape[1:] == (128, 128, 3) and abs(fps - 25) < 1e-6 and abs(len(frames) - 25) <= 1

@@ -8,17 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import comfy_headless
-from ptalk_models.identity import embed_faces
-from ptalk_models.identitynet import (IdentityNetConfig, IdentityNetFormatError, infer_config, load_identitynet,
+import ptalk_harness as harness
+from portraittalk.nodes.glue.identity_patch import IDENTITY_KEY, apply_identitynet, cross_attention_layers
+from portraittalk.nodes.glue.sampling import sample_latent
+from portraittalk.ptalk_models.identity import embed_faces
+from portraittalk.ptalk_models.identitynet import (IdentityNetConfig, IdentityNetFormatError, infer_config, load_identitynet,
                                       new_identitynet, save_identitynet)
 
 STEPS, CFG, SIZE = 2, 4.0, 64
-
-
-@pytest.fixture(scope="module")
-def adapter(pack_adapter):
-    return pack_adapter
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +72,9 @@ def _encode(comfy, clip, text, face=None, net=None):
     return comfy.nodes.NODE_CLASS_MAPPINGS["PTalkTextEncode"].execute(clip, text, face, net).result[0]
 
 
-def _sample(adapter, model, pos, neg, seed=7, cfg=CFG):
+def _sample(model, pos, neg, seed=7, cfg=CFG):
     latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
-    return adapter.sample_latent(model, pos, neg, latent, seed, STEPS, cfg, "euler", "normal", 1.0)["samples"]
+    return sample_latent(model, pos, neg, latent, seed, STEPS, cfg, "euler", "normal", 1.0)["samples"]
 
 
 @pytest.fixture(scope="module")
@@ -91,40 +88,40 @@ def conds(comfy, sd, nets, faces):
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def test_strength_zero_is_bit_identical(adapter, sd, nets, conds):
+def test_strength_zero_is_bit_identical(sd, nets, conds):
     model = sd[0]
-    base = _sample(adapter, model, conds["plain"], conds["neg"])
-    patched0 = adapter.apply_identitynet(model, nets["dlib"], strength=0.0)
-    assert torch.equal(_sample(adapter, patched0, conds["astronaut"], conds["neg"]), base)
+    base = _sample(model, conds["plain"], conds["neg"])
+    patched0 = apply_identitynet(model, nets["dlib"], strength=0.0)
+    assert torch.equal(_sample(patched0, conds["astronaut"], conds["neg"]), base)
     # strength > 0 but active only at sampling progress 1.0 (σ = 0, never evaluated) → also untouched
-    late = adapter.apply_identitynet(model, nets["dlib"], strength=1.0, start_percent=1.0, end_percent=1.0)
-    assert torch.equal(_sample(adapter, late, conds["astronaut"], conds["neg"]), base)
+    late = apply_identitynet(model, nets["dlib"], strength=1.0, start_percent=1.0, end_percent=1.0)
+    assert torch.equal(_sample(late, conds["astronaut"], conds["neg"]), base)
 
 
-def test_identity_changes_output_and_depends_on_face(adapter, sd, nets, conds):
+def test_identity_changes_output_and_depends_on_face(sd, nets, conds):
     model = sd[0]
-    patched = adapter.apply_identitynet(model, nets["dlib"], strength=1.0)
-    base = _sample(adapter, model, conds["plain"], conds["neg"])
-    a = _sample(adapter, patched, conds["astronaut"], conds["neg"])
-    a2 = _sample(adapter, patched, conds["astronaut"], conds["neg"])
-    g = _sample(adapter, patched, conds["grid"], conds["neg"])
-    no_face = _sample(adapter, patched, conds["plain"], conds["neg"])
+    patched = apply_identitynet(model, nets["dlib"], strength=1.0)
+    base = _sample(model, conds["plain"], conds["neg"])
+    a = _sample(patched, conds["astronaut"], conds["neg"])
+    a2 = _sample(patched, conds["astronaut"], conds["neg"])
+    g = _sample(patched, conds["grid"], conds["neg"])
+    no_face = _sample(patched, conds["plain"], conds["neg"])
     assert torch.isfinite(a).all()
     assert torch.equal(a, a2), "same seed, same face → same latent"
     assert (a - base).abs().mean() > 1e-3 * base.abs().mean()
     assert (a - g).abs().mean() > 1e-3 * base.abs().mean(), "a different face must give a different image"
     assert torch.equal(no_face, base), "a conditioning without face tokens gets no identity"
     # more strength → further from the unpatched result
-    strong = _sample(adapter, adapter.apply_identitynet(model, nets["dlib"], strength=2.0), conds["astronaut"],
+    strong = _sample(apply_identitynet(model, nets["dlib"], strength=2.0), conds["astronaut"],
                      conds["neg"])
     assert (strong - base).abs().mean() > (a - base).abs().mean()
     # active for the first half only (σ 14.6 yes, σ 0.03 no): neither the full effect nor none
-    half = _sample(adapter, adapter.apply_identitynet(model, nets["dlib"], strength=1.0, end_percent=0.5),
+    half = _sample(apply_identitynet(model, nets["dlib"], strength=1.0, end_percent=0.5),
                    conds["astronaut"], conds["neg"])
     assert not torch.equal(half, a) and not torch.equal(half, base)
 
 
-def _first_step_predictions(adapter, model, pos, neg):
+def _first_step_predictions(model, pos, neg):
     """(cond, uncond) denoised predictions of the first sampling step, read through ComfyUI's own
     sampler_cfg_function hook."""
     seen = {}
@@ -136,43 +133,43 @@ def _first_step_predictions(adapter, model, pos, neg):
 
     m = model.clone()
     m.set_model_sampler_cfg_function(cfg_function)
-    _sample(adapter, m, pos, neg)
+    _sample(m, pos, neg)
     return seen["cond"], seen["uncond"]
 
 
-def test_negative_gets_no_identity(adapter, sd, nets, conds):
+def test_negative_gets_no_identity(sd, nets, conds):
     model = sd[0]
-    patched = adapter.apply_identitynet(model, nets["dlib"], strength=1.0)
-    c0, u0 = _first_step_predictions(adapter, model, conds["plain"], conds["neg"])
-    c1, u1 = _first_step_predictions(adapter, patched, conds["astronaut"], conds["neg"])
+    patched = apply_identitynet(model, nets["dlib"], strength=1.0)
+    c0, u0 = _first_step_predictions(model, conds["plain"], conds["neg"])
+    c1, u1 = _first_step_predictions(patched, conds["astronaut"], conds["neg"])
     assert torch.equal(u1, u0), "the negative (no face tokens) must be computed exactly as without IdentityNet"
     assert not torch.equal(c1, c0)
     # a negative that explicitly carries face tokens does get them
-    _, u2 = _first_step_predictions(adapter, patched, conds["astronaut"], conds["neg_astronaut"])
+    _, u2 = _first_step_predictions(patched, conds["astronaut"], conds["neg_astronaut"])
     assert not torch.equal(u2, u0)
 
 
-def test_apply_fallback_face_is_for_positives_only(comfy, adapter, sd, nets, conds, faces):
+def test_apply_fallback_face_is_for_positives_only(comfy, sd, nets, conds, faces):
     apply = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkIdentityNetApply"].execute
     model = sd[0]
     patched = apply(model, nets["dlib"], 1.0, 0.0, 1.0, faces["astronaut"]).result[0]
-    c0, u0 = _first_step_predictions(adapter, model, conds["plain"], conds["neg"])
-    c1, u1 = _first_step_predictions(adapter, patched, conds["plain"], conds["neg"])
-    c2, _ = _first_step_predictions(adapter, adapter.apply_identitynet(model, nets["dlib"]), conds["astronaut"],
+    c0, u0 = _first_step_predictions(model, conds["plain"], conds["neg"])
+    c1, u1 = _first_step_predictions(patched, conds["plain"], conds["neg"])
+    c2, _ = _first_step_predictions(apply_identitynet(model, nets["dlib"]), conds["astronaut"],
                                     conds["neg"])
     assert torch.equal(u1, u0) and not torch.equal(c1, c0)
     assert torch.equal(c1, c2), "fallback face on the model = the same face carried by the conditioning"
 
 
-def test_clone_isolates_patches(adapter, sd, nets, conds):
+def test_clone_isolates_patches(sd, nets, conds):
     model = sd[0]
-    before = _sample(adapter, model, conds["astronaut"], conds["neg"])
-    patched = adapter.apply_identitynet(model, nets["dlib"], strength=1.0)
+    before = _sample(model, conds["astronaut"], conds["neg"])
+    patched = apply_identitynet(model, nets["dlib"], strength=1.0)
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert len(replace) == len(adapter.cross_attention_layers(model))
+    assert len(replace) == len(cross_attention_layers(model))
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
-    assert torch.equal(_sample(adapter, model, conds["astronaut"], conds["neg"]), before)
-    assert not torch.equal(_sample(adapter, patched, conds["astronaut"], conds["neg"]), before)
+    assert torch.equal(_sample(model, conds["astronaut"], conds["neg"]), before)
+    assert not torch.equal(_sample(patched, conds["astronaut"], conds["neg"]), before)
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -244,7 +241,7 @@ def test_wrong_unet_and_wrong_embedding(comfy, sd, weights_dir, nets, faces):
 def test_sampler_node_in_a_graph(comfy, tiny_sd15, weights_dir, shared_data):
     """LoadImage → Face Embed → Text Encode (+face) / Text Encode → IdentityNet Sampler (init image) → SaveImage,
     validated and executed by ComfyUI; same seed twice → the same PNG bytes."""
-    name = comfy_headless.stage_input_file(shared_data / "photos" / "astronaut.png")
+    name = harness.stage_input_file(shared_data / "photos" / "astronaut.png")
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_sd15.name}},
         "2": {"class_type": "LoadImage", "inputs": {"image": name}},
@@ -264,8 +261,8 @@ def test_sampler_node_in_a_graph(comfy, tiny_sd15, weights_dir, shared_data):
             "batch_size": 1, "init_image": ["7", 0]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "idnet"}},
     }
-    files = [comfy_headless.output_files(comfy_headless.run_prompt(prompt))[0] for _ in range(2)]
-    from ptalk_models.media import read_image
+    files = [harness.output_files(harness.run_prompt(prompt))[0] for _ in range(2)]
+    from portraittalk.ptalk_models.media import read_image
 
     img = read_image(files[0])
     assert img.shape == (96, 96, 3)
@@ -280,13 +277,13 @@ def test_attribute_editing_workflow_end_to_end(comfy, tiny_sd15, tiny_identityne
     instead of the edited one; every other link is as shipped."""
     import cv2
 
-    from ptalk_models.media import read_video
+    from portraittalk.ptalk_models.media import read_video
 
     small = tmp_path / "astronaut_128.png"
     cv2.imwrite(str(small), cv2.cvtColor(cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA),
                                          cv2.COLOR_RGB2BGR))
-    ui = comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" / "attribute_editing.json")
-    ui = comfy_headless.apply_inputs(ui, {
+    ui = harness.load_workflow(harness.REPO_ROOT / "workflows" / "attribute_editing.json")
+    ui = harness.apply_inputs(ui, {
         "Reference portrait": small, "Speech": shared_data / "audio" / "beckett.wav",
         "CheckpointLoaderSimple": {"ckpt_name": tiny_sd15.name},
         "PTalkIdentityNetLoader": {"weights": tiny_identitynet.name},
@@ -298,7 +295,7 @@ def test_attribute_editing_workflow_end_to_end(comfy, tiny_sd15, tiny_identityne
     for link in ui["links"]:
         if link[3] == lm_node["id"]:
             link[1], link[2] = src, 0
-    files = comfy_headless.run_workflow(ui, out_dir=tmp_path / "out")
+    files = harness.run_workflow(ui, out_dir=tmp_path / "out")
     videos = [f for f in files if f.suffix == ".mp4"]
     images = [f for f in files if f.suffix == ".png"]
     assert len(videos) == 1 and len(images) == 1
@@ -308,19 +305,19 @@ def test_attribute_editing_workflow_end_to_end(comfy, tiny_sd15, tiny_identityne
 
 
 # ------------------------------------------------------------------------------------ review regressions
-def test_clone_of_patched_model_shares_the_managed_net(adapter, sd, nets, conds):
+def test_clone_of_patched_model_shares_the_managed_net(sd, nets, conds):
     """LoRA loaders, FreeU, ModelSampling… clone the MODEL after Apply (deep-copying model_options): the clone's
     patches must keep using the one IdentityNet that comfy.model_management manages, with the same result."""
-    patched = adapter.apply_identitynet(sd[0], nets["dlib"], strength=1.0)
+    patched = apply_identitynet(sd[0], nets["dlib"], strength=1.0)
     clone = patched.clone()
     patches = clone.model_options["transformer_options"]["patches_replace"]["attn2"].values()
     assert all(p.runtime.net is nets["dlib"] for p in patches)
-    assert clone.get_additional_models_with_key(adapter.IDENTITY_KEY)[0].model is nets["dlib"]
-    assert torch.equal(_sample(adapter, clone, conds["astronaut"], conds["neg"]),
-                       _sample(adapter, patched, conds["astronaut"], conds["neg"]))
+    assert clone.get_additional_models_with_key(IDENTITY_KEY)[0].model is nets["dlib"]
+    assert torch.equal(_sample(clone, conds["astronaut"], conds["neg"]),
+                       _sample(patched, conds["astronaut"], conds["neg"]))
 
 
-def test_an_earlier_attn2_patch_is_kept(adapter, sd, nets, conds):
+def test_an_earlier_attn2_patch_is_kept(sd, nets, conds):
     """A patch already at a layer (e.g. IPAdapter applied before IdentityNet) computes the text term; one added
     after IdentityNet through IPAdapter_plus's ``.add`` gets a clear error."""
     import comfy.ldm.modules.attention as attention
@@ -329,32 +326,32 @@ def test_an_earlier_attn2_patch_is_kept(adapter, sd, nets, conds):
         return 0.5 * attention.optimized_attention(q, k, v, extra_options["n_heads"])
 
     earlier = sd[0].clone()
-    for key, _, _ in adapter.cross_attention_layers(earlier):
+    for key, _, _ in cross_attention_layers(earlier):
         earlier.set_model_attn2_replace(damped, *key)
-    only_earlier = _sample(adapter, earlier, conds["plain"], conds["neg"])
-    assert not torch.equal(only_earlier, _sample(adapter, sd[0], conds["plain"], conds["neg"]))
-    both0 = adapter.apply_identitynet(earlier, nets["dlib"], strength=0.0)
-    assert torch.equal(_sample(adapter, both0, conds["astronaut"], conds["neg"]), only_earlier)
-    both = adapter.apply_identitynet(earlier, nets["dlib"], strength=1.0)
-    assert not torch.equal(_sample(adapter, both, conds["astronaut"], conds["neg"]), only_earlier)
+    only_earlier = _sample(earlier, conds["plain"], conds["neg"])
+    assert not torch.equal(only_earlier, _sample(sd[0], conds["plain"], conds["neg"]))
+    both0 = apply_identitynet(earlier, nets["dlib"], strength=0.0)
+    assert torch.equal(_sample(both0, conds["astronaut"], conds["neg"]), only_earlier)
+    both = apply_identitynet(earlier, nets["dlib"], strength=1.0)
+    assert not torch.equal(_sample(both, conds["astronaut"], conds["neg"]), only_earlier)
     patch = next(iter(both.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
     with pytest.raises(RuntimeError, match="apply it before IdentityNet Apply"):
         patch.add(lambda *a: None)
 
 
-def test_combined_conditionings_keep_their_own_faces(comfy, adapter, sd, nets, conds):
+def test_combined_conditionings_keep_their_own_faces(comfy, sd, nets, conds):
     """Conditioning Combine of two identities: both faces act (≠ the same face twice, ≠ either alone)."""
     combine = comfy.nodes.NODE_CLASS_MAPPINGS["ConditioningCombine"]().combine
-    patched = adapter.apply_identitynet(sd[0], nets["dlib"], strength=1.0)
-    ag = _sample(adapter, patched, combine(conds["astronaut"], conds["grid"])[0], conds["neg"])
-    aa = _sample(adapter, patched, combine(conds["astronaut"], conds["astronaut"])[0], conds["neg"])
-    gg = _sample(adapter, patched, combine(conds["grid"], conds["grid"])[0], conds["neg"])
+    patched = apply_identitynet(sd[0], nets["dlib"], strength=1.0)
+    ag = _sample(patched, combine(conds["astronaut"], conds["grid"])[0], conds["neg"])
+    aa = _sample(patched, combine(conds["astronaut"], conds["astronaut"])[0], conds["neg"])
+    gg = _sample(patched, combine(conds["grid"], conds["grid"])[0], conds["neg"])
     assert not torch.equal(ag, aa) and not torch.equal(ag, gg)
 
 
-def test_empty_percent_range_is_refused(adapter, sd, nets):
+def test_empty_percent_range_is_refused(sd, nets):
     with pytest.raises(ValueError, match="end_percent.*before start_percent"):
-        adapter.apply_identitynet(sd[0], nets["dlib"], start_percent=0.8, end_percent=0.2)
+        apply_identitynet(sd[0], nets["dlib"], start_percent=0.8, end_percent=0.2)
 
 
 def test_sampler_without_init_image(comfy, sd, nets, conds):
@@ -387,8 +384,8 @@ def test_plus_v1_and_v2_differ_by_file_name(tmp_path):
 def test_face_images_are_arcface_aligned_with_background(faces):
     """Face Embed's 224-px CLIP-vision face crops: the face re-detected by MediaPipe sits on the ArcFace
     template (eyes within a few pixels), with its background kept (not the neutral fill of the crops)."""
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.identity import ARCFACE_TEMPLATE, CLIP_FACE_SIZE, arcface_points
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.identity import ARCFACE_TEMPLATE, CLIP_FACE_SIZE, arcface_points
 
     img = faces["astronaut"].face_images
     assert img.shape == (1, CLIP_FACE_SIZE, CLIP_FACE_SIZE, 3) and img.dtype == np.uint8

@@ -1,0 +1,113 @@
+"""AnimateNet as a ComfyUI control: a ``comfy.controlnet.ControlBase`` subclass (made on first use) that chains
+with other ControlNets in a CONDITIONING, and the helper attaching a control to positive and negative
+conditionings as core Apply ControlNet does.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .patcher import load_module
+
+if TYPE_CHECKING:
+    from .temporal_sampling import TemporalWindow
+
+_CONTROL_CLASS = None
+
+
+def animatenet_control_class():
+    """The ``comfy.controlnet.ControlBase`` subclass running AnimateNet (made on first use, so importing this
+    module does not import ``comfy.controlnet``)."""
+    global _CONTROL_CLASS
+    if _CONTROL_CLASS is not None:
+        return _CONTROL_CLASS
+    import comfy.controlnet
+
+    class AnimateNetControl(comfy.controlnet.ControlBase):
+        """AnimateNet as a ComfyUI control: chains with other ControlNets (``previous_controlnet``), honours
+        strength and start/end percent (``ControlBase``), its weights are a ModelPatcher returned by
+        ``get_models`` so ``comfy.model_management`` loads and offloads them. Residuals follow ComfyUI's control
+        format (``{"output": [per input block], "middle": [1]}``) and are added to the UNet's skip connections
+        and middle block (paper §III-B: zero-convolution fusion)."""
+
+        def __init__(self, net, patcher, window: TemporalWindow):
+            super().__init__()
+            self.net, self.patcher, self.window = net, patcher, window
+            self.model_sampling_current = None
+            self.compute_dtype = torch.float32
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            prev = None
+            if self.previous_controlnet is not None:
+                prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            if self.strength == 0.0 or self.timestep_range is not None and (
+                    t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+                return prev
+            device = x_noisy.device
+            if any(p.device != device for p in self.net.parameters()):  # e.g. split by a low-VRAM partial load
+                load_module(self.net)
+            w = self.window
+            frames = next(iter(w.tokens.values())).shape[0]
+            if x_noisy.shape[0] % frames:
+                raise ValueError(f"[PortraitTalk · AnimateNet] a batch of {x_noisy.shape[0]} latents cannot be split "
+                                 f"into chunks of the window's {frames} frames")
+            ms = self.model_sampling_current
+            timestep = ms.timestep(t).float()
+            x_in = ms.calculate_input(t, x_noisy)
+            tokens = {k: v.to(device) for k, v in w.tokens.items()}
+            # run in the UNet's compute precision on GPUs (autocast; the loaded weights themselves stay fp32).
+            # x_noisy is the sampler's (fp32) latent, so the precision comes from the model (pre_run).
+            low = self.compute_dtype if device.type != "cpu" and self.compute_dtype in (torch.float16,
+                                                                                         torch.bfloat16) else None
+            with torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
+                if self.net.has_temporal:  # previous frames' latents → temporal tokens (a small conv stack)
+                    tokens["temporal"] = self.net.temporal_encoder(w.temporal_latents().to(device).float())
+                reps = x_noisy.shape[0] // frames  # ComfyUI batches whole chunks: cond frames, uncond frames
+                tokens = {k: v.repeat(reps, 1, 1) for k, v in tokens.items()}
+                out = self.net(x_in.float(), timestep, tokens=tokens)
+            return self.control_merge(out, prev, output_dtype=None)  # the UNet adds them in its own dtype
+
+        def copy(self):
+            c = AnimateNetControl(self.net, self.patcher, self.window)
+            self.copy_to(c)
+            return c
+
+        def get_models(self):
+            return super().get_models() + [self.patcher]
+
+        def pre_run(self, model, percent_to_timestep_function):
+            super().pre_run(model, percent_to_timestep_function)
+            self.model_sampling_current = model.model_sampling
+            self.compute_dtype = getattr(model, "manual_cast_dtype", None) or model.get_dtype()
+
+        def cleanup(self):
+            self.model_sampling_current = None
+            super().cleanup()
+
+    _CONTROL_CLASS = AnimateNetControl
+    return _CONTROL_CLASS
+
+
+def with_control(positive: list, negative: list, make_control) -> tuple[list, list]:
+    """Copies of the positive and negative CONDITIONING lists whose entries carry the control ``make_control()``
+    chained after the control they already had — one new control per distinct previous one, shared by positive
+    and negative (as core Apply ControlNet does, so cond and uncond still run as one batch)."""
+    made = {}
+
+    def attach(conditioning):
+        out = []
+        for cond, extra in conditioning:
+            extra = dict(extra)
+            prev = extra.get("control")
+            if id(prev) not in made:
+                c = make_control()
+                if prev is not None:
+                    c.set_previous_controlnet(prev)
+                made[id(prev)] = c
+            extra["control"] = made[id(prev)]
+            extra["control_apply_to_uncond"] = False
+            out.append([cond, extra])
+        return out
+
+    return attach(positive), attach(negative)
