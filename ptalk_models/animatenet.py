@@ -54,16 +54,16 @@ File format: safetensors with this module's state-dict keys (fp32) and metadata
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .identitynet import check_state_dict, read_safetensors, write_safetensors
+from .attention import sdpa_attention
+from .weights import check_state_dict, config_from_metadata, load_fp32, read_safetensors, save_module
 
 FORMAT = "portraittalk-animatenet/1"
 CONDITIONS = ("structure", "identity", "temporal")
@@ -258,14 +258,6 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on ``[B, L, H·d]`` tensors → ``[B, Lq, H·d]``."""
-    b, lq, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.reshape(t.shape[0], -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, lq, inner)
-
-
 class SelfAttention(nn.Module):
     """LDM CrossAttention used as self-attention (``attn1``): ``to_q``/``to_k``/``to_v`` (no bias), ``to_out.0``."""
 
@@ -278,7 +270,7 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_out(_sdpa(self.to_q(x), self.to_k(x), self.to_v(x), self.heads))
+        return self.to_out(sdpa_attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads))
 
 
 class ThreeWayAttention(nn.Module):
@@ -316,7 +308,8 @@ class ThreeWayAttention(nn.Module):
                     continue
                 raise AnimateNetFormatError(f"ThreeWayAttention needs {cond} tokens")
             c = c.to(q.dtype)
-            term = _sdpa(q, getattr(self, f"to_k_{cond}")(c), getattr(self, f"to_v_{cond}")(c), self.heads)
+            term = sdpa_attention(q, getattr(self, f"to_k_{cond}")(c), getattr(self, f"to_v_{cond}")(c),
+                                  self.heads)
             term = self.weights[i].to(term.dtype) * term
             out = term if out is None else out + term
         return self.to_out(out)
@@ -500,16 +493,6 @@ class AnimateNet(nn.Module):
     def three_way_layers(self) -> list[tuple[str, ThreeWayAttention]]:
         """``(module name, ThreeWayAttention)`` of every transformer block, in network order."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, ThreeWayAttention)]
-
-    def control_shapes(self, batch: int, latent_h: int, latent_w: int) -> dict[str, list[tuple]]:
-        """Shapes of :meth:`forward`'s outputs for a ``[batch, 4, latent_h, latent_w]`` latent."""
-        def size(n, s):
-            for _ in range(int(math.log2(s))):
-                n = (n + 1) // 2  # stride-2 conv, padding 1
-            return n
-        out = [(batch, c, size(latent_h, s), size(latent_w, s))
-               for c, s in zip(self.input_block_channels, self.input_block_strides)]
-        return {"output": out, "middle": [out[-1]]}
 
     # ----------------------------------------------------------------------------------------------- tokens
     def _condition(self, name: str, x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -724,9 +707,7 @@ def trainable_parameters(net: AnimateNet, stage: int) -> list[nn.Parameter]:
 def save_animatenet(net: AnimateNet, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write ``net`` as safetensors (fp32 state dict) with ``{"format": FORMAT, "config": json}`` metadata
     (+ ``metadata``), atomically."""
-    meta = {"format": FORMAT, "config": json.dumps(asdict(net.config))}
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    write_safetensors({k: v.detach().float() for k, v in net.state_dict().items()}, path, meta)
+    save_module(net, path, FORMAT, metadata)
 
 
 def _read(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -770,14 +751,10 @@ def load_animatenet(path: str | os.PathLike) -> AnimateNet:
                                         "update ComfyUI-PortraitTalk")
         raise AnimateNetFormatError(f"{name} is not an AnimateNet file (metadata format {fmt!r}, expected "
                                     f"{FORMAT!r})")
-    try:
-        cfg = AnimateNetConfig(**json.loads(meta["config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise AnimateNetFormatError(f"{name}: unreadable AnimateNet config in the metadata ({e})") from None
+    cfg = config_from_metadata(meta, AnimateNetConfig, name, AnimateNetFormatError, "AnimateNet")
     net = AnimateNet(cfg)
-    own = net.state_dict()
-    check_state_dict(own, sd, name, AnimateNetFormatError, "does not match its config", " for its config",
-                     allow_unexpected=False)
-    net.load_state_dict({k: sd[k].float() for k in own})
+    check_state_dict(net.state_dict(), sd, name, AnimateNetFormatError, "does not match its config",
+                     " for its config", allow_unexpected=False)
+    load_fp32(net, sd)
     net.source = name
     return net.eval().requires_grad_(False)

@@ -1,6 +1,6 @@
 """Visual dubbing, diffusion path: align the face of each video frame into a square crop, say which part of the
 crop is regenerated, and paste the regenerated crop back. Pure numpy/OpenCV/torch (no ComfyUI); the sampling
-itself is the AnimateNet Temporal Sampler's loop (``nodes/comfy_adapter.temporal_sample``) with a noise mask.
+itself is the AnimateNet Temporal Sampler's loop (``nodes/glue/temporal_sampling.temporal_sample``) with a noise mask.
 
 Pipeline per output frame t (``nodes/dub_diffusion.py``):
 

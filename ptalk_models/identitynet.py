@@ -8,7 +8,7 @@ becomes (decoupled cross-attention, as in IP-Adapter)::
     Attn(Q, K_text, V_text) + scale · Attn(Q, K_face, V_face)
 
 with the layer's own query Q. This module holds the weights and the maths only (pure torch, no ComfyUI);
-``nodes/comfy_adapter.py`` installs it on a ComfyUI MODEL as attn2 replace patches.
+``nodes/glue/identity_patch.py`` installs it on a ComfyUI MODEL as attn2 replace patches.
 
 State-dict layout (shared with IP-Adapter-FaceID SD1.5, so ``ip-adapter-faceid_sd15`` and
 ``ip-adapter-faceid-plusv2_sd15`` weights load as they are):
@@ -26,14 +26,16 @@ Our own files are safetensors with that layout plus metadata ``{"format": FORMAT
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention import sdpa_attention
+from .weights import check_state_dict, config_from_metadata, load_fp32, read_state_dict, save_module
 
 FORMAT = "portraittalk-identitynet/1"
 KINDS = ("faceid", "faceid_plus", "faceid_plusv2")
@@ -251,29 +253,18 @@ def check_embedding(net: IdentityNet, dim: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- attention maths
-def decoupled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_face: torch.Tensor | None,
-                        v_face: torch.Tensor | None, heads: int, scale: torch.Tensor | float,
-                        attention: Callable[..., torch.Tensor] | None = None, rows: torch.Tensor | None = None
-                        ) -> torch.Tensor:
-    """Decoupled cross-attention (paper §III-A, IP-Adapter): ``Attn(Q, K, V) + scale · Attn(Q, K_face, V_face)``.
-
-    ``q`` ``[B, Lq, H·d]``; ``k``/``v`` ``[B, Lt, H·d]`` (text); ``k_face``/``v_face`` ``[R, N, H·d]`` for the
-    batch rows ``rows`` (int index ``[R]``; all rows when None) — rows without face tokens get only the text
-    term. ``scale``: float or ``[R]``. ``attention(q, k, v, heads)`` → ``[B, Lq, H·d]`` (default: PyTorch SDPA
-    with ``heads`` heads). With ``k_face`` None the result is exactly the text attention.
-    """
-    attention = attention or sdpa_attention
-    out = attention(q, k, v, heads)
-    if k_face is None:
-        return out
-    return add_face_attention(out, q, k_face, v_face, heads, scale, attention, rows)
-
-
 def add_face_attention(out: torch.Tensor, q: torch.Tensor, k_face: torch.Tensor, v_face: torch.Tensor, heads: int,
                        scale: torch.Tensor | float, attention: Callable[..., torch.Tensor] | None = None,
                        rows: torch.Tensor | None = None) -> torch.Tensor:
-    """``out + scale · Attn(Q, K_face, V_face)`` on the batch rows ``rows`` (all when None): the face term of
-    :func:`decoupled_attention` added to an already computed text term ``out`` ``[B, Lq, H·d]``."""
+    """The face term of decoupled cross-attention (paper §III-A, IP-Adapter)
+    ``Attn(Q, K, V) + scale · Attn(Q, K_face, V_face)``, added to an already computed text term ``out =
+    Attn(Q, K, V)`` ``[B, Lq, H·d]``: returns ``out + scale · Attn(Q, K_face, V_face)`` on the batch rows
+    ``rows`` (int index ``[R]``; all rows when None) — the other rows keep only the text term.
+
+    ``q`` ``[B, Lq, H·d]``; ``k_face``/``v_face`` ``[R, N, H·d]`` (cast to ``q``'s dtype). ``scale``: float or
+    ``[R]``. ``attention(q, k, v, heads)`` → ``[B, Lq, H·d]`` (default:
+    :func:`~ptalk_models.attention.sdpa_attention`, PyTorch SDPA with ``heads`` heads).
+    """
     attention = attention or sdpa_attention
     qf = q if rows is None else q.index_select(0, rows)
     face = attention(qf, k_face.to(q.dtype), v_face.to(q.dtype), heads)
@@ -283,85 +274,7 @@ def add_face_attention(out: torch.Tensor, q: torch.Tensor, k_face: torch.Tensor,
     return out.index_add(0, rows, face.to(out.dtype))
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on ``[B, L, H·d]`` tensors → ``[B, Lq, H·d]``."""
-    b, lq, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, lq, inner)
-
-
 # ------------------------------------------------------------------------------------------------ file I/O
-def _flatten(sd: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        elif torch.is_tensor(v):
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def read_safetensors(path: str | os.PathLike, error: type[ValueError], hint: str = "copy it again"
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file; ``error`` (a ValueError subclass) naming the file and ``hint``
-    when it is missing, truncated or not safetensors."""
-    from safetensors import SafetensorError, safe_open
-
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise error(f"{path} does not exist")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise error(f"{name} is truncated or not a valid safetensors file ({e}); {hint}") from None
-
-
-def check_state_dict(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], name: str,
-                     error: type[ValueError], mismatch: str, shapes_note: str = "",
-                     allow_unexpected: bool = True) -> None:
-    """Raise ``error`` naming the first few keys when ``sd`` lacks keys of the module state dict ``own``, has
-    other shapes for them, or (``allow_unexpected`` False) has extra keys. ``mismatch`` completes "the file is
-    incomplete or …" / "the file …" in the messages; ``shapes_note`` is put after "wrong shapes"."""
-    missing = [k for k in own if k not in sd]
-    if missing:
-        raise error(f"{name}: {len(missing)} weights missing (e.g. {', '.join(missing[:3])}) — the file is "
-                    f"incomplete or {mismatch}")
-    bad = [f"{k} {tuple(sd[k].shape)} ≠ {tuple(own[k].shape)}" for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise error(f"{name}: wrong shapes{shapes_note}: {'; '.join(bad[:3])}")
-    unexpected = sorted(k for k in sd if k not in own)
-    if unexpected and not allow_unexpected:
-        raise error(f"{name}: {len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])}) — the file "
-                    f"{mismatch}")
-
-
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(flat state dict, safetensors metadata) of a ``.safetensors`` file, or of a pickled ``.bin``/``.pt``/
-    ``.pth`` loaded with ``torch.load(weights_only=True)`` (IP-Adapter's nested ``{"image_proj": …,
-    "ip_adapter": …}`` is flattened to ``image_proj.*`` / ``ip_adapter.*``). Raises
-    :class:`IdentityNetFormatError` for a truncated/corrupt file or a pickle that is not plain tensors."""
-    path = os.fspath(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise IdentityNetFormatError(f"{path} does not exist: put the weights in ComfyUI/models/portraittalk or "
-                                     "ComfyUI/models/ipadapter")
-    if path.endswith(".safetensors"):
-        return read_safetensors(path, IdentityNetFormatError)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip), … from a bad or unsafe pickle
-        raise IdentityNetFormatError(f"{name} could not be read as PyTorch weights ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0] if str(e) else 'no detail'}): the file is truncated, "
-                                     "corrupt, or pickles more than tensors (only weights_only loading is "
-                                     "allowed)") from None
-    if not isinstance(obj, dict):
-        raise IdentityNetFormatError(f"{name} holds a {type(obj).__name__}, not a state dict")
-    return _flatten(obj), {}
-
-
 def infer_config(sd: dict[str, torch.Tensor], name: str = "weights") -> IdentityNetConfig:
     """The :class:`IdentityNetConfig` implied by an IP-Adapter-FaceID-layout state dict (key names and shapes).
 
@@ -431,7 +344,7 @@ def identitynet_from_state_dict(sd: dict[str, torch.Tensor], config: IdentityNet
     net = IdentityNet(cfg)
     own = net.state_dict()
     check_state_dict(own, sd, name, IdentityNetFormatError, "of another architecture")
-    net.load_state_dict({k: sd[k].float() for k in own})
+    load_fp32(net, sd)
     net.ignored_keys = sorted(k for k in sd if k not in own)
     net.source = name
     return net.eval().requires_grad_(False)
@@ -439,17 +352,17 @@ def identitynet_from_state_dict(sd: dict[str, torch.Tensor], config: IdentityNet
 
 def load_identitynet(path: str | os.PathLike) -> IdentityNet:
     """Load an IdentityNet from our safetensors format or an IP-Adapter-FaceID SD1.5 file (``.bin`` through
-    ``torch.load(weights_only=True)``, or ``.safetensors``). Returns an fp32 CPU module in eval mode with
-    ``requires_grad`` off. Raises :class:`IdentityNetFormatError` (see :func:`read_state_dict`,
-    :func:`infer_config`)."""
+    ``torch.load(weights_only=True)``, or ``.safetensors``; IP-Adapter's nested ``{"image_proj": …,
+    "ip_adapter": …}`` pickle is flattened to ``image_proj.*`` / ``ip_adapter.*``). Returns an fp32 CPU module in
+    eval mode with ``requires_grad`` off. Raises :class:`IdentityNetFormatError` for a missing, truncated or
+    corrupt file or a pickle that is not plain tensors (:func:`ptalk_models.weights.read_state_dict`), and see
+    :func:`infer_config`."""
     name = os.path.basename(os.fspath(path))
-    sd, meta = read_state_dict(path)
+    sd, meta = read_state_dict(path, IdentityNetFormatError, "put the weights in ComfyUI/models/portraittalk or "
+                                                             "ComfyUI/models/ipadapter")
     cfg = None
     if meta.get("format") == FORMAT:
-        try:
-            cfg = IdentityNetConfig(**json.loads(meta["config"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise IdentityNetFormatError(f"{name}: unreadable IdentityNet config in the metadata ({e})") from None
+        cfg = config_from_metadata(meta, IdentityNetConfig, name, IdentityNetFormatError, "IdentityNet")
         if cfg.token_dim != 768:
             raise IdentityNetFormatError(f"{name} is an {_arch_name(cfg.token_dim)} IdentityNet (cross-attention width "
                                          f"{cfg.token_dim}); it needs an SD1.5 one (768) for an SD1.5 checkpoint")
@@ -459,25 +372,7 @@ def load_identitynet(path: str | os.PathLike) -> IdentityNet:
 def save_identitynet(net: IdentityNet, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write ``net`` as safetensors (IP-Adapter-FaceID key layout, fp32) with ``{"format", "config"}`` metadata
     (+ ``metadata``), atomically (temp file + rename)."""
-    meta = {"format": FORMAT, "config": json.dumps(asdict(net.config))}
-    meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    write_safetensors({k: v.detach().float() for k, v in net.state_dict().items()}, path, meta)
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                      metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (moved to CPU, made contiguous) as safetensors atomically (temp file + rename), with the
-    permissions the umask gives (safetensors itself creates 0600 files, unreadable to a ComfyUI running as
-    another user)."""
-    from safetensors.torch import save_file
-
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    save_module(net, path, FORMAT, metadata)
 
 
 def new_identitynet(config: IdentityNetConfig, seed: int = 0,

@@ -139,13 +139,6 @@ class FaceLandmarks:
         return {"points": self.points.tolist(), "image_size": list(self.image_size), "fps": self.fps,
                 "present": self.present.tolist(), "meta": self.meta}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "FaceLandmarks":
-        """Inverse of :meth:`to_dict` (validated as :meth:`from_points`)."""
-        return cls(points=np.asarray(d["points"], np.float32), image_size=tuple(d["image_size"]),
-                   fps=d.get("fps", 0.0), present=np.asarray(d.get("present"), bool) if d.get("present") is not None else None,
-                   meta=d.get("meta", {}))
-
 
 def inter_ocular_px(pts_px: np.ndarray) -> np.ndarray:
     """Distance in pixels between the outer eye corners (33, 263); ``pts_px`` is ``[..., 478, 2]``."""

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .easing import smoothstep
 from .landmarks import (CHIN, FACE_OVAL, LEFT_EYE, LEFT_EYE_OUTER, LEFT_EYEBROW, LEFT_IRIS, LIPS_INNER_LOWER,
                         LIPS_INNER_UPPER, LIPS_OUTER, MOUTH_CORNER_LEFT, MOUTH_CORNER_RIGHT, NUM_LANDMARKS,
                         RIGHT_EYE, RIGHT_EYE_OUTER, RIGHT_EYEBROW, RIGHT_IRIS, FaceLandmarks, inner_lip_aperture)
 from .topology import eye_halves, tesselation_edges
-from .visemes import WIDE_OPEN_IOD, smoothstep
+from .visemes import WIDE_OPEN_IOD
 
 # Mouth topology derived from the ordered contours in landmarks.py.
 _CORNERS = (MOUTH_CORNER_RIGHT, MOUTH_CORNER_LEFT, LIPS_INNER_UPPER[0], LIPS_INNER_UPPER[-1])

@@ -1,6 +1,6 @@
 """Per-frame condition images of the AnimateNet Temporal Sampler (paper §III-B): structure (the frame's landmarks
 drawn as a ControlNet-style face mesh) and identity (the coarse head contour of the previous frame, of the
-init frames, or of the reference). Pure numpy/OpenCV/torch; the sampler loop is in ``nodes/comfy_adapter.py``.
+init frames, or of the reference). Pure numpy/OpenCV/torch; the sampler loop is in ``nodes/glue/temporal_sampling.py``.
 """
 from __future__ import annotations
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .easing import smoothstep
+
 from .audio import TARGET_SR, rms_dbfs
 
 MOUTH_PARAMS = ("open", "spread", "round", "press", "tuck")
@@ -141,14 +143,6 @@ PHONE_OPEN_SCALE: dict[str, float] = {"AH": 0.7, "AE": 0.9, "HH": 0.8, "IY": 0.8
                                       "W": 0.5, "L": 1.2, "ER": 1.2, "NG": 0.8}
 
 _VISEME_NAMES = list(VISEMES)
-
-
-def smoothstep(x):
-    """Hermite smoothstep ``3 x^2 - 2 x^3`` of ``x`` clipped to [0, 1] (0 below 0, 1 above 1, zero slope at
-    both ends); same shape and float dtype as ``x``. Shared by the loudness gate here, the head-motion fade-in
-    (:mod:`ptalk_models.motion`) and the renderer's feathering and mouth shading (:mod:`ptalk_models.render`)."""
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
 
 
 def phone_to_visemes(phone: str) -> tuple:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from dataclasses import asdict
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from ptalk_models.animatenet import (FORMAT, AnimateNet, AnimateNetConfig, AnimateNetFormatError, ThreeWayAttention,
+from portraittalk.ptalk_models.animatenet import (FORMAT, AnimateNet, AnimateNetConfig, AnimateNetFormatError, ThreeWayAttention,
                                      check_compatible, load_animatenet, new_animatenet, save_animatenet,
                                      timestep_embedding, trainable_parameters)
 
@@ -24,7 +25,7 @@ SMALL = dict(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), tran
 
 @pytest.fixture(scope="module")
 def rsd():
-    import random_sd15  # scripts/ (on sys.path via conftest)
+    from ptalk_harness import random_sd15
 
     return random_sd15
 
@@ -253,15 +254,27 @@ def test_full_encoder_path_matches_comfy_unet(comfy_unet, net, inputs):
 
 
 # ----------------------------------------------------------------------------------------- control format
+def _control_shapes(net: AnimateNet, batch: int, latent_h: int, latent_w: int) -> dict[str, list[tuple]]:
+    """Shapes of ``net.forward``'s outputs for a ``[batch, 4, latent_h, latent_w]`` latent, from the net's
+    ``input_block_channels`` / ``input_block_strides``."""
+    def size(n, s):
+        for _ in range(int(math.log2(s))):
+            n = (n + 1) // 2  # stride-2 conv, padding 1
+        return n
+    out = [(batch, c, size(latent_h, s), size(latent_w, s))
+           for c, s in zip(net.input_block_channels, net.input_block_strides)]
+    return {"output": out, "middle": [out[-1]]}
+
+
 def test_control_shapes_match_comfy_unet(comfy_unet, net, inputs):
     feats, _ = _comfy_features(comfy_unet, inputs)
     out = _run(net, inputs)
     assert set(out) == {"output", "middle"}
     assert [tuple(t.shape) for t in out["output"]] == [tuple(h.shape) for h in feats["hs"]]
     assert [tuple(t.shape) for t in out["middle"]] == [tuple(feats["middle"].shape)]
-    assert net.control_shapes(B, LAT, LAT) == {"output": [tuple(h.shape) for h in feats["hs"]],
-                                               "middle": [tuple(feats["middle"].shape)]}
-    assert net.control_shapes(1, 9, 7)["output"][-1] == (1, 640, 5, 4)
+    assert _control_shapes(net, B, LAT, LAT) == {"output": [tuple(h.shape) for h in feats["hs"]],
+                                                 "middle": [tuple(feats["middle"].shape)]}
+    assert _control_shapes(net, 1, 9, 7)["output"][-1] == (1, 640, 5, 4)
 
 
 def test_untrained_branch_is_exact_zero_and_leaves_unet_unchanged(comfy_unet, net, inputs):
@@ -397,7 +410,7 @@ def test_save_load_roundtrip(inputs, tmp_path):
 
 
 def test_load_errors(tmp_path):
-    from ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
+    from portraittalk.ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
 
     net = new_animatenet(AnimateNetConfig(**SMALL), seed=2)
     good = tmp_path / "good.safetensors"
