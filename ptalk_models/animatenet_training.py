@@ -30,10 +30,11 @@ decay, so w3 keeps its initial 0 in stage 1 where its gradient is exactly zero. 
 gradient accumulation, bf16 autocast on CUDA (:class:`AnimateTrainConfig`; the paper's §IV-B values for
 AnimateNet could not be checked here, these are the common ControlNet-training settings).
 
-This module reuses :mod:`ptalk_models.identity_training` (the diffusion helpers, sample order, and the
-optimisation loop + exact-resume state of :class:`~ptalk_models.identity_training.MaskedFineTuner`, which
-:class:`AnimateNetTrainer` extends). ``scripts/prepare_animatenet_data.py`` writes the dataset,
-``scripts/train_animatenet.py`` wires the trainer to a ComfyUI SD1.5 checkpoint.
+The diffusion forward process and loss, the sample order, the optimisation loop and the exact-resume state are
+:mod:`ptalk_models.training`'s (:class:`AnimateNetTrainer` is a :class:`~ptalk_models.training.DiffusionTrainer`).
+``scripts/prepare_animatenet_data.py`` (:mod:`ptalk_harness.animatenet_data`) writes the dataset,
+``scripts/train_animatenet.py`` (:mod:`ptalk_harness.train_animatenet`) wires the trainer to a ComfyUI SD1.5
+checkpoint.
 
 Dataset layout (:data:`DATA_FORMAT`)::
 
@@ -58,11 +59,11 @@ Checkpoint files (``<out>/checkpoints/``, :func:`save_checkpoint`):
   AnimateNet Loader node); metadata adds ``step``, ``stage``, ``seed``, ``trainer``, ``args`` / ``train_config``.
 * ``identitynet_step<NNNNNNN>.safetensors`` — only when stage 2 fine-tunes the IdentityNet.
 * ``trainer_step<NNNNNNN>.safetensors`` — AdamW moments, random-generator states, step, stage (the layout of
-  :meth:`MaskedFineTuner.state_tensors`, format :data:`TRAINER_FORMAT`).
+  :meth:`~ptalk_models.training.DiffusionTrainer.state_tensors`, format :data:`TRAINER_FORMAT`).
 
-Determinism: as :class:`MaskedFineTuner` — one CPU generator seeded with the run's seed draws timesteps and
-noise in a fixed order, the sample order depends only on (seed, epoch); a run stopped after N steps and
-resumed gives bit-identical weights to an uninterrupted run (same device and thread count).
+Determinism: as every :class:`~ptalk_models.training.DiffusionTrainer` — one CPU generator seeded with the run's
+seed draws timesteps and noise in a fixed order, the sample order depends only on (seed, epoch); a run stopped
+after N steps and resumed gives bit-identical weights to an uninterrupted run (same device and thread count).
 """
 from __future__ import annotations
 
@@ -75,16 +76,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .identity_training import (CHECKPOINTS_DIR, CheckpointError, DatasetError, MaskedFineTuner, add_noise,
-                                alphas_cumprod_from_sigmas, check_optim_config, embedding_backend, eval_indices,
-                                masked_noise_loss, newest_checkpoint, read_embeddings, read_jsonl, read_rgb,
-                                read_trainer_state, sample_timesteps)
-from .identity_training import TRAINER_FORMAT as _BASE_TRAINER_FORMAT
-from .identitynet import write_safetensors
+from .training import (CHECKPOINTS_DIR, CheckpointError, DatasetError, DiffusionTrainer, EncodeFn, add_noise,
+                       check_optim_config, embedding_backend, newest_checkpoint, noise_prediction_loss,
+                       read_embeddings, read_jsonl, read_rgb, sample_timesteps)
 
 __all__ = ["DATA_FORMAT", "TRAINER_FORMAT", "DEFAULT_CAPTION", "AnimateDataset", "AnimateTrainConfig",
-           "AnimateNetTrainer", "checkpoint_paths", "save_checkpoint", "latest_checkpoint", "read_trainer_state",
-           "alphas_cumprod_from_sigmas", "DatasetError", "CheckpointError", "contour_at", "eval_indices"]
+           "AnimateNetTrainer", "checkpoint_paths", "save_checkpoint", "latest_checkpoint", "contour_at"]
 
 DATA_FORMAT = "portraittalk-animatenet-data/1"
 TRAINER_FORMAT = "portraittalk-animatenet-trainer/1"
@@ -130,14 +127,14 @@ class AnimateDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder {self.root} does not exist; create it with "
-                               "`python -m scripts.prepare_animatenet_data --src VIDEOS --out DIR`")
+                               "`python scripts/prepare_animatenet_data.py --src VIDEOS --out DIR`")
         paths = {name: self.root / name for name in (CLIPS_FILE, INDEX_FILE, EMBEDDINGS_FILE)}
         for p in paths.values():
             if not p.is_file():
                 hint = (" (this looks like an IdentityNet dataset from prepare_identity_data)"
                         if (self.root / "frames").is_dir() else "")
                 raise DatasetError(f"{self.root} is not a prepared AnimateNet dataset: {p.name} is missing{hint}; "
-                                   "run `python -m scripts.prepare_animatenet_data`")
+                                   "run `python scripts/prepare_animatenet_data.py`")
         clips = read_jsonl(paths[CLIPS_FILE], ("name", "frames", "contours", "landmarks", "embedding"),
                            "prepare_animatenet_data")
         self.clips = {c["name"]: c for c in clips}
@@ -292,48 +289,48 @@ class AnimateTrainConfig:
         check_optim_config(self)
 
 
-#: ``encode(frames)``: float32 ``[b, H, W, 3]`` in [0, 1] (CPU) → scaled latents ``[b, 4, H/8, W/8]`` (frozen VAE,
-#: ``latent_format.process_in`` applied) on the training device.
-EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 #: ``predict(z_t, timesteps, context, control, face_tokens)`` → ε prediction like ``z_t``: the frozen UNet with
 #: ``control`` (ComfyUI's ``{"output": [...], "middle": [...]}`` dict, or None = the plain UNet) and, when
 #: ``face_tokens`` ``[b, N, 768]`` is not None, the IdentityNet patch fed with them. (ComfyUI adds control
 #: residuals to the skip connections in place; when something inside the UNet's input blocks is trained too — a
-#: trained IdentityNet — the next block must get a copy: ``scripts/train_animatenet.py`` adds an
+#: trained IdentityNet — the next block must get a copy: :mod:`ptalk_harness.train_animatenet` adds an
 #: ``input_block_patch_after_skip`` that clones.)
 PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict | None, torch.Tensor | None], torch.Tensor]
 
 
-class AnimateNetTrainer(MaskedFineTuner):
+class AnimateNetTrainer(DiffusionTrainer):
     """Optimises an AnimateNet with the loss of Eq. 3 against the frozen UNet / VAE / text encoder.
 
-    Extends :class:`~ptalk_models.identity_training.MaskedFineTuner`: the same optimiser step with gradient
-    accumulation (:meth:`train_step`), sample order (:meth:`batch_indices`), fixed-batch evaluation
-    (:meth:`evaluate`) and exact-resume state (:meth:`state_tensors` / :meth:`load_state_tensors`); what differs
-    is the loss of a micro-batch (:meth:`micro_batch_loss`) and the parameters.
+    A :class:`~ptalk_models.training.DiffusionTrainer`: the optimiser step with gradient accumulation
+    (:meth:`train_step`), sample order (:meth:`batch_indices`), fixed-batch evaluation (:meth:`evaluate`) and
+    exact-resume state (:meth:`state_tensors` / :meth:`load_state_tensors`) are the base's; this class adds the
+    loss of a micro-batch (:meth:`micro_batch_loss`), the parameters and the stage in the state.
 
     Args:
         net: the :class:`~ptalk_models.animatenet.AnimateNet` (moved to ``device``, fp32, train mode; its
             trainable parameters are those of ``config.stage``, :func:`~ptalk_models.animatenet.trainable_parameters`).
         dataset: :class:`AnimateDataset`.
         contexts: caption → frozen text tokens ``[L, 768]`` for every caption of the dataset.
-        encode, predict: :data:`EncodeFn`, :data:`PredictFn`.
+        encode, predict: :data:`~ptalk_models.training.EncodeFn`, :data:`PredictFn`.
         alphas_cumprod: ᾱ ``[T]`` of the model's schedule.
         config: :class:`AnimateTrainConfig`.
         identitynet: stage 2: the IdentityNet whose patch ``predict`` installs (its face tokens are made here
             from the clip embeddings); None = no identity term.
         train_identitynet: also optimise the IdentityNet (AdamW group with ``config.identitynet_lr``).
-        device, autocast_dtype: as MaskedFineTuner.
+        device, autocast_dtype: as :class:`~ptalk_models.training.DiffusionTrainer`.
     Parameter names in the trainer state: ``animatenet.<name>``, ``identitynet.<name>``.
+    Raises ValueError for an IdentityNet in stage 1 or ``train_identitynet`` without one, and
+    :class:`~ptalk_models.identitynet.IdentityNetFormatError` for an IdentityNet of another embedding width.
     """
+
+    TRAINER_FORMAT = TRAINER_FORMAT
+    STATE_FILE_KIND = "an AnimateNet trainer state file"
+    PARAM_MISMATCH_HINT = "another AnimateNet architecture, stage or --train-identitynet setting"
 
     def __init__(self, net, dataset: AnimateDataset, contexts: dict[str, torch.Tensor], encode: EncodeFn,
                  predict: PredictFn, alphas_cumprod: torch.Tensor, config: AnimateTrainConfig,
                  device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
                  identitynet=None, train_identitynet: bool = False):
-        # MaskedFineTuner.__init__ is IdentityNet-specific and is not called; this sets every attribute its
-        # methods use: MaskedFineTuner._setup (device, dataset, config, contexts, encode, predict, alphas_cumprod,
-        # autocast_dtype, rng, step), then net, lora, param_names, _group_lrs, _group_wds, optimizer.
         from .animatenet import trainable_parameters
         from .identitynet import check_embedding
 
@@ -343,7 +340,7 @@ class AnimateNetTrainer(MaskedFineTuner):
             raise ValueError("train_identitynet needs an IdentityNet")
         if identitynet is not None:
             check_embedding(identitynet, dataset.dim)
-        self._setup(dataset, contexts, encode, predict, alphas_cumprod, config, device, autocast_dtype)
+        super().__init__(dataset, contexts, encode, predict, alphas_cumprod, config, device, autocast_dtype)
         self.net = net.to(device=self.device, dtype=torch.float32).train()
         trainable = {id(p) for p in trainable_parameters(self.net, config.stage)}
         named = [(n, p) for n, p in self.net.named_parameters() if id(p) in trainable]
@@ -359,14 +356,7 @@ class AnimateNetTrainer(MaskedFineTuner):
                 lr = float(config.identitynet_lr if config.identitynet_lr is not None else config.lr)
                 groups.append(([(f"identitynet.{n}", p) for n, p in identitynet.named_parameters()], lr,
                                float(config.weight_decay)))
-        groups = [g for g in groups if g[0]]
-        self.param_names = [n for g, _, _ in groups for n, _ in g]
-        self._group_lrs = [lr for _, lr, _ in groups]
-        self._group_wds = [wd for _, _, wd in groups]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": [p for _, p in g], "lr": lr, "weight_decay": wd} for g, lr, wd in groups],
-            lr=config.lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay)
-        self.lora = None
+        self._set_optimizer([(g, {"lr": lr, "weight_decay": wd}) for g, lr, wd in groups if g])
 
     @property
     def use_temporal(self) -> bool:
@@ -418,43 +408,22 @@ class AnimateNetTrainer(MaskedFineTuner):
     def micro_batch_loss(self, indices: Sequence[int], generator: torch.Generator) -> torch.Tensor:
         """Eq. 3 on one micro-batch (a graph to backpropagate through): MSE(ε, ε_θ) over all elements."""
         eps, noise = self.eps_prediction(indices, generator)
-        return masked_noise_loss(eps, noise)
-
-    @torch.no_grad()
-    def fixed_eps(self, indices: Sequence[int], seed: int = 12345, control: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`eps_prediction` with draws from a fresh generator seeded with ``seed`` (the trainer's own is
-        untouched), in eval mode: comparable across training steps and with/without the control."""
-        was = self.net.training
-        self.net.eval()
-        try:
-            return self.eps_prediction(list(indices), torch.Generator().manual_seed(int(seed)), control)
-        finally:
-            self.net.train(was)
+        return noise_prediction_loss(eps, noise)
 
     # -- state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """MaskedFineTuner's state layout with format :data:`TRAINER_FORMAT` and the ``stage``."""
+        """The base's state layout (format :data:`TRAINER_FORMAT`) with the ``stage`` and ``train_identitynet``."""
         tensors, meta = super().state_tensors()
-        meta["format"] = TRAINER_FORMAT
         meta["stage"] = str(self.config.stage)
         meta["train_identitynet"] = str(int(self.train_identitynet))
         return tensors, meta
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, str], name: str = "state") -> None:
-        """Restore step, AdamW state and random generators (see MaskedFineTuner). Raises
-        :class:`~ptalk_models.identity_training.CheckpointError` for another format, stage or parameter set."""
-        if meta.get("format") != TRAINER_FORMAT:
-            raise CheckpointError(f"{name} is not an AnimateNet trainer state file (format {meta.get('format')!r})")
+    def _check_state_meta(self, meta: dict[str, str], name: str) -> None:
+        """:class:`~ptalk_models.training.CheckpointError` for a state file of another stage (checked by
+        :meth:`load_state_tensors` after the format, before the parameter set)."""
         if int(meta.get("stage", 0)) != self.config.stage:
             raise CheckpointError(f"{name} was saved by a stage-{meta.get('stage')} run; this is stage "
                                   f"{self.config.stage} (resume with the run's --stage)")
-        names = json.loads(meta.get("param_names", "[]"))
-        if names != self.param_names:
-            raise CheckpointError(f"{name} was saved for other trainable parameters ({len(names)} tensors vs "
-                                  f"{len(self.param_names)}: another AnimateNet architecture, stage or "
-                                  "--train-identitynet setting)")
-        super().load_state_tensors(tensors, dict(meta, format=_BASE_TRAINER_FORMAT), name)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -483,10 +452,7 @@ def save_checkpoint(out_dir: str | os.PathLike, trainer: AnimateNetTrainer, args
     save_animatenet(trainer.net, net_path, meta)
     if trainer.train_identitynet:
         save_identitynet(trainer.identitynet, id_path, meta)
-    tensors, smeta = trainer.state_tensors()
-    smeta["args"] = args_json
-    smeta["animatenet"] = net_path.name
-    write_safetensors(tensors, state_path, smeta)
+    trainer.save_state(state_path, {"args": args_json, "animatenet": net_path.name})
     return net_path, state_path
 
 

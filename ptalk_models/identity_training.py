@@ -14,10 +14,11 @@ rectangles/ellipses of the image BEFORE VAE encoding (:func:`random_region_mask`
 face tokens of the frame's Face Embed embedding (trainable IdentityNet). Defaults follow §IV-B: AdamW,
 learning rate 5e-6, batch 32 (gradient accumulation over micro-batches), bf16 autocast on CUDA.
 
-This module holds everything that does not need ComfyUI: the masks and corruption, the diffusion forward
-process and loss, the dataset that ``scripts/prepare_identity_data.py`` writes, the optimisation loop
-(:class:`MaskedFineTuner`, which receives the frozen VAE encoder and UNet as callables) and the checkpoint
-files. ``scripts/train_identitynet.py`` wires it to a ComfyUI SD1.5 checkpoint.
+This module holds IdentityNet's side of training, without ComfyUI: the masks and corruption, the dataset that
+``scripts/prepare_identity_data.py`` writes, the optional UNet LoRA, the trainer (:class:`MaskedFineTuner`, which
+receives the frozen VAE encoder and UNet as callables) and the checkpoint files; the diffusion forward process and
+loss, the optimisation loop and the trainer state are :mod:`ptalk_models.training`'s (shared with AnimateNet).
+``scripts/train_identitynet.py`` (:mod:`ptalk_harness.train_identitynet`) wires it to a ComfyUI SD1.5 checkpoint.
 
 Dataset layout (``DATA_FORMAT``)::
 
@@ -31,10 +32,11 @@ Checkpoint files (written by :func:`save_checkpoint` into ``<out>/checkpoints/``
 
 * ``identitynet_step<NNNNNNN>.safetensors`` -- the net, :func:`ptalk_models.identitynet.save_identitynet`
   (loadable by the IdentityNet Loader node); metadata adds ``step``, ``seed``, ``args`` (JSON), ``trainer``.
-* ``trainer_step<NNNNNNN>.safetensors`` -- what an exact resume needs besides the weights: AdamW moments
-  ``optimizer.<param>.exp_avg`` / ``.exp_avg_sq`` / ``.step`` (float32), the trainer's random generator
-  state ``rng.trainer`` and PyTorch's global CPU generator state ``rng.torch_cpu`` (uint8); metadata
-  ``format`` (``TRAINER_FORMAT``), ``step``, ``seed``, ``param_names`` / ``param_groups`` / ``config`` (JSON).
+* ``trainer_step<NNNNNNN>.safetensors`` -- what an exact resume needs besides the weights (the layout of
+  :mod:`ptalk_models.training`): AdamW moments ``optimizer.<param>.exp_avg`` / ``.exp_avg_sq`` / ``.step``
+  (float32), the trainer's random generator state ``rng.trainer`` and PyTorch's global CPU generator state
+  ``rng.torch_cpu`` (uint8); metadata ``format`` (``TRAINER_FORMAT``), ``step``, ``seed``, ``param_names`` /
+  ``param_groups`` / ``config`` (JSON), ``args``, ``identitynet`` (the net file's name).
 * ``unet_lora_step<NNNNNNN>.safetensors`` -- only with the optional UNet LoRA (:class:`UNetLoRA`): a LoRA file
   that ComfyUI's LoraLoader reads.
 
@@ -57,7 +59,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .identitynet import write_safetensors
+from .training import (CHECKPOINTS_DIR, CheckpointError, DatasetError, DiffusionTrainer, EncodeFn, add_noise,
+                       check_optim_config, embedding_backend, newest_checkpoint, noise_prediction_loss,
+                       read_embeddings, read_jsonl, read_rgb, sample_timesteps)
+from .weights import write_safetensors
 
 DATA_FORMAT = "portraittalk-identity-data/1"
 TRAINER_FORMAT = "portraittalk-identitynet-trainer/1"
@@ -66,16 +71,6 @@ DEFAULT_CAPTION = "a photo of a person"
 FRAMES_DIR, EMBEDDINGS_FILE, INDEX_FILE = "frames", "embeddings.safetensors", "index.jsonl"
 #: Shapes :func:`random_region_mask` draws.
 MASK_SHAPES = ("rect", "ellipse")
-CHECKPOINTS_DIR = "checkpoints"
-_CKPT_RE = re.compile(r"^trainer_step(\d+)\.safetensors$")
-
-
-class DatasetError(ValueError):
-    """A prepared IdentityNet dataset that is missing or malformed; the message names the file and the fix."""
-
-
-class CheckpointError(ValueError):
-    """A trainer checkpoint that cannot be resumed (missing, corrupt, or for another run)."""
 
 
 # ------------------------------------------------------------------------------------------- masks, noise
@@ -207,99 +202,6 @@ def corrupt_regions(frames: torch.Tensor, mask: torch.Tensor, noise_std: float,
     return torch.where(m.to(frames.device), noisy, frames)
 
 
-# ----------------------------------------------------------------------------------- diffusion and loss
-def alphas_cumprod_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t ``[T]`` (float64) of an eps-prediction discrete schedule given as ComfyUI's ``model_sampling.sigmas``
-    (σ_t = sqrt((1 − ᾱ_t) / ᾱ_t), so ᾱ_t = 1 / (1 + σ_t²)); index t = DDPM timestep 0 … T−1."""
-    s = sigmas.detach().to(torch.float64).cpu()
-    return 1.0 / (1.0 + s * s)
-
-
-def sample_timesteps(n: int, generator: torch.Generator | None, num_timesteps: int) -> torch.Tensor:
-    """``n`` DDPM timesteps uniform in {0 … num_timesteps − 1} (int64 ``[n]``, CPU)."""
-    return torch.randint(0, int(num_timesteps), (int(n),), generator=generator)
-
-
-def add_noise(z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-              alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """DDPM forward process q(z_t | z_0): ``sqrt(ᾱ_t) · z0 + sqrt(1 − ᾱ_t) · noise``.
-
-    ``z0``/``noise`` ``[B, C, h, w]`` (any float dtype; result in ``z0``'s dtype and device), ``timesteps``
-    int ``[B]``, ``alphas_cumprod`` ``[T]``. Equivalent to ComfyUI's EPS ``calculate_input(σ, z0 + σ·noise)``.
-    """
-    ab = alphas_cumprod.to(device=z0.device, dtype=torch.float64)[timesteps.to(z0.device)]
-    shape = (-1,) + (1,) * (z0.ndim - 1)
-    a = ab.sqrt().reshape(shape).to(torch.float32)
-    s = (1.0 - ab).sqrt().reshape(shape).to(torch.float32)
-    return (a * z0.float() + s * noise.to(z0.device).float()).to(z0.dtype)
-
-
-def masked_noise_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 of §III-A: mean squared error ‖ε − ε_θ(z_t, t, c)‖² over all elements (float32 scalar)."""
-    return F.mse_loss(eps_pred.float(), eps.to(eps_pred.device).float(), reduction="mean")
-
-
-# ------------------------------------------------------------------------------------------------ dataset
-def read_jsonl(path: Path, required: Sequence[str], prepare_script: str) -> list[dict]:
-    """The JSON objects of a prepared dataset's ``.jsonl`` file (blank lines skipped), each with the keys
-    ``required``; :class:`DatasetError` names the line and ``prepare_script`` to re-run."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{path}:{n}: not valid JSON ({err.msg}); re-run {prepare_script}") from None
-            if not isinstance(e, dict) or any(k not in e for k in required):
-                raise DatasetError(f"{path}:{n}: an entry needs the keys {list(required)}, got {line[:120]!r}")
-            out.append(e)
-    return out
-
-
-def read_rgb(path: Path, resolution: int | None = None, what: str = "image") -> np.ndarray:
-    """uint8 RGB ``[S, S, 3]`` of an image file, resized (area/cubic) to ``resolution`` (square) when given;
-    :class:`DatasetError` ("cannot read <what> <path>") when unreadable."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"cannot read {what} {path}")
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if resolution and img.shape[:2] != (resolution, resolution):
-        interp = cv2.INTER_AREA if img.shape[0] > resolution else cv2.INTER_CUBIC
-        img = cv2.resize(img, (int(resolution), int(resolution)), interpolation=interp)
-    return img
-
-
-def read_embeddings(path: Path, data_format: str | None = None, prepare_script: str = "the data preparation"
-                    ) -> tuple[dict[str, str], torch.Tensor]:
-    """(metadata, float32 ``[N, D]`` "embeddings") of a prepared dataset's ``embeddings.safetensors``;
-    :class:`DatasetError` when unreadable, not 2-D, or (``data_format`` given) of another metadata format
-    (re-run ``prepare_script``)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            embeddings = f.get_tensor("embeddings").float()
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise DatasetError(f"{path} is unreadable or has no 'embeddings' tensor ({e})") from None
-    if data_format is not None and meta.get("format") not in (None, data_format):
-        raise DatasetError(f"{path} is of format {meta.get('format')!r}, not {data_format!r}: re-run "
-                           f"{prepare_script}")
-    if embeddings.ndim != 2:
-        raise DatasetError(f"{path}: embeddings must be [N, D], got {tuple(embeddings.shape)}")
-    return meta, embeddings
-
-
-def embedding_backend(meta: dict[str, str], dim: int) -> str:
-    """The Face Embed backend of a dataset's embeddings (metadata ``backend``, else guessed from the width)."""
-    return meta.get("backend") or {128: "dlib", 512: "insightface"}.get(dim, f"{dim}-D")
-
-
 class IdentityDataset:
     """A prepared dataset (see the module docstring): frames, their Face Embed embeddings and captions.
 
@@ -313,12 +215,12 @@ class IdentityDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder {self.root} does not exist; create it with "
-                               "`python -m scripts.prepare_identity_data --src VIDEOS --out DIR`")
+                               "`python scripts/prepare_identity_data.py --src VIDEOS --out DIR`")
         idx, emb = self.root / INDEX_FILE, self.root / EMBEDDINGS_FILE
         for p in (idx, emb):
             if not p.is_file():
                 raise DatasetError(f"{self.root} is not a prepared IdentityNet dataset: {p.name} is missing "
-                                   "(run `python -m scripts.prepare_identity_data`)")
+                                   "(run `python scripts/prepare_identity_data.py`)")
         self.entries = read_jsonl(idx, ("frame", "embedding"), "prepare_identity_data")
         if not self.entries:
             raise DatasetError(f"{idx} lists no frames")
@@ -359,30 +261,6 @@ class IdentityDataset:
     def image(self, i: int, resolution: int | None = None) -> np.ndarray:
         """Frame ``i`` as float32 RGB ``[S, S, 3]`` in [0, 1]; resized to ``resolution`` (square) when given."""
         return read_rgb(self.root / self.entries[i]["frame"], resolution, "frame").astype(np.float32) / 255.0
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch: a permutation of ``range(n)`` (int64) that depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63))
-    return torch.randperm(int(n), generator=g)
-
-
-def sample_indices(n: int, seed: int, start: int, count: int) -> list[int]:
-    """Dataset indices of the global sample positions ``start … start + count − 1`` (epoch after epoch, each
-    shuffled by :func:`epoch_order`); step s of batch B uses positions ``s·B … (s + 1)·B − 1``."""
-    out, cache = [], {}
-    for pos in range(int(start), int(start) + int(count)):
-        ep, k = divmod(pos, n)
-        if ep not in cache:
-            cache[ep] = epoch_order(n, seed, ep)
-        out.append(int(cache[ep][k]))
-    return out
-
-
-def eval_indices(n: int, k: int) -> list[int]:
-    """``k`` sample indices evenly spaced over a dataset of ``n`` samples (the fixed evaluation batch)."""
-    k = min(max(int(k), 0), int(n))
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)}) if k else []
 
 
 # -------------------------------------------------------------------------------------------- UNet LoRA
@@ -471,16 +349,6 @@ def save_lora(lora: UNetLoRA, path: str | os.PathLike, metadata: dict | None = N
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def check_optim_config(config) -> None:
-    """The checks every train config shares (its ``__post_init__``): ``betas`` made a tuple of floats; ValueError
-    for ``batch`` / ``micro_batch`` below 1 or a ``resolution`` that is not a positive multiple of 8."""
-    config.betas = tuple(float(b) for b in config.betas)
-    if config.batch < 1 or config.micro_batch < 1:
-        raise ValueError(f"batch and micro_batch must be >= 1, got {config.batch}, {config.micro_batch}")
-    if config.resolution < 8 or config.resolution % 8:
-        raise ValueError(f"resolution must be a positive multiple of 8 (the VAE's factor), got {config.resolution}")
-
-
 @dataclass
 class TrainConfig:
     """Hyper-parameters of masked fine-tuning (defaults: paper §IV-B where it gives them).
@@ -518,31 +386,36 @@ class TrainConfig:
             raise ValueError(f"face_dropout must be in [0, 1), got {self.face_dropout}")
 
 
-#: ``encode(frames)``: float32 ``[b, H, W, 3]`` in [0, 1] (CPU) → scaled latents ``[b, 4, H/8, W/8]`` (frozen VAE,
-#: ``latent_format.process_in`` applied) on the training device.
-EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 #: ``predict(z_t, timesteps, context, face_tokens)`` → ε prediction like ``z_t`` (frozen UNet + IdentityNet):
 #: ``z_t`` ``[b, 4, h, w]``, ``timesteps`` float ``[b]``, ``context`` ``[b, L, 768]``, ``face_tokens`` ``[b, N, 768]``.
 PredictFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class MaskedFineTuner:
+class MaskedFineTuner(DiffusionTrainer):
     """Optimises an IdentityNet with L_mask (§III-A, Eq. 1) against a frozen UNet/VAE/text encoder.
+
+    A :class:`~ptalk_models.training.DiffusionTrainer` (optimiser step with gradient accumulation, sample order,
+    fixed-batch evaluation, exact-resume state) whose micro-batch loss is Eq. 1 on randomly corrupted frames
+    (:meth:`micro_batch_loss`).
 
     Args:
         net: the :class:`~ptalk_models.identitynet.IdentityNet` to train (moved to ``device``, fp32, train mode,
             all parameters trainable: projection + per-layer face K/V, and the resampler of a PlusV2 net).
         dataset: :class:`IdentityDataset` (embedding width must equal ``net.config.id_dim``).
         contexts: caption → frozen text-encoder tokens ``[L, 768]`` for every caption of the dataset.
-        encode, predict: see :data:`EncodeFn`, :data:`PredictFn`.
-        alphas_cumprod: ᾱ ``[T]`` of the model's schedule (:func:`alphas_cumprod_from_sigmas`).
+        encode, predict: see :data:`~ptalk_models.training.EncodeFn`, :data:`PredictFn`.
+        alphas_cumprod: ᾱ ``[T]`` of the model's schedule (:func:`~ptalk_models.training.alphas_cumprod_from_sigmas`).
         config: :class:`TrainConfig`.
         device: training device; ``autocast_dtype``: e.g. ``torch.bfloat16`` for autocast around the UNet
             and IdentityNet on CUDA (None = full precision).
         lora, lora_lr: optional :class:`UNetLoRA` trained too (attached here; AdamW group 2 with ``lora_lr``,
             default ``config.lr``); call ``lora.detach()`` when done.
-    After :meth:`train_step` ``step`` counts optimiser steps done.
+    After :meth:`train_step` ``step`` counts optimiser steps done. Raises
+    :class:`~ptalk_models.training.DatasetError` when the dataset's embedding width is not the net's.
     """
+
+    TRAINER_FORMAT = TRAINER_FORMAT
+    PARAM_MISMATCH_HINT = "another IdentityNet architecture or --lora-rank"
 
     def __init__(self, net, dataset: IdentityDataset, contexts: dict[str, torch.Tensor], encode: EncodeFn,
                  predict: PredictFn, alphas_cumprod: torch.Tensor, config: TrainConfig,
@@ -553,48 +426,15 @@ class MaskedFineTuner:
                 f"the dataset's embeddings are {dataset.dim}-D ({dataset.backend}) but the IdentityNet's projection "
                 f"takes {net.config.id_dim}-D: prepare the data with --backend "
                 f"{'insightface' if net.config.id_dim == 512 else 'dlib'} or start from a matching --init")
-        self._setup(dataset, contexts, encode, predict, alphas_cumprod, config, device, autocast_dtype)
+        super().__init__(dataset, contexts, encode, predict, alphas_cumprod, config, device, autocast_dtype)
         self.net = net.to(device=self.device, dtype=torch.float32).train().requires_grad_(True)
-        named = list(self.net.named_parameters())
-        groups = [{"params": [p for _, p in named]}]
+        groups = [(list(self.net.named_parameters()), {})]
         self.lora = lora
         if lora is not None:
             lora.to(device=self.device, dtype=torch.float32).train().requires_grad_(True).attach()
-            lnamed = [(f"unet_lora.{n}", p) for n, p in lora.named_parameters()]
-            named += lnamed
-            groups.append({"params": [p for _, p in lnamed], "lr": float(lora_lr or config.lr)})
-        self.param_names = [n for n, _ in named]
-        self._group_lrs = [float(config.lr)] + ([float(lora_lr or config.lr)] if lora is not None else [])
-        self._group_wds = [float(config.weight_decay)] * len(self._group_lrs)
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps,
-                                           weight_decay=config.weight_decay)
-
-    def _setup(self, dataset, contexts: dict[str, torch.Tensor], encode, predict, alphas_cumprod: torch.Tensor,
-               config, device: str | torch.device, autocast_dtype: torch.dtype | None) -> None:
-        """What every trainer sets besides its net and optimiser: ``device``, ``dataset``, ``config``,
-        ``contexts`` (on the device), ``encode``, ``predict``, ``alphas_cumprod`` (float64, CPU),
-        ``autocast_dtype``, the random generator ``rng`` (seeded with ``config.seed``) and ``step`` 0.
-        Raises ValueError when a caption of the dataset has no text context."""
-        missing = [c for c in dataset.captions if c not in contexts]
-        if missing:
-            raise ValueError(f"no text context for caption(s) {missing[:3]}")
-        self.device = torch.device(device)
-        self.dataset, self.config = dataset, config
-        self.contexts = {k: v.to(self.device, torch.float32) for k, v in contexts.items()}
-        self.encode, self.predict = encode, predict
-        self.alphas_cumprod = alphas_cumprod.detach().to(torch.float64).cpu()
-        self.autocast_dtype = autocast_dtype
-        self.rng = torch.Generator().manual_seed(int(config.seed))
-        self.step = 0
-
-    # -- batches
-    def _context(self, captions: list[str]) -> torch.Tensor:
-        ctx = [self.contexts[c] for c in captions]
-        lengths = {int(c.shape[0]) for c in ctx}
-        if len(lengths) > 1:  # long captions span several 77-token chunks: repeat to a common length (ComfyUI)
-            n = math.lcm(*lengths)
-            ctx = [c.repeat(n // c.shape[0], 1) for c in ctx]
-        return torch.stack(ctx)
+            groups.append(([(f"unet_lora.{n}", p) for n, p in lora.named_parameters()],
+                           {"lr": float(lora_lr or config.lr)}))
+        self._set_optimizer(groups)
 
     def micro_batch_loss(self, indices: Sequence[int], generator: torch.Generator) -> torch.Tensor:
         """L_mask of one micro-batch (a graph to backpropagate through): frames → random-region corruption
@@ -618,91 +458,7 @@ class MaskedFineTuner:
             if self.net.training:  # face dropout (not during evaluation)
                 tokens = tokens * keep.to(self.device, tokens.dtype)[:, None, None]
             eps = self.predict(zt, t.to(self.device, torch.float32), ctx, tokens)
-        return masked_noise_loss(eps, noise)
-
-    def batch_indices(self, step: int) -> list[int]:
-        """Dataset indices of optimiser step ``step`` (0-based)."""
-        B = self.config.batch
-        return sample_indices(len(self.dataset), self.config.seed, step * B, B)
-
-    def train_step(self) -> float:
-        """One AdamW step on ``config.batch`` samples (gradients accumulated over micro-batches, each weighted
-        by its share of the batch). Returns the batch's mean L_mask (float)."""
-        cfg = self.config
-        idx = self.batch_indices(self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for s in range(0, len(idx), cfg.micro_batch):
-            part = idx[s:s + cfg.micro_batch]
-            loss = self.micro_batch_loss(part, self.rng)
-            (loss * (len(part) / len(idx))).backward()
-            total += float(loss.detach()) * len(part)
-        if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           cfg.max_grad_norm)
-        self.optimizer.step()
-        self.step += 1
-        return total / len(idx)
-
-    @torch.no_grad()
-    def evaluate(self, indices: Sequence[int], seed: int = 12345) -> float:
-        """Mean L_mask on a FIXED evaluation batch: the frames ``indices`` with masks, corruption noise,
-        timesteps and diffusion noise drawn from a fresh generator seeded with ``seed`` (the trainer's own
-        generator is untouched), so values before and after training are comparable."""
-        g = torch.Generator().manual_seed(int(seed))
-        was = self.net.training
-        self.net.eval()
-        total = 0.0
-        for s in range(0, len(indices), self.config.micro_batch):
-            part = list(indices[s:s + self.config.micro_batch])
-            total += float(self.micro_batch_loss(part, g)) * len(part)
-        self.net.train(was)
-        return total / len(indices)
-
-    # -- state
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """(tensors, metadata) of the trainer state file (see the module docstring)."""
-        sd = self.optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        for i, name in enumerate(self.param_names):
-            for k, v in sd["state"].get(i, {}).items():
-                if torch.is_tensor(v):
-                    tensors[f"optimizer.{name}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    tensors[f"optimizer.{name}.{k}"] = torch.tensor(float(v), dtype=torch.float32)
-        tensors["rng.trainer"] = self.rng.get_state().clone()
-        tensors["rng.torch_cpu"] = torch.get_rng_state().clone()
-        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-        meta = {"format": TRAINER_FORMAT, "step": str(self.step), "seed": str(self.config.seed),
-                "param_names": json.dumps(self.param_names), "param_groups": json.dumps(groups),
-                "config": json.dumps(asdict(self.config))}
-        return tensors, meta
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, str], name: str = "state") -> None:
-        """Restore step, AdamW state and random generators from :meth:`state_tensors` output. The learning
-        rates and weight decay stay this tuner's (a resumed run may change them on purpose)."""
-        if meta.get("format") != TRAINER_FORMAT:
-            raise CheckpointError(f"{name} is not a trainer state file (format {meta.get('format')!r})")
-        names = json.loads(meta["param_names"])
-        if names != self.param_names:
-            raise CheckpointError(f"{name} was saved for other trainable parameters ({len(names)} tensors vs "
-                                  f"{len(self.param_names)}: another IdentityNet architecture or --lora-rank)")
-        state = {}
-        for i, n in enumerate(names):
-            s = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optimizer.{n}.")
-                 and k.count(".") == n.count(".") + 2}
-            if s:
-                state[i] = s
-        groups = json.loads(meta["param_groups"])
-        for g in groups:
-            if "betas" in g:
-                g["betas"] = tuple(g["betas"])
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        for g, lr, wd in zip(self.optimizer.param_groups, self._group_lrs, self._group_wds):  # this run's lr / wd
-            g["lr"], g["weight_decay"] = lr, wd
-        self.rng.set_state(tensors["rng.trainer"].to(torch.uint8))
-        torch.set_rng_state(tensors["rng.torch_cpu"].to(torch.uint8))
-        self.step = int(meta["step"])
+        return noise_prediction_loss(eps, noise)
 
 
 def checkpoint_paths(out_dir: str | os.PathLike, step: int) -> tuple[Path, Path]:
@@ -730,10 +486,7 @@ def save_checkpoint(out_dir: str | os.PathLike, tuner: MaskedFineTuner, args: di
     save_identitynet(tuner.net, net_path, meta)
     if tuner.lora is not None:
         save_lora(tuner.lora, lora_checkpoint_path(out_dir, tuner.step), {"step": tuner.step, "seed": tuner.config.seed})
-    tensors, smeta = tuner.state_tensors()
-    smeta["args"] = json.dumps(args or {}, default=str)
-    smeta["identitynet"] = net_path.name
-    write_safetensors(tensors, state_path, smeta)
+    tuner.save_state(state_path, {"args": json.dumps(args or {}, default=str), "identitynet": net_path.name})
     return net_path, state_path
 
 
@@ -741,25 +494,6 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[int, Path, Path] | No
     """(step, IdentityNet file, trainer state file) of the newest complete checkpoint in
     ``<out_dir>/checkpoints`` (both files present), or None."""
     return newest_checkpoint(out_dir, checkpoint_paths)
-
-
-def newest_checkpoint(out_dir: str | os.PathLike, paths: Callable[[str | os.PathLike, int], tuple[Path, ...]]
-                      ) -> tuple | None:
-    """``(step, *paths(out_dir, step))`` of the newest step in ``<out_dir>/checkpoints`` that has a
-    ``trainer_step<N>`` state file and whose first path (the net file) exists, or None."""
-    d = Path(out_dir) / CHECKPOINTS_DIR
-    if not d.is_dir():
-        return None
-    best = None
-    for p in d.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if not m:
-            continue
-        step = int(m.group(1))
-        files = paths(out_dir, step)
-        if files[0].is_file() and (best is None or step > best[0]):
-            best = (step, *files)
-    return best
 
 
 def read_lora(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -773,12 +507,3 @@ def read_lora(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable LoRA file ({e})") from None
 
 
-def read_trainer_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a trainer state file; :class:`CheckpointError` when unreadable."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable trainer state file ({e})") from None

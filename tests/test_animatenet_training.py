@@ -13,11 +13,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import prepare_animatenet_data as prep  # scripts/ (conftest puts it on sys.path)
-import train_animatenet as trainer
-import train_identitynet as tid
-from ptalk_models import animatenet_training as T
-from ptalk_models.animatenet import AnimateNetConfig, load_animatenet, new_animatenet
+from portraittalk.nodes.glue.folders import register_identitynet_folders
+from portraittalk.nodes.glue.identity_patch import cross_attention_layers
+from portraittalk.ptalk_models import animatenet_training as T
+from portraittalk.ptalk_models import training
+from portraittalk.ptalk_models.animatenet import AnimateNetConfig, load_animatenet, new_animatenet
+from ptalk_harness import animatenet_data as prep
+from ptalk_harness import train_animatenet as trainer
+from ptalk_harness.training_cli import load_sd15
 
 RES, SIZE, FRAMES = 64, 128, 4
 CLIPS = ("video/lbax4n.mpg", "video/bbaf2n.mpg")  # two GRID speakers, 75 frames at 25 fps, 3.0 s, with audio
@@ -26,6 +29,18 @@ STAGE1 = ("--steps", 6, "--batch", 2, "--micro-batch", 2, "--lr", "3e-4", "--eva
 
 def _temporal(name: str) -> bool:
     return name.startswith("temporal_encoder.") or "_temporal." in name
+
+
+@torch.no_grad()
+def fixed_eps(tr: T.AnimateNetTrainer, indices, seed: int = 12345, control: bool = True):
+    """``tr.eps_prediction`` with draws from a fresh generator seeded with ``seed`` (the trainer's own is
+    untouched), in eval mode: comparable across training steps and with/without the control."""
+    was = tr.net.training
+    tr.net.eval()
+    try:
+        return tr.eps_prediction(list(indices), torch.Generator().manual_seed(int(seed)), control)
+    finally:
+        tr.net.train(was)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +69,16 @@ def stage1(comfy, tiny_sd15, data_dir, tmp_path_factory):
 def stage1_init(stage1, tiny_sd15):
     """The AnimateNet stage 1 started from (same config and seed, encoder copied from the tiny UNet)."""
     return new_animatenet(stage1[0]["net"].config, seed=3,
-                          unet_sd=tid.load_sd15(tiny_sd15.path, "cpu").dm.state_dict())
+                          unet_sd=load_sd15(tiny_sd15.path, "cpu").dm.state_dict())
 
 
 @pytest.fixture(scope="module")
 def tiny_identitynet_file(comfy, tiny_sd15, tmp_path_factory):
     """A random dlib (128-D) IdentityNet for the tiny UNet, face K/V initialised from its text K/V."""
-    from ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
+    from portraittalk.ptalk_models.identitynet import IdentityNetConfig, new_identitynet, save_identitynet
 
-    sd = tid.load_sd15(tiny_sd15.path, "cpu")
-    layers = trainer.pack_modules()[0].cross_attention_layers(sd.model)
+    sd = load_sd15(tiny_sd15.path, "cpu")
+    layers = cross_attention_layers(sd.model)
     cfg = IdentityNetConfig(id_dim=128, hidden=256, layer_dims=[w for _, w, _ in layers], embed_backend="dlib")
     path = tmp_path_factory.mktemp("idnet") / "identitynet_tiny_dlib.safetensors"
     save_identitynet(new_identitynet(cfg, seed=1, text_kv=sd.text_kv(layers)), path)
@@ -72,9 +87,9 @@ def tiny_identitynet_file(comfy, tiny_sd15, tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ prepare
 def test_prepare_writes_pairs_landmarks_contours(data_dir):
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.identity import face_distance
-    from ptalk_models.media import read_audio, read_image
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.identity import face_distance
+    from portraittalk.ptalk_models.media import read_audio, read_image
 
     out, summary = data_dir
     assert (summary["videos"], summary["clips"], summary["frames"], summary["pairs"]) == (2, 2, 8, 6)
@@ -141,10 +156,10 @@ def test_prepare_options_and_errors(shared_data, tmp_path, capsys):
     assert clip["frame_indices"] == [0, 5, 10] and clip["stride"] == 5
     with pytest.raises(prep.PrepareError, match="--overwrite"):
         prep.prepare_dataset(tmp_path / "one", tmp_path / "out", size=64, max_frames=3)
-    with pytest.raises(T.DatasetError, match="clips.jsonl is missing"):
+    with pytest.raises(training.DatasetError, match="clips.jsonl is missing"):
         T.AnimateDataset(tmp_path / "imgs")
     (tmp_path / "out" / clip["contours"][1]).unlink()
-    with pytest.raises(T.DatasetError, match="missing, e.g. clips/lbax4n/contours/00001.png"):
+    with pytest.raises(training.DatasetError, match="missing, e.g. clips/lbax4n/contours/00001.png"):
         T.AnimateDataset(tmp_path / "out")
 
 
@@ -157,11 +172,11 @@ def test_zero_initialised_branch_leaves_the_unet_unchanged_until_trained(stage1,
     new = T.AnimateNetTrainer(stage1_init, tr.dataset, tr.contexts, tr.encode, tr.predict, tr.alphas_cumprod,
                               tr.config)  # (no training step: stage1_init keeps its values)
     idx = [0, 5]
-    eps_ctrl, noise = new.fixed_eps(idx, seed=5)
-    eps_plain, noise2 = new.fixed_eps(idx, seed=5, control=False)
+    eps_ctrl, noise = fixed_eps(new, idx, seed=5)
+    eps_plain, noise2 = fixed_eps(new, idx, seed=5, control=False)
     assert torch.equal(noise, noise2) and torch.equal(eps_ctrl, eps_plain)
-    trained_ctrl, _ = tr.fixed_eps(idx, seed=5)
-    trained_plain, _ = tr.fixed_eps(idx, seed=5, control=False)
+    trained_ctrl, _ = fixed_eps(tr, idx, seed=5)
+    trained_plain, _ = fixed_eps(tr, idx, seed=5, control=False)
     assert torch.equal(trained_plain, eps_plain)  # the UNet itself is frozen
     assert (trained_ctrl - trained_plain).abs().mean() > 1e-3
 
@@ -208,8 +223,7 @@ def test_checkpoints_load_with_load_animatenet_and_the_loader_node(stage1, comfy
 
     import folder_paths
 
-    adapter = trainer.pack_modules()[0]
-    adapter.register_identitynet_folders()
+    register_identitynet_folders()
     folder_paths.add_model_folder_path("portraittalk", str(ck))
     try:
         via_node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkAnimateNetLoader"].execute(
@@ -238,8 +252,8 @@ def test_resume_reproduces_the_uninterrupted_run(stage1, tiny_sd15, data_dir, tm
     assert resumed["losses"] == s["losses"][5:]  # the same batch, noise and timesteps
     a, b = s["net"].state_dict(), resumed["net"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, ma = T.read_trainer_state(out / "checkpoints" / "trainer_step0000006.safetensors")
-    sb, mb = T.read_trainer_state(run / "checkpoints" / "trainer_step0000006.safetensors")
+    sa, ma = training.read_trainer_state(out / "checkpoints" / "trainer_step0000006.safetensors")
+    sb, mb = training.read_trainer_state(run / "checkpoints" / "trainer_step0000006.safetensors")
     assert ma["step"] == mb["step"] == "6" and sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # AdamW moments and generator states too
     assert any(k.endswith(".exp_avg_sq") for k in sa) and "rng.trainer" in sa
@@ -250,7 +264,7 @@ def test_resume_reproduces_the_uninterrupted_run(stage1, tiny_sd15, data_dir, tm
 # ------------------------------------------------------------------------------------------------ stage 2
 def test_stage2_with_identitynet_trains_temporal_attention(stage1, tiny_sd15, data_dir, tiny_identitynet_file,
                                                            tmp_path):
-    from ptalk_models.identitynet import load_identitynet
+    from portraittalk.ptalk_models.identitynet import load_identitynet
 
     s1, _ = stage1
     s = trainer.train(_args(data_dir[0], tiny_sd15.path, tmp_path / "run2", 2, "--init", s1["animatenet"],
@@ -266,10 +280,10 @@ def test_stage2_with_identitynet_trains_temporal_attention(stage1, tiny_sd15, da
         assert layer.weights.detach()[2] != 0.0  # w3 acts now
     # the IdentityNet is on the UNet (its face term changes ε) and stays frozen
     tr = s["trainer"]
-    with_id, _ = tr.fixed_eps([0, 4], seed=5)
+    with_id, _ = fixed_eps(tr, [0, 4], seed=5)
     idnet, tr.identitynet = tr.identitynet, None
     try:
-        without_id, _ = tr.fixed_eps([0, 4], seed=5)
+        without_id, _ = fixed_eps(tr, [0, 4], seed=5)
     finally:
         tr.identitynet = idnet
     assert (with_id - without_id).abs().mean() > 1e-4
@@ -283,7 +297,7 @@ def test_stage2_with_identitynet_trains_temporal_attention(stage1, tiny_sd15, da
 
 
 def test_stage2_can_fine_tune_the_identitynet(stage1, tiny_sd15, data_dir, tiny_identitynet_file, tmp_path):
-    from ptalk_models.identitynet import load_identitynet
+    from portraittalk.ptalk_models.identitynet import load_identitynet
 
     s = trainer.train(_args(data_dir[0], tiny_sd15.path, tmp_path / "run2b", 2, "--init", stage1[0]["animatenet"],
                             "--identitynet", tiny_identitynet_file, "--train-identitynet", "--identitynet-lr", "1e-3",
@@ -293,7 +307,7 @@ def test_stage2_can_fine_tune_the_identitynet(stage1, tiny_sd15, data_dir, tiny_
     step1 = load_identitynet(tmp_path / "run2b" / "checkpoints" / "identitynet_step0000001.safetensors").state_dict()
     assert all(torch.equal(final[k], step1[k]) for k in final)
     assert any(not torch.equal(orig[k], final[k]) for k in orig)
-    names = json.loads(T.read_trainer_state(tmp_path / "run2b" / "checkpoints" / "trainer_step0000001.safetensors")
+    names = json.loads(training.read_trainer_state(tmp_path / "run2b" / "checkpoints" / "trainer_step0000001.safetensors")
                        [1]["param_names"])
     assert any(n.startswith("identitynet.") for n in names) and any(n.startswith("animatenet.") for n in names)
 
@@ -310,7 +324,7 @@ def test_cli_errors(data_dir, tiny_sd15, tmp_path, capsys):
     assert "prepare_animatenet_data" in capsys.readouterr().err
     cfg = AnimateNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
                            num_heads=4, cond_dim=32, token_grid=4)
-    from ptalk_models.animatenet import save_animatenet
+    from portraittalk.ptalk_models.animatenet import save_animatenet
 
     save_animatenet(new_animatenet(cfg), tmp_path / "small.safetensors")
     with pytest.raises(trainer.TrainError, match="different UNet"):

@@ -11,10 +11,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import prepare_identity_data as prep  # scripts/ (conftest puts it on sys.path)
-import train_identitynet as trainer
-from ptalk_models import identity_training as T
-from ptalk_models.identitynet import load_identitynet, new_identitynet
+from portraittalk.nodes.glue.folders import register_identitynet_folders
+from portraittalk.nodes.glue.identity_patch import cross_attention_layers
+from portraittalk.ptalk_models import identity_training as T
+from portraittalk.ptalk_models import training
+from portraittalk.ptalk_models.identitynet import load_identitynet, new_identitynet
+from ptalk_harness import identity_data as prep
+from ptalk_harness import train_identitynet as trainer
 
 RES = 64
 GRID_VIDEO = "video/lbax4n.mpg"  # GRID speaker, 75 frames
@@ -75,7 +78,7 @@ def test_prepare_errors(tmp_path, capsys, shared_data):
         prep.prepare_dataset(tmp_path / "empty", tmp_path / "out")
     assert prep.main(["--src", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "no videos or images" in capsys.readouterr().err
-    with pytest.raises(T.DatasetError, match="index.jsonl is missing"):
+    with pytest.raises(training.DatasetError, match="index.jsonl is missing"):
         T.IdentityDataset(tmp_path / "empty")
     (tmp_path / "one").mkdir()
     os.symlink(shared_data / PHOTO, tmp_path / "one" / "astronaut.png")
@@ -137,12 +140,12 @@ def test_diffusion_forward_matches_comfy_eps(comfy, tiny_sd15):
     """add_noise with ᾱ from ComfyUI's sigmas equals ComfyUI's own EPS input scaling x/sqrt(σ²+1)."""
     sd = trainer.load_sd15(tiny_sd15.path, "cpu")
     ms = sd.model.get_model_object("model_sampling")
-    ab = T.alphas_cumprod_from_sigmas(ms.sigmas)
+    ab = training.alphas_cumprod_from_sigmas(ms.sigmas)
     z0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     t = torch.tensor([0, 500, 999])
     sigma = ms.sigmas[t].reshape(-1, 1, 1, 1)
     want = ms.calculate_input(sigma, z0 + sigma * eps)
-    torch.testing.assert_close(T.add_noise(z0, eps, t, ab), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(training.add_noise(z0, eps, t, ab), want, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- (c) loss goes down, (e) files
@@ -166,7 +169,7 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(comfy, tiny_sd15, d
         assert all(torch.equal(loaded.state_dict()[k], trained[k]) for k in trained)
     assert final.config.id_dim == 128 and final.config.embed_backend == "dlib"
     assert any(not torch.equal(step10.state_dict()[k], trained[k]) for k in trained)
-    layers = trainer.pack_modules()[0].cross_attention_layers(trainer.load_sd15(tiny_sd15.path, "cpu").model)
+    layers = cross_attention_layers(trainer.load_sd15(tiny_sd15.path, "cpu").model)
     init = new_identitynet(final.config, seed=3, text_kv=trainer.load_sd15(tiny_sd15.path, "cpu").text_kv(layers))
     moved = {k: float((trained[k] - v).abs().max()) for k, v in init.state_dict().items()}
     assert moved["image_proj.proj.0.weight"] > 0 and moved["ip_adapter.1.to_k_ip.weight"] > 0
@@ -176,8 +179,7 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(comfy, tiny_sd15, d
 
     import folder_paths
 
-    adapter = trainer.pack_modules()[0]
-    adapter.register_identitynet_folders()
+    register_identitynet_folders()
     folder_paths.add_model_folder_path("portraittalk", str(out / "checkpoints"))
     try:
         node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkIdentityNetLoader"]
@@ -201,8 +203,8 @@ def test_resume_reproduces_the_uninterrupted_run(comfy, tiny_sd15, data_dir, tmp
     assert first["losses"] + resumed["losses"] == straight["losses"]  # same batches, masks, noise, timesteps
     a, b = straight["net"].state_dict(), resumed["net"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, ma = T.read_trainer_state(tmp_path / "a" / "checkpoints" / "trainer_step0000004.safetensors")
-    sb, mb = T.read_trainer_state(tmp_path / "b" / "checkpoints" / "trainer_step0000004.safetensors")
+    sa, ma = training.read_trainer_state(tmp_path / "a" / "checkpoints" / "trainer_step0000004.safetensors")
+    sb, mb = training.read_trainer_state(tmp_path / "b" / "checkpoints" / "trainer_step0000004.safetensors")
     assert ma["step"] == mb["step"] == "4" and sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # AdamW moments and generator states too
     assert any(k.endswith(".exp_avg_sq") for k in sa) and "rng.trainer" in sa

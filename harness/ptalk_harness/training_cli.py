@@ -1,17 +1,14 @@
-"""What the training and data-preparation scripts share (``train_identitynet``, ``train_animatenet``,
-``prepare_identity_data``, ``prepare_animatenet_data``):
+"""What the two trainers share (:mod:`.train_identitynet`, :mod:`.train_animatenet`; the data preparations'
+shared part is :mod:`.data_prep`):
 
-* the errors with an exit status (:class:`TrainError`, :class:`PrepareError`) and the ``main()`` wrappers that
-  turn them into messages and exit codes (:func:`train_main`, :func:`prepare_main`);
+* the error with an exit status (:class:`TrainError`) and the ``main()`` wrapper that turns it into a message
+  and an exit code (:func:`train_main`);
 * the common trainer options (:func:`add_io_args`, :func:`add_optim_args`, :func:`add_run_args`,
   :func:`parse_train_args`), the device/precision choice (:func:`device_and_precision`);
 * booting ComfyUI with this pack (:func:`boot_pack`) and the SD1.5 checkpoint loaded for training
   (:class:`SD15`, :func:`load_sd15`, cached per process);
 * the run checks (:func:`open_run`) and the run loop with resume, evaluation, logging, checkpoints and the
   summary (:func:`run_loop`).
-
-Imported as the top-level name ``_training_cli`` (``scripts/`` is on ``sys.path``, as for ``comfy_headless``),
-both under ``python -m scripts.<script>`` and in the tests.
 """
 from __future__ import annotations
 
@@ -25,21 +22,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import comfy_headless as ch
+from portraittalk.ptalk_models.training import (CHECKPOINTS_DIR, CheckpointError, DatasetError, eval_indices,
+                                                read_trainer_state)
+
+from .comfy import boot, prepare
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class TrainError(Exception):
     """A failure with a message for the user; ``code`` is the exit status (2 = bad arguments/inputs)."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
-
-class PrepareError(ValueError):
-    """Bad input to a data preparation (``prepare_dataset``; exit status ``code``)."""
 
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
@@ -61,40 +53,6 @@ def train_main(prog: str, args, train: Callable) -> int:
         print(f"{prog}: interrupted; resume from the last checkpoint with --resume", file=sys.stderr)
         return 130
     return 0
-
-
-def prepare_main(prog: str, quiet: bool, prepare: Callable[[], dict]) -> int:
-    """``main()`` of a data preparation: INFO logging (WARNING with ``quiet``), ``prepare()``, its summary as a
-    JSON line on stdout; exit status 0, ``PrepareError.code`` or 1 for other runtime failures (message on
-    stderr)."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=LOG_FORMAT)
-    try:
-        summary = prepare()
-    except PrepareError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.code
-    except RuntimeError as e:  # InsightFaceUnavailable and other runtime failures with a message
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
-
-
-def add_face_embed_args(p: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--insightface-root``, ``--insightface-model`` of the data preparations."""
-    p.add_argument("--backend", choices=("dlib", "insightface"), default="dlib",
-                   help="Face Embed backend: dlib 128-D (embedded, offline) or insightface 512-D ArcFace (what "
-                        "IP-Adapter-FaceID weights expect; needs the insightface package and models)")
-    p.add_argument("--insightface-root", help="folder holding models/<antelopev2|buffalo_l>/ (ComfyUI's "
-                                              "models/insightface; default ~/.insightface)")
-    p.add_argument("--insightface-model", choices=("antelopev2", "buffalo_l"), default="antelopev2")
-
-
-def parse_prepare_args(p: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    """Add ``--overwrite`` and ``-q/--quiet`` (the last options of a data preparation) and parse ``argv``."""
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------ trainer options
@@ -173,15 +131,15 @@ def autocast_dtype(precision: str):
 
 
 # ----------------------------------------------------------------------------------------------- ComfyUI side
-def boot_pack(device: str = "auto") -> str:
-    """Boot ComfyUI headless with this pack and return the pack's module name. ``device="cpu"`` on a CUDA
-    machine sets ComfyUI's ``--cpu`` first (only possible before ComfyUI's model management is imported)."""
-    ch.prepare()
+def boot_pack(device: str = "auto") -> None:
+    """Boot ComfyUI headless with this pack (then ``portraittalk.nodes`` is importable). ``device="cpu"`` on a
+    CUDA machine sets ComfyUI's ``--cpu`` first (only possible before ComfyUI's model management is imported)."""
+    prepare()
     if device == "cpu" and "comfy.model_management" not in sys.modules:
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True
-    return ch.boot(load_pack=True).pack_module
+    boot(load_pack=True)
 
 
 class SD15:
@@ -278,18 +236,18 @@ def load_sd15(path, device) -> SD15:
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def open_run(args, T, dataset_cls, log: logging.Logger):
+def open_run(args, dataset_cls, latest_checkpoint: Callable, log: logging.Logger):
     """``(out folder, dataset, newest checkpoint or None)`` of a run: the dataset ``dataset_cls(--data)``
-    (``T.DatasetError`` → :class:`TrainError`) and the checkpoints in ``--out`` checked against ``--resume``
-    (``T.latest_checkpoint``; none to resume from, or some without ``--resume``: :class:`TrainError`)."""
+    (``DatasetError`` → :class:`TrainError`) and the checkpoints in ``--out`` checked against ``--resume``
+    (``latest_checkpoint(out)``; none to resume from, or some without ``--resume``: :class:`TrainError`)."""
     out = Path(args.out).expanduser()
     try:
         data = dataset_cls(args.data)
-    except T.DatasetError as e:
+    except DatasetError as e:
         raise TrainError(str(e)) from None
-    found = T.latest_checkpoint(out)
+    found = latest_checkpoint(out)
     if args.resume and found is None:
-        raise TrainError(f"--resume: {out / T.CHECKPOINTS_DIR} holds no checkpoint to resume from")
+        raise TrainError(f"--resume: {out / CHECKPOINTS_DIR} holds no checkpoint to resume from")
     if not args.resume and found is not None:
         raise TrainError(f"{out} already holds checkpoints (newest: step {found[0]}); pass --resume to continue "
                          "that run or choose another --out")
@@ -298,14 +256,14 @@ def open_run(args, T, dataset_cls, log: logging.Logger):
     return out, data, found
 
 
-def run_loop(args, T, tuner, *, out: Path, config, precision: str, device, state_path: Path | None, t_load: float,
-             log: logging.Logger, describe: Callable[[float], None], eval_unit: str,
-             save_final: Callable[[dict], tuple[dict, str]], done_prefix: str = "") -> dict:
+def run_loop(args, tuner, *, save_checkpoint: Callable, out: Path, config, precision: str, device,
+             state_path: Path | None, t_load: float, log: logging.Logger, describe: Callable[[float], None],
+             eval_unit: str, save_final: Callable[[dict], tuple[dict, str]], done_prefix: str = "") -> dict:
     """The loop of a trainer's ``train``: resume (``state_path``: the trainer state to restore, with a warning
     when the saved config differs), the banner (``describe(setup seconds)``), the fixed-batch evaluation
-    (``T.eval_indices`` of ``--eval-samples``; before the first and after the last step, every ``--eval-every``),
-    one ``train_log.jsonl`` line per step and evaluation, ``T.save_checkpoint`` every ``--save-every`` steps and
-    at the end, then ``save_final(run_args)`` → ``(summary entries, "what → file" for the last line)``.
+    (``eval_indices`` of ``--eval-samples``; before the first and after the last step, every ``--eval-every``),
+    one ``train_log.jsonl`` line per step and evaluation, ``save_checkpoint(out, tuner, run args)`` (the
+    network's) every ``--save-every`` steps and at the end, then ``save_final(run_args)`` → ``(summary entries, "what → file" for the last line)``.
 
     Returns the summary: ``step``, ``start_step``, ``losses`` (per step of this run), ``eval``
     (``[{step, loss}]``), ``seconds_per_step``, ``samples_per_second`` (optimiser steps only, without
@@ -314,10 +272,10 @@ def run_loop(args, T, tuner, *, out: Path, config, precision: str, device, state
     run_args = dict(vars(args))
     run_args.update(precision=precision, device=str(device))
     if state_path is not None:
-        tensors, meta = T.read_trainer_state(state_path)
+        tensors, meta = read_trainer_state(state_path)
         try:
             tuner.load_state_tensors(tensors, meta, state_path.name)
-        except T.CheckpointError as e:
+        except CheckpointError as e:
             raise TrainError(str(e)) from None
         saved = json.loads(meta.get("config", "{}"))
         diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(asdict(config))).items()
@@ -330,7 +288,7 @@ def run_loop(args, T, tuner, *, out: Path, config, precision: str, device, state
     out.mkdir(parents=True, exist_ok=True)
     describe(t_load)
 
-    eval_idx = T.eval_indices(len(tuner.dataset), args.eval_samples)
+    eval_idx = eval_indices(len(tuner.dataset), args.eval_samples)
     evals, losses, written, step_seconds = [], [], [], []
     log_f = open(out / "train_log.jsonl", "a", encoding="utf-8")
 
@@ -364,7 +322,7 @@ def run_loop(args, T, tuner, *, out: Path, config, precision: str, device, state
             if args.eval_every and tuner.step % args.eval_every == 0 and tuner.step < args.steps:
                 evaluate()
             if tuner.step % args.save_every == 0 or tuner.step == args.steps:
-                written.append(T.save_checkpoint(out, tuner, run_args))
+                written.append(save_checkpoint(out, tuner, run_args))
         if losses:
             evaluate()
     finally:
