@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from _common import require_shared_data  # also appends the repo root to sys.path
+from _common import require_shared_data 
 
-from ptalk_models.face import detect_landmarks
-from ptalk_models.media import read_audio, read_video
-from ptalk_models.metrics import evaluate, report_json
-from ptalk_models.plot import report_plot
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.media import read_audio, read_video
+from portraittalk.ptalk_models.metrics import evaluate, report_json
+from portraittalk.ptalk_models.plot import report_plot
 
 PAIRS = [  # (generated, ground truth): a different speaker of the same corpus, or the clip shifted
     ("GRID lwbsza vs lbax4n (360x288, 75 f)", "video/lwbsza.mpg", "video/lbax4n.mpg", 0),

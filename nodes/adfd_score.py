@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
+import numpy as np
 from comfy_api.latest import io, ui
 
+from ..ptalk_models.errors import InputError
 from ..ptalk_models.face import NoFaceError, detect_landmarks
+from ..ptalk_models.landmarks import FaceLandmarks
 from ..ptalk_models.media import read_audio, read_video
 from ..ptalk_models.metrics import MOTION_VECTORS, evaluate, report_json
 from ..ptalk_models.plot import report_plot
-from .comfy_adapter import (CATEGORY, Landmarks, Progress, audio_to_numpy, image_to_numpy, log, node_error,
-                            numpy_to_image)
+from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
+from .glue.errors import log, node_error, node_error_from
+from .glue.progress import Progress
+from .glue.sockets import CATEGORY, Landmarks
 
 NODE = "ADFD Score"
 IDENTITY_OPTIONS = ["dlib", "off"]
@@ -57,6 +63,136 @@ def _decode_video(video, name: str):
     if comp.audio is not None:
         audio = audio_to_numpy(comp.audio, NODE, name)
     return frames, float(comp.frame_rate), audio
+
+
+@dataclass
+class _Side:
+    """One side (generated or ground truth) as connected to the node.
+
+    ``source``: the node input it came from (``<side>``, ``<side>_landmarks`` or ``<side>_video``); ``kind``:
+    ``"images"``, ``"landmarks"`` or ``"video"``; ``frames``: uint8 RGB ``[T, H, W, 3]`` (None for landmarks);
+    ``landmarks``: :class:`FaceLandmarks` (None until detected); ``fps``: frames per second (0.0 = unknown).
+    """
+
+    source: str
+    kind: str
+    frames: np.ndarray | None = None
+    landmarks: FaceLandmarks | None = None
+    fps: float = 0.0
+
+
+def _connected_source(side: str, images, lm, video) -> tuple[str, str]:
+    """(node input name, kind) of the one input connected for ``side``; NodeInputError for none or several."""
+    named = [(n, k) for n, k, v in ((side, "images", images), (f"{side}_landmarks", "landmarks", lm),
+                                    (f"{side}_video", "video", video)) if v is not None]
+    if not named:
+        raise node_error(NODE, side, f"nothing connected; connect the {side.replace('_', '-')} video as "
+                         f"frames ({side}), landmarks ({side}_landmarks) or a VIDEO ({side}_video)")
+    if len(named) > 1:
+        raise node_error(NODE, named[1][0], f"connect only one of {side} / {side}_landmarks / {side}_video; "
+                         f"got {', '.join(n for n, _ in named)}")
+    return named[0]
+
+
+def _read_side(side: str, images, lm, video, fps: float, same_as: _Side | None = None):
+    """``(_Side, soundtrack or None)`` for one side's inputs; ``same_as``: the other side when it was given the
+    very same IMAGE / VIDEO object (its frames are reused, not converted or decoded twice).
+
+    The soundtrack is ``(waveform [C, N], Hz)`` of a decoded VIDEO with audio. ``fps`` (the widget, > 0) fills in
+    an unknown frame rate. Raises NodeInputError naming the input for empty or unreadable inputs."""
+    source, kind = _connected_source(side, images, lm, video)
+    out, audio = _Side(source, kind), None
+    if lm is not None:
+        if len(lm) == 0:
+            raise node_error(NODE, source, "the landmark sequence is empty (0 frames); connect landmarks of at "
+                             "least one frame")
+        out.landmarks, out.fps = lm, lm.fps
+    elif same_as is not None:
+        out.frames, out.fps = same_as.frames, same_as.fps
+    elif images is not None:
+        out.frames, out.fps = image_to_numpy(images, NODE, side), float(fps)
+        if out.frames.shape[0] == 0:
+            raise node_error(NODE, side, "the IMAGE batch is empty (0 frames); connect at least one frame")
+    else:
+        out.frames, out.fps, audio = _decode_video(video, source)
+    if fps > 0 and out.fps <= 0:
+        out.fps = float(fps)
+    return out, audio
+
+
+def _read_inputs(fps: float, given: dict) -> tuple[dict, tuple | None]:
+    """``({side: _Side}, generated VIDEO's soundtrack or None)`` from ``given`` = ``{side: (images, landmarks,
+    video)}`` (see :func:`_read_side`)."""
+    gen, gen_audio = _read_side("generated", *given["generated"], fps)
+    images, lm, video = given["ground_truth"]
+    gen_object = next((v for v in (given["generated"][0], given["generated"][2]) if v is not None), None)
+    same = lm is None and gen.frames is not None and (images if images is not None else video) is gen_object
+    gt, _ = _read_side("ground_truth", images, lm, video, fps, same_as=gen if same else None)
+    return {"generated": gen, "ground_truth": gt}, gen_audio
+
+
+def _pick_audio(audio, video_audio) -> tuple[tuple | None, str | None, str]:
+    """``(waveform, Hz) or None``, the report's ``audio_source`` and the node input the sound came from: the
+    ``audio`` input, else the generated VIDEO's soundtrack."""
+    if audio is not None:
+        return audio_to_numpy(audio, NODE, "audio"), "audio input", "audio"
+    if video_audio is not None:
+        return video_audio, "generated_video soundtrack", "generated_video"
+    return None, None, "audio"
+
+
+def _detect_landmarks(sides: dict) -> None:
+    """Detect the landmarks of every side given as frames (one pass when both sides share the frames), with one
+    progress bar over all frames. Raises NodeInputError naming the input when no frame shows a face."""
+    todo = [s for s in SIDES if sides[s].landmarks is None]
+    same = len(todo) == 2 and sides["ground_truth"].frames is sides["generated"].frames
+    total = max(1, sum(len(sides[s].frames) for s in todo) - (len(sides["ground_truth"].frames) if same else 0))
+    bar = Progress(total)
+    done = 0
+    for side in todo:
+        sd = sides[side]
+        if side == "ground_truth" and same:
+            sd.landmarks = sides["generated"].landmarks
+            continue
+        try:
+            sd.landmarks = detect_landmarks(sd.frames, on_missing="keep", fps=sd.fps,
+                                            progress=lambda k, n, b=done: bar(b + k, total))
+        except NoFaceError as e:
+            raise node_error(NODE, sd.source, f"{e}; give frames showing the face (all-black or faceless "
+                             "frames are excluded only when some frames have a face)") from None
+        done += len(sd.frames)
+
+
+def _score(sides: dict, wav, audio_input: str, sync_fps: float, w1: float, w2: float, identity: str,
+           identity_stride: int, motion_vectors: str) -> dict:
+    """:func:`ptalk_models.metrics.evaluate` of the two sides; engine InputErrors become NodeInputErrors naming
+    the node input the rejected argument came from (``audio_input``: where ``wav`` came from)."""
+    use_identity = identity != "off"
+    gen, gt = sides["generated"], sides["ground_truth"]
+    try:
+        return evaluate(gen.landmarks, gt.landmarks, w1=w1, w2=w2, audio=wav, fps=sync_fps if sync_fps > 0 else None,
+                        generated_frames=gen.frames if use_identity else None,
+                        ground_truth_frames=gt.frames if use_identity else None,
+                        identity_backend=identity if use_identity else None,
+                        identity_stride=identity_stride, motion_vectors=motion_vectors)
+    except InputError as e:
+        raise node_error_from(NODE, e, {"generated": gen.source, "ground_truth": gt.source,
+                                        "audio": audio_input}) from None
+    except ValueError as e:  # not about one argument: reported on the evaluated side
+        raise node_error(NODE, gen.source, str(e)) from None
+
+
+def _summary(report: dict) -> str:
+    """One-paragraph text for the node's UI: ADFD and its terms, mouth LMD, frames, sync proxy, warnings."""
+    text = (f"ADFD {report['adfd']:.4f} = [{report['w1']:g} × spatial {report['spatial_term']:.4f}] × "
+            f"[{report['w2']:g} × motion {report['motion_term']:.4f}]; mouth LMD {report['lmd']['mouth_px']:.2f} px; "
+            f"frames used {report['frames']['used']}/{report['frames']['compared']}")
+    if report["sync"] is not None:
+        s = report["sync"]["generated"]
+        text += f"; sync proxy r(lag 0) {s['corr_lag0']:.3f}, best lag {s['best_lag']}"
+    if report["warnings"]:
+        text += "\nwarnings: " + "; ".join(report["warnings"])
+    return text
 
 
 class ADFDScore(io.ComfyNode):
@@ -118,96 +254,21 @@ class ADFDScore(io.ComfyNode):
                 ground_truth_video=None, audio=None) -> io.NodeOutput:
         given = {"generated": (generated, generated_landmarks, generated_video),
                  "ground_truth": (ground_truth, ground_truth_landmarks, ground_truth_video)}
-        frames, lms, fpss, video_audio, source = {}, {}, {}, None, {}
-        for side, (images, lm, video) in given.items():
-            names = [n for n, v in ((side, images), (f"{side}_landmarks", lm), (f"{side}_video", video))
-                     if v is not None]
-            if not names:
-                raise node_error(NODE, side, f"nothing connected; connect the {side.replace('_', '-')} video as "
-                                 f"frames ({side}), landmarks ({side}_landmarks) or a VIDEO ({side}_video)")
-            if len(names) > 1:
-                raise node_error(NODE, names[1], f"connect only one of {side} / {side}_landmarks / {side}_video; "
-                                 f"got {', '.join(names)}")
-            source[side] = names[0]
-            if lm is not None:
-                if len(lm) == 0:
-                    raise node_error(NODE, names[0], "the landmark sequence is empty (0 frames); connect landmarks "
-                                     "of at least one frame")
-                lms[side], fpss[side] = lm, lm.fps
-            elif side == "ground_truth" and (images if images is not None else video) is (
-                    generated if generated is not None else generated_video):
-                frames[side], fpss[side] = frames["generated"], fpss["generated"]  # one source on both sides
-            elif images is not None:
-                frames[side], fpss[side] = image_to_numpy(images, NODE, side), float(fps)
-                if frames[side].shape[0] == 0:
-                    raise node_error(NODE, side, "the IMAGE batch is empty (0 frames); connect at least one frame")
-            else:
-                frames[side], fpss[side], a = _decode_video(video, names[0])
-                if side == "generated":
-                    video_audio = a
-            if fps > 0 and fpss[side] <= 0:
-                fpss[side] = float(fps)
-
-        wav = None
-        audio_source = None
-        if audio is not None:
-            wav, audio_source = audio_to_numpy(audio, NODE, "audio"), "audio input"
-        elif video_audio is not None:
-            wav, audio_source = video_audio, "generated_video soundtrack"
-        sync_fps = fpss["generated"] if fpss["generated"] > 0 else fpss["ground_truth"]
+        sides, video_audio = _read_inputs(fps, given)
+        wav, audio_source, audio_input = _pick_audio(audio, video_audio)
+        sync_fps = sides["generated"].fps if sides["generated"].fps > 0 else sides["ground_truth"].fps
         if wav is not None and sync_fps <= 0:
             raise node_error(NODE, "fps", "the sync proxy needs the frame rate: set fps (e.g. wire Get Video "
                              "Components' fps) or connect landmarks/video that carry it")
-
-        todo = [s for s in SIDES if s not in lms]
-        same = len(todo) == 2 and frames["ground_truth"] is frames["generated"]
-        total = max(1, sum(len(frames[s]) for s in todo) - (len(frames["ground_truth"]) if same else 0))
-        bar = Progress(total)
-        done = 0
-        for side in todo:
-            if side == "ground_truth" and same:
-                lms[side] = lms["generated"]
-                continue
-            base = done
-            try:
-                lms[side] = detect_landmarks(frames[side], on_missing="keep", fps=fpss[side],
-                                             progress=lambda k, n, b=base: bar(b + k, total))
-            except NoFaceError as e:
-                raise node_error(NODE, source[side], f"{e}; give frames showing the face (all-black or faceless "
-                                 "frames are excluded only when some frames have a face)") from None
-            done += len(frames[side])
-
-        use_identity = identity != "off"
-        try:
-            report = evaluate(lms["generated"], lms["ground_truth"], w1=w1, w2=w2, audio=wav,
-                              fps=sync_fps if sync_fps > 0 else None,
-                              generated_frames=frames.get("generated") if use_identity else None,
-                              ground_truth_frames=frames.get("ground_truth") if use_identity else None,
-                              identity_backend=identity if use_identity else None,
-                              identity_stride=identity_stride, motion_vectors=motion_vectors)
-        except ValueError as e:  # the engine's messages start with the argument they are about
-            msg = str(e)
-            name = next((n for n in ("generated", "ground_truth", "w1", "w2", "motion_vectors", "identity_stride",
-                                     "fps") if msg.startswith(n)), "generated")
-            raise node_error(NODE, name, msg) from None
-        report["inputs"] = {s: ("landmarks" if given[s][1] is not None else "video" if given[s][2] is not None
-                                else "images") for s in SIDES}
+        _detect_landmarks(sides)
+        report = _score(sides, wav, audio_input, sync_fps, w1, w2, identity, identity_stride, motion_vectors)
+        report["inputs"] = {s: sides[s].kind for s in SIDES}
         report["audio_source"] = audio_source
         for w in report["warnings"]:
             log.warning("%s: %s", NODE, w)
         plot = numpy_to_image(report_plot(report)[None])
-        text = report_json(report)
-        summary = (f"ADFD {report['adfd']:.4f} = [{w1:g} × spatial {report['spatial_term']:.4f}] × "
-                   f"[{w2:g} × motion {report['motion_term']:.4f}]; mouth LMD {report['lmd']['mouth_px']:.2f} px; "
-                   f"frames used {report['frames']['used']}/{report['frames']['compared']}")
-        if report["sync"] is not None:
-            s = report["sync"]["generated"]
-            summary += f"; sync proxy r(lag 0) {s['corr_lag0']:.3f}, best lag {s['best_lag']}"
-        if report["warnings"]:
-            summary += "\nwarnings: " + "; ".join(report["warnings"])
         preview = ui.PreviewImage(plot, cls=cls)
-        return io.NodeOutput(float(report["adfd"]), text, plot,
-                             ui={"text": (summary,), "images": preview.values, "animated": (False,)})
-
+        return io.NodeOutput(float(report["adfd"]), report_json(report), plot,
+                             ui={"text": (_summary(report),), "images": preview.values, "animated": (False,)})
 
 NODES = [ADFDScore]

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..ptalk_models.errors import InputError
 from ..ptalk_models.face import NoFaceError
 from ..ptalk_models.identity import BACKENDS, INSIGHTFACE_MODELS, InsightFaceUnavailable, embed_faces
-from .comfy_adapter import (CATEGORY, FaceEmbed, Landmarks, image_to_numpy, insightface_root, node_error, numpy_to_image,
-                            register_insightface_folder)
+from .glue.convert import image_to_numpy, numpy_to_image
+from .glue.errors import node_error, node_error_from
+from .glue.folders import insightface_root, register_insightface_folder
+from .glue.sockets import CATEGORY, FaceEmbed, Landmarks
 
 NODE = "Face Embed"
 
@@ -63,8 +66,10 @@ class FaceEmbedNode(io.ComfyNode):
             raise node_error(NODE, "backend", str(e)) from None
         except NoFaceError as e:
             raise node_error(NODE, "image", str(e)) from None
-        except ValueError as e:
-            raise node_error(NODE, "landmarks" if str(e).startswith("landmarks") else "image", str(e)) from None
+        except InputError as e:
+            raise node_error_from(NODE, e, {"images": "image"}) from None
+        except ValueError as e:  # pixels the engine cannot use
+            raise node_error(NODE, "image", str(e)) from None
         return io.NodeOutput(emb, numpy_to_image(emb.crops))
 
 

@@ -5,11 +5,15 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..ptalk_models.errors import InputError
 from ..ptalk_models.face import NoFaceError, detect_landmarks
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from ..ptalk_models.render import MOUTH_FILLS, WarpRenderer, check_aspect, even_dims, iter_render
-from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedTalkingVideo, audio_to_numpy, image_to_numpy,
-                            node_error)
+from .glue.convert import audio_to_numpy, image_to_numpy
+from .glue.errors import node_error, node_error_from
+from .glue.progress import Progress
+from .glue.sockets import CATEGORY, Landmarks
+from .glue.video import StreamedTalkingVideo
 
 NODE = "Landmark Warp Render"
 NODE_VIDEO = "Landmark Warp Render → Video"
@@ -42,17 +46,19 @@ def _inputs():
     ]
 
 
-def _render_error_input(message: str) -> str:
-    """The node input a :mod:`ptalk_models.render` ValueError is about (its messages name the argument)."""
-    if "driving landmarks" in message:
-        return "landmarks"
-    if "reference landmarks" in message or message.startswith("reference must"):
-        return "reference_landmarks"
-    if message.startswith("reference_image"):
-        return "reference_image"
-    if message.startswith("mouth_fill"):
-        return "mouth_fill"
-    return "landmarks"
+#: The node input each rejected :mod:`ptalk_models.render` argument came from (``WarpRenderer``'s
+#: ``reference_image`` / ``reference`` / ``mouth_fill``, ``iter_render``'s ``sequence``, ``render_patch``'s
+#: ``points``: one frame of the sequence).
+RENDER_INPUTS = {"reference_image": "reference_image", "reference": "reference_landmarks", "mouth_fill": "mouth_fill",
+                 "sequence": "landmarks", "points": "landmarks"}
+
+
+def _render_error(node: str, e: ValueError):
+    """The NodeInputError for a render engine ValueError: an :class:`InputError` names the input its argument
+    came from (:data:`RENDER_INPUTS`); any other ValueError is reported on ``landmarks``."""
+    if isinstance(e, InputError):
+        return node_error_from(node, e, RENDER_INPUTS)
+    return node_error(node, "landmarks", str(e))
 
 
 def _prepare(node, reference_image, landmarks, reference_landmarks):
@@ -116,7 +122,7 @@ class LandmarkWarpRender(io.ComfyNode):
                         np.ascontiguousarray(f.patch)).float().div_(255.0)
                 progress(i + 1, T)
         except ValueError as e:
-            raise node_error(NODE, _render_error_input(str(e)), str(e)) from None
+            raise _render_error(NODE, e) from None
         return io.NodeOutput(images)
 
 
@@ -149,7 +155,7 @@ class LandmarkWarpRenderVideo(io.ComfyNode):
         try:  # built here, so a bad reference is reported by this node and not later inside Save Video
             renderer = WarpRenderer(ref, ref_lm, mouth_fill=mouth_fill)
         except ValueError as e:
-            raise node_error(NODE_VIDEO, _render_error_input(str(e)), str(e)) from None
+            raise _render_error(NODE_VIDEO, e) from None
         return io.NodeOutput(StreamedTalkingVideo(renderer, landmarks, even_size, wav))
 
 

@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import InputError
 from .images import as_rgb_uint8, same_aspect
 from .landmarks import CHIN, FACE_OVAL, FOREHEAD, LEFT_EYE_OUTER, NUM_LANDMARKS, RIGHT_EYE_OUTER, FaceLandmarks
 
@@ -265,12 +266,13 @@ def _edges_from_mask(mask01: np.ndarray, thickness: int) -> np.ndarray:
     return e
 
 
-class ContourInputError(ValueError):
-    """A bad :func:`head_contour` input; ``.input`` names the argument (``images``, ``landmarks``, ``reference``,
-    ``reference_landmarks`` or a parameter name) and ``.message`` the problem and its fix without that prefix."""
+class ContourInputError(InputError):
+    """A bad :func:`head_contour` input (an :class:`~ptalk_models.errors.InputError`): ``.argument`` (alias
+    ``.input``) names the parameter (``images``, ``landmarks``, ``reference``, ``reference_landmarks``,
+    ``detail`` ...) and ``.message`` the problem and its fix without the ``head_contour: <argument>:`` prefix."""
 
     def __init__(self, input_name: str, message: str):
-        super().__init__(f"head_contour: {input_name}: {message}")
+        super().__init__(input_name, f"head_contour: {input_name}: {message}")
         self.input = input_name
         self.message = message
 

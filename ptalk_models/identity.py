@@ -45,6 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .images import as_rgb_uint8
 from .landmarks import (FACE_OVAL, LEFT_EYE_INNER, LEFT_EYE_OUTER, RIGHT_EYE_INNER, RIGHT_EYE_OUTER, FaceLandmarks,
                         inter_ocular_px)
@@ -304,12 +305,12 @@ def _as_batch(images, landmarks):
     if isinstance(images, (list, tuple)):
         imgs = [as_rgb_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
         if any(im.ndim != 3 for im in imgs):
-            raise ValueError("images: a list must hold single images [H, W, C]")
+            raise InputError("images", "images: a list must hold single images [H, W, C]")
     else:
         arr = as_rgb_uint8(images, "images")
         imgs = list(arr[None] if arr.ndim == 3 else arr)
     if not imgs:
-        raise ValueError("images: empty batch; give at least one reference image")
+        raise InputError("images", "images: empty batch;", "give at least one reference image")
     n = len(imgs)
     if landmarks is None:
         from .face import NoFaceError, detect_landmarks
@@ -331,12 +332,13 @@ def _as_batch(images, landmarks):
         lms = list(landmarks) if isinstance(landmarks, (list, tuple)) else \
             ([landmarks.frame(i) for i in range(len(landmarks))] if isinstance(landmarks, FaceLandmarks) else None)
         if lms is None:
-            raise ValueError(f"landmarks: expected FaceLandmarks (PTALK_LANDMARKS), got {type(landmarks).__name__}")
+            raise InputError("landmarks",
+                             f"landmarks: expected FaceLandmarks (PTALK_LANDMARKS), got {type(landmarks).__name__}")
         if len(lms) == 1 and n > 1:
             lms = lms * n
         if len(lms) != n:
-            raise ValueError(f"landmarks: {len(lms)} frame(s) for {n} image(s); give one landmark frame per "
-                             "image (or one for all)")
+            raise InputError("landmarks", f"landmarks: {len(lms)} frame(s) for {n} image(s);",
+                             "give one landmark frame per image (or one for all)")
     pts, present = [], np.zeros(n, bool)
     for i, (im, lm) in enumerate(zip(imgs, lms)):
         if lm is None or not bool(lm.present[0]):
@@ -344,8 +346,8 @@ def _as_batch(images, landmarks):
             continue
         h, w = im.shape[:2]
         if tuple(lm.image_size) != (w, h):
-            raise ValueError(f"landmarks: frame {i} refers to a {lm.image_size[0]}x{lm.image_size[1]} image but "
-                             f"image {i} is {w}x{h}; detect the landmarks on these images")
+            raise InputError("landmarks", f"landmarks: frame {i} refers to a {lm.image_size[0]}x{lm.image_size[1]} "
+                             f"image but image {i} is {w}x{h};", "detect the landmarks on these images")
         pts.append(lm.pixels(0).astype(np.float64))
         present[i] = True
     return imgs, pts, present
@@ -438,12 +440,14 @@ def embed_faces(images, landmarks: FaceLandmarks | Sequence[FaceLandmarks] | Non
     Returns:
         :class:`FaceEmbedding` (rows of faceless images NaN, ``present`` False).
     Raises:
-        ValueError: malformed images/landmarks, unknown backend; :class:`ptalk_models.face.NoFaceError` (a
+        InputError (a ValueError) whose ``argument`` is ``"images"``, ``"landmarks"`` or ``"backend"``: malformed
+        images/landmarks, unknown backend (other ValueErrors: pixels :func:`ptalk_models.images.as_rgb_uint8`
+        rejects); :class:`ptalk_models.face.NoFaceError` (a
         ValueError) when no image has a face; :class:`InsightFaceUnavailable` when the insightface package
         or model files are missing (the message says where to put them).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError("backend", f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "insightface":  # fail on missing models before any detection work
         insightface_model_file(insightface_root, insightface_model)
     imgs, pts, present = _as_batch(images, landmarks)

@@ -2,8 +2,9 @@
 
 Everything works on :class:`~ptalk_models.landmarks.FaceLandmarks` (MediaPipe 478-point face mesh) of a
 *generated* and a *ground-truth* video; frames are only needed for the optional identity metric. No ComfyUI
-import. The one-call entry point is :func:`evaluate`, which returns a JSON-ready report (``dict``); the
-pieces are public too:
+import. The one-call entry point is :func:`evaluate`, which returns a JSON-ready report (``dict``):
+:func:`compute_evaluation` computes every metric (an :class:`Evaluation` of numbers and arrays) and
+:func:`build_report` formats it. The pieces are public too:
 
 * :func:`adfd` -- Average Dynamic Facial Distance, PortraitTalk (arXiv 2412.07754) section III-C, Eq. 4.
 * :func:`landmark_distance` -- LMD (Chen et al., "Lip Movements Generation at a Glance", ECCV 2018): mean
@@ -42,6 +43,7 @@ import numpy as np
 
 from .audio import SPEECH_BAND, TARGET_SR, band_log_energy, n_video_frames, prepare_audio
 from .images import same_aspect
+from .errors import InputError
 from .landmarks import LIPS_INNER, LIPS_OUTER, NUM_LANDMARKS, FaceLandmarks, inner_lip_aperture, inter_ocular_px
 
 #: Mouth landmarks for the mouth LMD: the outer and inner lip contours (40 MediaPipe points).
@@ -82,15 +84,20 @@ class AlignedLandmarks:
 
 
 def _check_landmarks(lm, name: str) -> FaceLandmarks:
+    """``lm`` checked to be a non-empty FaceLandmarks with a face and finite coordinates.
+
+    Raises:
+        InputError: ``argument`` = ``name`` (the caller's parameter); the message starts with ``name``.
+    """
     if not isinstance(lm, FaceLandmarks):
-        raise ValueError(f"{name}: expected FaceLandmarks (PTALK_LANDMARKS), got {type(lm).__name__}; detect "
-                         "them with ptalk_models.face.detect_landmarks(frames, on_missing='keep')")
+        raise InputError(name, f"{name}: expected FaceLandmarks (PTALK_LANDMARKS), got {type(lm).__name__};",
+                         "detect them with ptalk_models.face.detect_landmarks(frames, on_missing='keep')")
     if len(lm) == 0:
-        raise ValueError(f"{name}: the landmark sequence is empty (0 frames)")
+        raise InputError(name, f"{name}: the landmark sequence is empty (0 frames)")
     if not lm.present.any():
-        raise ValueError(f"{name}: no face in any of its {len(lm)} frame(s); give frames with a visible face")
+        raise InputError(name, f"{name}: no face in any of its {len(lm)} frame(s);", "give frames with a visible face")
     if not np.isfinite(lm.points[lm.present][..., :2]).all():
-        raise ValueError(f"{name}: landmark coordinates contain NaN/Inf")
+        raise InputError(name, f"{name}: landmark coordinates contain NaN/Inf")
     return lm
 
 
@@ -98,7 +105,9 @@ def align_landmarks(generated: FaceLandmarks, ground_truth: FaceLandmarks) -> Al
     """Put both sequences on the ground truth's pixel grid, clip to the shorter, mark usable frames.
 
     Raises:
-        ValueError: not FaceLandmarks, empty, no face in any frame, or non-finite coordinates.
+        InputError (a ValueError): ``argument`` ``"generated"`` / ``"ground_truth"``: not FaceLandmarks, empty,
+        no face in any frame, or non-finite coordinates; ``"generated"`` also when no compared frame has a face
+        on both sides.
     """
     gen = _check_landmarks(generated, "generated")
     gt = _check_landmarks(ground_truth, "ground_truth")
@@ -125,7 +134,7 @@ def align_landmarks(generated: FaceLandmarks, ground_truth: FaceLandmarks) -> Al
     pg, pr = gen.present[:T], gt.present[:T]
     valid = pg & pr
     if not valid.any():
-        raise ValueError(f"no frame among the {T} compared has a face on both sides (generated faces: "
+        raise InputError("generated", f"no frame among the {T} compared has a face on both sides (generated faces: "
                          f"{int(pg.sum())}, ground truth faces: {int(pr.sum())})")
     counts = {"generated": n_gen, "ground_truth": n_gt, "compared": T, "used": int(valid.sum()),
               "excluded_no_face": int((~valid).sum()), "generated_no_face": int((~pg).sum()),
@@ -228,13 +237,14 @@ def adfd(generated: FaceLandmarks | AlignedLandmarks, ground_truth: FaceLandmark
         static_eps_px: zero-motion threshold, pixels RMS per landmark.
 
     Raises:
-        ValueError: bad weights, unknown ``motion_vectors``, or any error of :func:`align_landmarks`.
+        InputError (a ValueError) naming the argument: bad weights (``w1``/``w2``), unknown ``motion_vectors``,
+        or any error of :func:`align_landmarks`.
     """
     for name, w in (("w1", w1), ("w2", w2)):
         if not (isinstance(w, (int, float, np.floating)) and math.isfinite(float(w)) and float(w) >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+            raise InputError(name, f"{name} must be a finite number >= 0, got {w!r}")
     if motion_vectors not in MOTION_VECTORS:
-        raise ValueError(f"motion_vectors must be one of {MOTION_VECTORS}, got {motion_vectors!r}")
+        raise InputError("motion_vectors", f"motion_vectors must be one of {MOTION_VECTORS}, got {motion_vectors!r}")
     al = generated if isinstance(generated, AlignedLandmarks) else align_landmarks(generated, ground_truth)
     warnings: list[str] = []
     T, K = al.generated.shape[:2]
@@ -366,12 +376,14 @@ def sync_proxy(landmarks: FaceLandmarks, waveform, sample_rate: float, fps: floa
         aperture, silence, fewer than 8 frames).
 
     Raises:
-        ValueError: fps not > 0 (pass ``fps``), or bad audio (from :func:`ptalk_models.audio.prepare_audio`).
+        InputError (a ValueError): ``argument`` ``"fps"`` when the frame rate is not > 0, ``"landmarks"`` (see
+        :func:`align_landmarks`). ValueError: bad audio (from :func:`ptalk_models.audio.prepare_audio`).
     """
     landmarks = _check_landmarks(landmarks, "landmarks")
     fps = float(landmarks.fps if fps is None or fps <= 0 else fps)
     if not (math.isfinite(fps) and fps > 0):
-        raise ValueError("sync proxy: the frame rate is unknown (landmarks.fps is 0); pass fps (frames per second)")
+        raise InputError("fps", "sync proxy: the frame rate is unknown (landmarks.fps is 0);",
+                         "pass fps (frames per second)")
     mono = prepare_audio(waveform, sample_rate).samples
     n_audio = n_video_frames(len(mono), TARGET_SR, fps)
     n = min(len(landmarks), n_audio)
@@ -412,14 +424,15 @@ def identity_per_frame(generated_frames: np.ndarray, ground_truth_frame: np.ndar
         "per_frame_distance" float64 [T]}``.
 
     Raises:
-        ImportError: the identity engine is missing. ValueError (incl. NoFaceError): no face in the ground-truth
-        frame or in every generated frame. RuntimeError: the backend cannot run (insightface models missing).
+        ImportError: the identity engine is missing. InputError (``argument`` ``"stride"``): stride < 1.
+        ValueError (incl. NoFaceError): no face in the ground-truth frame or in every generated frame.
+        RuntimeError: the backend cannot run (insightface models missing).
     """
     from .identity import embed_faces
 
     stride = int(stride)
     if stride < 1:
-        raise ValueError(f"identity stride must be >= 1 frame, got {stride}")
+        raise InputError("stride", f"identity stride must be >= 1 frame, got {stride}")
     frames = np.asarray(generated_frames)
     T = len(frames)
     idx = np.arange(0, T, stride)
@@ -439,12 +452,203 @@ def identity_per_frame(generated_frames: np.ndarray, ground_truth_frame: np.ndar
             "per_frame_distance": dist}
 
 
+# ---------------------------------------------------------------------------------------------- computation
+@dataclass
+class Evaluation:
+    """The numbers behind an :func:`evaluate` report (:func:`compute_evaluation`; :func:`build_report` formats).
+
+    ``aligned``      :class:`AlignedLandmarks` (ground truth's pixel grid, ``T`` compared frames).
+    ``adfd``         :class:`ADFDResult` (Eq. 4 terms and per-frame curves).
+    ``mouth_lmd``, ``face_lmd``  :func:`landmark_distance` dicts (pixels and inter-ocular fractions).
+    ``jitter_generated``, ``jitter_ground_truth``  :func:`landmark_jitter` dicts (pixels).
+    ``aperture_generated``, ``aperture_ground_truth``  float64 ``[T]`` inner-lip aperture / inter-ocular
+                     distance (:func:`ptalk_models.landmarks.inner_lip_aperture`), NaN where no face.
+    ``fps``          frame rate used, frames per second (0.0 when unknown).
+    ``sync``         ``{"generated": ..., "ground_truth": ...}`` :func:`sync_proxy` dicts without their
+                     ``aperture`` / ``energy_db`` arrays, or None without audio.
+    ``energy_db``    float64 ``[frames]`` 200-4000 Hz log energy of the audio, dB, or None.
+    ``identity``     :func:`identity_per_frame` dict plus ``reference_frame``, or None when skipped.
+    ``warnings``     list of str, in the order the steps ran.
+    """
+
+    aligned: AlignedLandmarks
+    adfd: ADFDResult
+    mouth_lmd: dict
+    face_lmd: dict
+    jitter_generated: dict
+    jitter_ground_truth: dict
+    aperture_generated: np.ndarray
+    aperture_ground_truth: np.ndarray
+    fps: float
+    sync: dict | None = None
+    energy_db: np.ndarray | None = None
+    identity: dict | None = None
+    warnings: list = field(default_factory=list)
+
+
+def _first_frames(lm: FaceLandmarks, T: int) -> FaceLandmarks:
+    """The first ``T`` frames of ``lm`` (the compared ones)."""
+    return lm.with_points(lm.points[:T], present=lm.present[:T])
+
+
+def _lip_aperture(lm: FaceLandmarks) -> np.ndarray:
+    """float64 ``[T]`` inner-lip aperture / inter-ocular distance, NaN where ``lm`` has no face."""
+    return np.where(lm.present, inner_lip_aperture(lm), np.nan)
+
+
+def compute_sync(generated: FaceLandmarks, ground_truth: FaceLandmarks, audio: tuple, fps: float,
+                 frames: int) -> tuple[dict, np.ndarray, list[str]]:
+    """The sync proxy of both sides against one soundtrack (:func:`sync_proxy`).
+
+    Args:
+        generated, ground_truth: the compared frames' landmarks (``frames`` each).
+        audio: ``(waveform [C, N] or [N], sample_rate Hz)``. fps: frames per second (> 0).
+        frames: number of compared video frames, for the coverage warning.
+
+    Returns:
+        ``(sync, energy_db, warnings)``: ``sync`` = ``{"proxy", "generated", "ground_truth"}`` (each a
+        :func:`sync_proxy` dict without its arrays), ``energy_db`` float64 ``[n]`` dB, ``warnings`` list of str.
+
+    Raises:
+        InputError: ``argument`` ``"fps"`` when ``fps`` is not > 0; ``"audio"`` for audio that
+        :func:`ptalk_models.audio.prepare_audio` rejects.
+    """
+    if fps <= 0:
+        raise InputError("fps", "fps: the landmarks carry no frame rate and fps is 0;", "set fps for the sync proxy")
+    wav, sr = audio
+    try:
+        sg = sync_proxy(generated, wav, sr, fps)
+        sr_ = sync_proxy(ground_truth, wav, sr, fps)
+    except ValueError as e:  # prepare_audio: empty waveform, bad sample rate, malformed array (fps checked above)
+        raise InputError("audio", f"audio: {e}") from None
+    energy = sg.pop("energy_db")
+    for d in (sg, sr_):
+        d.pop("aperture")
+    sr_.pop("energy_db")
+    sync = {"proxy": "inner-lip aperture vs 200-4000 Hz log energy (NOT SyncNet)", "generated": sg,
+            "ground_truth": sr_}
+    warnings = []
+    if sg["audio_frames"] < frames - 1 or sg["audio_frames"] > frames + 1:
+        warnings.append(f"audio covers {sg['audio_frames']} frames at {fps:g} fps, video {frames}; the sync proxy "
+                        f"uses the {sg['frames']} frames both cover")
+    if not math.isfinite(sg["corr_lag0"]):
+        warnings.append("sync proxy undefined for the generated video (constant mouth, silent audio or < 8 frames)")
+    return sync, energy, warnings
+
+
+def compute_identity(generated_frames: np.ndarray, ground_truth_frames: np.ndarray, generated: FaceLandmarks,
+                     ground_truth: FaceLandmarks, backend: str, stride: int = 1,
+                     identity_kwargs: dict | None = None) -> tuple[dict | None, list[str]]:
+    """:func:`identity_per_frame` against the first ground-truth frame with a face; failures become warnings.
+
+    Args:
+        generated_frames: uint8 RGB ``[T, H, W, 3]`` (the compared frames). generated: their landmarks.
+        ground_truth_frames: uint8 RGB ``[T', H', W', 3]``; ground_truth: their landmarks (some face present).
+        backend, stride, identity_kwargs: see :func:`identity_per_frame`.
+
+    Returns:
+        ``(identity, warnings)``: the :func:`identity_per_frame` dict plus ``reference_frame`` (index into
+        ``ground_truth_frames``), or None with a warning when the engine is missing or cannot embed.
+    """
+    first = int(np.flatnonzero(ground_truth.present)[0])
+    try:
+        identity = identity_per_frame(np.asarray(generated_frames), np.asarray(ground_truth_frames)[first],
+                                      generated, ground_truth.frame(first), backend=backend, stride=stride,
+                                      **dict(identity_kwargs or {}))
+    except ImportError as e:
+        return None, [f"identity similarity skipped: the Face Embed engine is unavailable ({e})"]
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        return None, [f"identity similarity skipped: {e}"]
+    identity["reference_frame"] = first
+    return identity, []
+
+
+def compute_evaluation(generated: FaceLandmarks, ground_truth: FaceLandmarks, w1: float = 1.0, w2: float = 1.0,
+                       audio: tuple | None = None, fps: float | None = None,
+                       generated_frames: np.ndarray | None = None, ground_truth_frames: np.ndarray | None = None,
+                       identity_backend: str | None = "dlib", motion_vectors: str = "face",
+                       identity_kwargs: dict | None = None, identity_stride: int = 1) -> Evaluation:
+    """Every metric of :func:`evaluate` as numbers and arrays (:class:`Evaluation`); arguments as there.
+
+    Raises:
+        InputError (a ValueError) naming the argument of this function: ``identity_stride`` < 1;
+        ``generated`` / ``ground_truth`` (:func:`align_landmarks`); ``w1``, ``w2``, ``motion_vectors``
+        (:func:`adfd`); ``fps`` / ``audio`` with ``audio`` (:func:`compute_sync`).
+    """
+    if int(identity_stride) < 1:
+        raise InputError("identity_stride", f"identity_stride must be >= 1 frame, got {identity_stride}")
+    al = align_landmarks(generated, ground_truth)  # validates both (InputError naming the side)
+    T = len(al)
+    gen_t, gt_t = _first_frames(generated, T), _first_frames(ground_truth, T)
+    res = adfd(al, w1=w1, w2=w2, motion_vectors=motion_vectors)
+    jg = landmark_jitter(al.generated, gen_t.present, al.iod)
+    ev = Evaluation(aligned=al, adfd=res, mouth_lmd=landmark_distance(al, MOUTH), face_lmd=landmark_distance(al, FACE),
+                    jitter_generated=jg, jitter_ground_truth=landmark_jitter(al.ground_truth, gt_t.present, al.iod),
+                    aperture_generated=_lip_aperture(gen_t), aperture_ground_truth=_lip_aperture(gt_t),
+                    fps=float(fps) if fps is not None and fps > 0 else (generated.fps or ground_truth.fps or 0.0),
+                    warnings=list(al.warnings) + list(res.warnings))
+    if jg["triples"] == 0:
+        ev.warnings.append("jitter undefined: needs 3 consecutive frames with a face")
+    if audio is not None:
+        ev.sync, ev.energy_db, w = compute_sync(gen_t, gt_t, audio, ev.fps, T)
+        ev.warnings += w
+    if identity_backend and generated_frames is not None and ground_truth_frames is not None:
+        ev.identity, w = compute_identity(np.asarray(generated_frames)[:T], ground_truth_frames, gen_t, ground_truth,
+                                          identity_backend, identity_stride, identity_kwargs)
+        ev.warnings += w
+    elif identity_backend:
+        ev.warnings.append("identity similarity skipped: it needs the frames of both videos (landmarks were given)")
+    return ev
+
+
 # ---------------------------------------------------------------------------------------------- report
+def build_report(ev: Evaluation) -> dict:
+    """The JSON-ready report of :func:`evaluate` from an :class:`Evaluation` (no computation beyond ratios).
+
+    Returns:
+        see :func:`evaluate`; ``per_frame`` keeps numpy arrays (float64 ``[T]``), :func:`report_json` serialises.
+    """
+    res, al, jg, jr = ev.adfd, ev.aligned, ev.jitter_generated, ev.jitter_ground_truth
+    mouth, face, identity = ev.mouth_lmd, ev.face_lmd, ev.identity
+    jratio = jg["px"] / jr["px"] if jr["px"] and math.isfinite(jr["px"]) and jr["px"] > 0 else float("nan")
+    return {
+        "metric": "ADFD (PortraitTalk arXiv 2412.07754, Sec. III-C, Eq. 4) + companions",
+        "adfd": res.adfd, "spatial_term": res.spatial, "motion_term": res.motion, "w1": res.w1, "w2": res.w2,
+        "reading": {
+            "equation": "ADFD = [w1 * mean_t(1 - mean_k ||l_tk_gen - l_tk_gt|| / d)] * "
+                        "[w2 * mean_t((1 + cos(m_t_gen, m_t_gt)) / 2)], m_t = L_t - L_(t-1)",
+            "landmarks": "MediaPipe 478 (x, y) in the ground truth's pixel grid; d = its diagonal",
+            "motion_vectors": ("whole face: one flattened 956-D vector per frame pair" if res.motion_vectors == "face"
+                               else "per landmark: 2-D cosines averaged over landmarks"),
+            "zero_motion": f"RMS < {STATIC_EPS_PX} px/landmark is still; both still: cos=1, one still: cos=0",
+        },
+        "motion_pairs": res.motion_pairs,
+        "frames": al.counts, "reference_size": list(al.size), "diagonal_px": al.diagonal, "fps": ev.fps,
+        "lmd": {"mouth_px": mouth["px"], "mouth_iod": mouth["iod"], "face_px": face["px"], "face_iod": face["iod"],
+                "mouth_landmarks": len(MOUTH), "face_landmarks": len(FACE)},
+        "jitter": {"generated_px": jg["px"], "ground_truth_px": jr["px"], "generated_iod": jg["iod"],
+                   "ground_truth_iod": jr["iod"], "ratio": jratio},
+        "identity": None if identity is None else {k: v for k, v in identity.items() if not k.startswith("per_frame")},
+        "sync": ev.sync,
+        "per_frame": {
+            "spatial": res.spatial_per_frame, "motion": res.motion_per_frame,
+            "mouth_lmd_px": mouth["per_frame_px"], "face_lmd_px": face["per_frame_px"],
+            "aperture_generated": ev.aperture_generated, "aperture_ground_truth": ev.aperture_ground_truth,
+            "jitter_generated_px": jg["per_frame_px"], "jitter_ground_truth_px": jr["per_frame_px"],
+            "identity": None if identity is None else identity["per_frame"],
+            "audio_energy_db": ev.energy_db,
+        },
+        "warnings": ev.warnings,
+    }
+
+
 def evaluate(generated: FaceLandmarks, ground_truth: FaceLandmarks, w1: float = 1.0, w2: float = 1.0,
              audio: tuple | None = None, fps: float | None = None, generated_frames: np.ndarray | None = None,
              ground_truth_frames: np.ndarray | None = None, identity_backend: str | None = "dlib",
              motion_vectors: str = "face", identity_kwargs: dict | None = None, identity_stride: int = 1) -> dict:
     """ADFD plus LMD, jitter, identity and the sync proxy in one report (``dict``; see :func:`report_json`).
+
+    ``build_report(compute_evaluation(...))``: :func:`compute_evaluation` computes, :func:`build_report` formats.
 
     Args:
         generated, ground_truth: :class:`FaceLandmarks` of the two videos (``present`` flags respected).
@@ -466,93 +670,13 @@ def evaluate(generated: FaceLandmarks, ground_truth: FaceLandmarks, w1: float = 
         :func:`report_json` serialises.
 
     Raises:
-        ValueError: see :func:`align_landmarks`, :func:`adfd`, :func:`sync_proxy`; ``identity_stride`` < 1.
+        InputError (a ValueError) whose ``argument`` names the parameter of this function: see
+        :func:`compute_evaluation`.
     """
-    if int(identity_stride) < 1:
-        raise ValueError(f"identity_stride must be >= 1 frame, got {identity_stride}")
-    al = align_landmarks(generated, ground_truth)  # validates both (ValueError naming the side)
-    T = len(al)
-    # the compared frames of each side
-    gen_t = generated.with_points(generated.points[:T], present=generated.present[:T])
-    gt_t = ground_truth.with_points(ground_truth.points[:T], present=ground_truth.present[:T])
-    res = adfd(al, w1=w1, w2=w2, motion_vectors=motion_vectors)
-    warnings = list(al.warnings) + list(res.warnings)
-    mouth = landmark_distance(al, MOUTH)
-    face = landmark_distance(al, FACE)
-    jg = landmark_jitter(al.generated, gen_t.present, al.iod)
-    jr = landmark_jitter(al.ground_truth, gt_t.present, al.iod)
-    if jg["triples"] == 0:
-        warnings.append("jitter undefined: needs 3 consecutive frames with a face")
-    ap_gen = np.where(gen_t.present, inner_lip_aperture(gen_t), np.nan)
-    ap_gt = np.where(gt_t.present, inner_lip_aperture(gt_t), np.nan)
-
-    fps_used = float(fps) if fps is not None and fps > 0 else (generated.fps or ground_truth.fps or 0.0)
-    sync = None
-    energy = None
-    if audio is not None:
-        wav, sr = audio
-        if fps_used <= 0:
-            raise ValueError("fps: the landmarks carry no frame rate and fps is 0; set fps for the sync proxy")
-        sg = sync_proxy(gen_t, wav, sr, fps_used)
-        sr_ = sync_proxy(gt_t, wav, sr, fps_used)
-        energy = sg.pop("energy_db")
-        sg.pop("aperture")
-        sr_.pop("energy_db")
-        sr_.pop("aperture")
-        sync = {"proxy": "inner-lip aperture vs 200-4000 Hz log energy (NOT SyncNet)", "generated": sg,
-                "ground_truth": sr_}
-        if sg["audio_frames"] < T - 1 or sg["audio_frames"] > T + 1:
-            warnings.append(f"audio covers {sg['audio_frames']} frames at {fps_used:g} fps, video {T}; the sync proxy "
-                            f"uses the {sg['frames']} frames both cover")
-        if not math.isfinite(sg["corr_lag0"]):
-            warnings.append("sync proxy undefined for the generated video (constant mouth, silent audio or < 8 frames)")
-
-    identity = None
-    if identity_backend and generated_frames is not None and ground_truth_frames is not None:
-        first = int(np.flatnonzero(ground_truth.present)[0])
-        try:
-            identity = identity_per_frame(np.asarray(generated_frames)[:T], np.asarray(ground_truth_frames)[first],
-                                          gen_t, ground_truth.frame(first), backend=identity_backend,
-                                          stride=identity_stride, **dict(identity_kwargs or {}))
-            identity["reference_frame"] = first
-        except ImportError as e:
-            warnings.append(f"identity similarity skipped: the Face Embed engine is unavailable ({e})")
-        except (ValueError, RuntimeError, FileNotFoundError) as e:
-            warnings.append(f"identity similarity skipped: {e}")
-    elif identity_backend:
-        warnings.append("identity similarity skipped: it needs the frames of both videos (landmarks were given)")
-
-    jratio = jg["px"] / jr["px"] if jr["px"] and math.isfinite(jr["px"]) and jr["px"] > 0 else float("nan")
-    report = {
-        "metric": "ADFD (PortraitTalk arXiv 2412.07754, Sec. III-C, Eq. 4) + companions",
-        "adfd": res.adfd, "spatial_term": res.spatial, "motion_term": res.motion, "w1": res.w1, "w2": res.w2,
-        "reading": {
-            "equation": "ADFD = [w1 * mean_t(1 - mean_k ||l_tk_gen - l_tk_gt|| / d)] * "
-                        "[w2 * mean_t((1 + cos(m_t_gen, m_t_gt)) / 2)], m_t = L_t - L_(t-1)",
-            "landmarks": "MediaPipe 478 (x, y) in the ground truth's pixel grid; d = its diagonal",
-            "motion_vectors": ("whole face: one flattened 956-D vector per frame pair" if res.motion_vectors == "face"
-                               else "per landmark: 2-D cosines averaged over landmarks"),
-            "zero_motion": f"RMS < {STATIC_EPS_PX} px/landmark is still; both still: cos=1, one still: cos=0",
-        },
-        "motion_pairs": res.motion_pairs,
-        "frames": al.counts, "reference_size": list(al.size), "diagonal_px": al.diagonal, "fps": fps_used,
-        "lmd": {"mouth_px": mouth["px"], "mouth_iod": mouth["iod"], "face_px": face["px"], "face_iod": face["iod"],
-                "mouth_landmarks": len(MOUTH), "face_landmarks": len(FACE)},
-        "jitter": {"generated_px": jg["px"], "ground_truth_px": jr["px"], "generated_iod": jg["iod"],
-                   "ground_truth_iod": jr["iod"], "ratio": jratio},
-        "identity": None if identity is None else {k: v for k, v in identity.items() if not k.startswith("per_frame")},
-        "sync": sync,
-        "per_frame": {
-            "spatial": res.spatial_per_frame, "motion": res.motion_per_frame,
-            "mouth_lmd_px": mouth["per_frame_px"], "face_lmd_px": face["per_frame_px"],
-            "aperture_generated": ap_gen, "aperture_ground_truth": ap_gt,
-            "jitter_generated_px": jg["per_frame_px"], "jitter_ground_truth_px": jr["per_frame_px"],
-            "identity": None if identity is None else identity["per_frame"],
-            "audio_energy_db": energy,
-        },
-        "warnings": warnings,
-    }
-    return report
+    return build_report(compute_evaluation(
+        generated, ground_truth, w1=w1, w2=w2, audio=audio, fps=fps, generated_frames=generated_frames,
+        ground_truth_frames=ground_truth_frames, identity_backend=identity_backend, motion_vectors=motion_vectors,
+        identity_kwargs=identity_kwargs, identity_stride=identity_stride))
 
 
 def _nanmean(x) -> float:

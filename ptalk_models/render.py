@@ -49,10 +49,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import landmarks as L
-from .images import as_rgb_uint8, same_aspect
+from .easing import smoothstep
+from .errors import InputError
+from .images import ASPECT_TOLERANCE, as_rgb_uint8, aspect_ratio, same_aspect
 from .landmarks import FaceLandmarks, NUM_LANDMARKS, inner_lip_gap_px
 from .topology import face_mesh_triangles, hole_triangles, strip_triangles
-from .visemes import smoothstep
 
 # OpenCV is imported inside the functions that use it, so importing the pack (ComfyUI start-up) stays cheap.
 
@@ -73,26 +74,33 @@ _LOWER_MID = np.array(L.LIPS_INNER_LOWER[1:-1])
 
 def _as_image(image, name: str) -> np.ndarray:
     """One ``uint8 [H, W, 3]`` RGB image from anything :func:`.images.as_rgb_uint8` accepts
-    (uint8 or 0-1 float; grayscale ``[H, W]``/``[H, W, 1]``, RGB, RGBA with alpha dropped)."""
-    img = as_rgb_uint8(image, name)
+    (uint8 or 0-1 float; grayscale ``[H, W]``/``[H, W, 1]``, RGB, RGBA with alpha dropped).
+
+    Raises :class:`~ptalk_models.errors.InputError` with ``argument`` = ``name`` (the caller's parameter)."""
+    try:
+        img = as_rgb_uint8(image, name)
+    except ValueError as e:
+        raise InputError(name, str(e)) from None
     if img.ndim == 4 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 3:
-        raise ValueError(f"{name}: expected one image [H, W, C], got a batch of shape {img.shape}; pass one frame")
+        raise InputError(name, f"{name}: expected one image [H, W, C], got a batch of shape {img.shape};",
+                         "pass one frame")
     if img.shape[0] < 8 or img.shape[1] < 8:
-        raise ValueError(f"{name} is too small ({img.shape[1]}x{img.shape[0]} px); need at least 8x8")
+        raise InputError(name, f"{name} is too small ({img.shape[1]}x{img.shape[0]} px);", "need at least 8x8")
     return img
 
 
-def check_aspect(image_wh: tuple[int, int], lm_wh: tuple[int, int], image_name: str, lm_name: str,
-                 tol: float = 0.01) -> None:
-    """Raise ValueError unless two (width, height) sizes have the same aspect ratio within ``tol`` (relative;
-    :func:`ptalk_models.images.same_aspect`); the message names ``image_name`` / ``lm_name`` and the fix."""
-    if not same_aspect(image_wh, lm_wh, tol):
-        a, b = image_wh[0] / image_wh[1], lm_wh[0] / lm_wh[1]
+def check_aspect(image_wh: tuple[int, int], lm_wh: tuple[int, int], image_name: str, lm_name: str) -> None:
+    """Raise ValueError unless two (width, height) pixel sizes have the same aspect ratio by the pack's one rule
+    (:func:`ptalk_models.images.same_aspect`, relative tolerance :data:`~ptalk_models.images.ASPECT_TOLERANCE`);
+    the message names ``image_name`` / ``lm_name`` and the fix."""
+    if not same_aspect(image_wh, lm_wh):
+        a, b = aspect_ratio(image_wh), aspect_ratio(lm_wh)
         raise ValueError(
             f"{image_name} is {image_wh[0]}x{image_wh[1]} px (aspect {a:.4f}) but {lm_name} refer to a "
-            f"{lm_wh[0]}x{lm_wh[1]} image (aspect {b:.4f}); the aspect ratios must match within {tol:.0%}. "
+            f"{lm_wh[0]}x{lm_wh[1]} image (aspect {b:.4f}); the aspect ratios must match within "
+            f"{ASPECT_TOLERANCE:.0%}. "
             f"Detect the landmarks on this same image, or resize/crop the image to {lm_wh[0]}x{lm_wh[1]} "
             "(same framing) before rendering.")
 
@@ -480,9 +488,10 @@ class WarpRenderer:
             (``"cavity_and_teeth"`` default, ``"cavity"``, ``"none"``); True/False mean the first/last.
 
     Raises:
-        ValueError: image not a single gray/RGB/RGBA image; aspect ratio of ``reference_image`` and
-            ``reference.image_size`` differ by more than 1 %; reference frame 0 has no face
-            (``present`` False) or its landmarks are not finite; bad ``crop_scale``/``feather``.
+        InputError (a ValueError) whose ``argument`` names the parameter: ``reference_image`` not a single
+            gray/RGB/RGBA image of at least 8x8; ``reference`` not a FaceLandmarks, its ``image_size`` of
+            another aspect ratio than ``reference_image`` (more than 1 %), its frame 0 without a face
+            (``present`` False) or with non-finite landmarks; bad ``crop_scale`` / ``feather`` / ``mouth_fill``.
 
     :meth:`render` is deterministic and uses no randomness; one instance is not thread-safe.
     """
@@ -490,24 +499,27 @@ class WarpRenderer:
     def __init__(self, reference_image: np.ndarray, reference: FaceLandmarks, crop_scale: float = 1.9,
                  feather: float = 0.06, mouth_fill: str | bool = "cavity_and_teeth"):
         if not isinstance(reference, FaceLandmarks):
-            raise ValueError(f"reference must be a FaceLandmarks, got {type(reference).__name__}")
+            raise InputError("reference", f"reference must be a FaceLandmarks, got {type(reference).__name__}")
         img = _as_image(reference_image, "reference_image")
         H, W = img.shape[:2]
-        check_aspect((W, H), reference.image_size, "reference_image", "reference landmarks")
+        try:
+            check_aspect((W, H), reference.image_size, "reference_image", "reference landmarks")
+        except ValueError as e:
+            raise InputError("reference", str(e)) from None
         if len(reference) == 0 or not bool(reference.present[0]):
-            raise ValueError("reference landmarks: frame 0 has no face (present=False); detect the face on the "
-                             "reference image first (a frontal, unoccluded face is needed)")
+            raise InputError("reference", "reference landmarks: frame 0 has no face (present=False);",
+                             "detect the face on the reference image first (a frontal, unoccluded face is needed)")
         pts = reference.points[0]
         if not np.isfinite(pts).all():
-            raise ValueError("reference landmarks: frame 0 contains NaN/inf coordinates")
+            raise InputError("reference", "reference landmarks: frame 0 contains NaN/inf coordinates")
         if not (1.0 <= float(crop_scale) <= 6.0):
-            raise ValueError(f"crop_scale must be in [1, 6] (multiple of the face box), got {crop_scale}")
+            raise InputError("crop_scale", f"crop_scale must be in [1, 6] (multiple of the face box), got {crop_scale}")
         if not (0.0 <= float(feather) <= 0.3):
-            raise ValueError(f"feather must be in [0, 0.3] (fraction of the crop size), got {feather}")
+            raise InputError("feather", f"feather must be in [0, 0.3] (fraction of the crop size), got {feather}")
         if isinstance(mouth_fill, (bool, np.bool_)):
             mouth_fill = MOUTH_FILLS[0] if mouth_fill else "none"
         if mouth_fill not in MOUTH_FILLS:
-            raise ValueError(f"mouth_fill must be one of {MOUTH_FILLS}, got {mouth_fill!r}")
+            raise InputError("mouth_fill", f"mouth_fill must be one of {MOUTH_FILLS}, got {mouth_fill!r}")
         self.image = img
         self.width, self.height = W, H
         self.crop_scale = float(crop_scale)
@@ -596,9 +608,10 @@ class WarpRenderer:
         """
         p = np.asarray(points, dtype=np.float64)
         if p.ndim != 2 or p.shape[0] != NUM_LANDMARKS or p.shape[1] not in (2, 3):
-            raise ValueError(f"points must be [{NUM_LANDMARKS}, 3] normalised landmarks, got {tuple(p.shape)}")
+            raise InputError("points",
+                             f"points must be [{NUM_LANDMARKS}, 3] normalised landmarks, got {tuple(p.shape)}")
         if not np.isfinite(p[:, :2]).all():
-            raise ValueError("points contain NaN/inf; mark such frames present=False instead")
+            raise InputError("points", "points contain NaN/inf;", "mark such frames present=False instead")
         tgt_px = p[:, :2] * self._wh
         tgt_z = p[:, 2] if p.shape[1] == 3 else self.ref_z
 
@@ -713,15 +726,19 @@ def iter_render(renderer: WarpRenderer, sequence: FaceLandmarks, even_size: bool
     the face crop, not on the photo size (``np.asarray`` of one gives the full frame, bit-identical to the
     array the plain mode yields).
 
-    Raises ValueError for a ``sequence`` that is not a FaceLandmarks or has another aspect ratio than the
-    renderer's image.
+    Raises :class:`~ptalk_models.errors.InputError` (``argument`` ``"sequence"``) for a ``sequence`` that is not a
+    FaceLandmarks or has another aspect ratio than the renderer's image; ``"points"`` (from
+    :meth:`WarpRenderer.render_patch`) for a frame of malformed or non-finite landmarks.
     """
     from .media import PatchedFrame
 
     if not isinstance(sequence, FaceLandmarks):
-        raise ValueError(f"sequence must be a FaceLandmarks, got {type(sequence).__name__}")
+        raise InputError("sequence", f"sequence must be a FaceLandmarks, got {type(sequence).__name__}")
     r = renderer
-    check_aspect((r.width, r.height), sequence.image_size, "reference_image", "driving landmarks (sequence)")
+    try:
+        check_aspect((r.width, r.height), sequence.image_size, "reference_image", "driving landmarks (sequence)")
+    except ValueError as e:
+        raise InputError("sequence", str(e)) from None
     h, w = even_dims(r.height, r.width) if even_size else (r.height, r.width)
     if patches:
         background = r.image[:h, :w]

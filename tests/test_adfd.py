@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
-from ptalk_models import metrics
-from ptalk_models.face import NoFaceError, detect_landmarks
-from ptalk_models.media import read_audio, read_video
-from ptalk_models.plot import report_plot
+import ptalk_harness as harness
+from portraittalk.ptalk_models import metrics
+from portraittalk.ptalk_models.errors import InputError
+from portraittalk.ptalk_models.face import NoFaceError, detect_landmarks
+from portraittalk.ptalk_models.media import read_audio, read_video
+from portraittalk.ptalk_models.plot import report_plot
 
 CLIPS = {
     "grid": "video/lbax4n.mpg",             # GRID speaker, "lay blue at x four now"
@@ -115,7 +116,7 @@ def test_monotone_under_growing_landmark_noise(clips, name):
 
 def test_motion_readings_differ_and_zero_motion_rules():
     """Synthetic still/moving sequences: the documented zero-motion rules of the motion term."""
-    from ptalk_models.landmarks import FaceLandmarks
+    from portraittalk.ptalk_models.landmarks import FaceLandmarks
 
     base = np.random.default_rng(1).uniform(0.3, 0.7, (1, 478, 3)).astype(np.float32)
     still = FaceLandmarks.from_points(np.repeat(base, 4, 0), (100, 100))
@@ -213,6 +214,32 @@ def test_bad_weights_and_readings(clips):
         metrics.adfd(lm.points, lm)
     with pytest.raises(ValueError, match="fps"):
         metrics.sync_proxy(lm.with_points(lm.points, fps=0.0), clips["grid"]["wav"], clips["grid"]["sr"])
+    # the engine names the rejected parameter (InputError.argument), for the nodes to map without parsing text
+    for kw, arg in (({"w1": -1.0}, "w1"), ({"motion_vectors": "mesh"}, "motion_vectors"),
+                    ({"identity_stride": 0}, "identity_stride")):
+        with pytest.raises(InputError) as err:
+            metrics.evaluate(lm, lm, identity_backend=None, **kw)
+        assert err.value.argument == arg
+    with pytest.raises(InputError, match="ground_truth: expected FaceLandmarks") as err:
+        metrics.evaluate(lm, lm.points)
+    assert err.value.argument == "ground_truth"
+    with pytest.raises(InputError, match="fps: the landmarks carry no frame rate") as err:
+        metrics.evaluate(lm.with_points(lm.points, fps=0.0), lm.with_points(lm.points, fps=0.0),
+                         audio=(clips["grid"]["wav"], clips["grid"]["sr"]), identity_backend=None)
+    assert err.value.argument == "fps"
+    with pytest.raises(InputError, match="audio: .*empty") as err:
+        metrics.evaluate(lm, lm, audio=(np.zeros((1, 0), np.float32), 16000), identity_backend=None)
+    assert err.value.argument == "audio"
+
+
+def test_compute_evaluation_and_build_report_make_evaluate(clips):
+    """evaluate = build_report(compute_evaluation(...)): numbers first, the report built from them."""
+    g, g2 = clips["grid"], clips["grid2"]
+    kw = dict(audio=(g["wav"], g["sr"]), identity_backend=None)
+    ev = metrics.compute_evaluation(g2["lm"], g["lm"], **kw)
+    assert ev.adfd.adfd == pytest.approx(metrics.adfd(g2["lm"], g["lm"]).adfd)
+    assert ev.sync is not None and ev.energy_db is not None and ev.fps == pytest.approx(g["fps"])
+    assert metrics.report_json(metrics.build_report(ev)) == metrics.report_json(metrics.evaluate(g2["lm"], g["lm"], **kw))
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -260,8 +287,8 @@ def _graph(video_name: str, identity: str = "off", stride: int = 1) -> dict:
 @pytest.mark.parametrize("name,identity", [("retalking", "dlib"), ("grid", "off")])
 def test_node_graph_load_video_mp4_and_mpg(comfy, clips, name, identity):
     c = clips[name]
-    staged = comfy_headless.stage_input_file(c["path"])
-    res = comfy_headless.run_prompt(_graph(staged, identity, stride=40))
+    staged = harness.stage_input_file(c["path"])
+    res = harness.run_prompt(_graph(staged, identity, stride=40))
     rep = json.loads(res["outputs"]["4"]["text"][0])
     assert rep["adfd"] == 1.0 and rep["frames"]["compared"] == len(c["frames"])
     assert rep["fps"] == pytest.approx(c["fps"]) and rep["inputs"] == {"generated": "images", "ground_truth": "images"}
@@ -278,10 +305,10 @@ def test_node_graph_flv(comfy, clips):
     """CREMA-D FLV (VP6 + MP3). Core Get Video Components of ComfyUI 0.3.75 fails on it (it seeks back to read the
     audio and FFmpeg cannot seek this FLV); the node's generated_video / ground_truth_video inputs decode it."""
     c = clips["crema"]
-    staged = comfy_headless.stage_input_file(c["path"])
+    staged = harness.stage_input_file(c["path"])
     try:
-        core = comfy_headless.run_prompt(_graph(staged))
-    except comfy_headless.PromptExecutionError as e:  # ComfyUI 0.3.75: av.error.PermissionError from seek(0)
+        core = harness.run_prompt(_graph(staged))
+    except harness.PromptExecutionError as e:  # ComfyUI 0.3.75: av.error.PermissionError from seek(0)
         assert "GetVideoComponents" in str(e)
     else:  # a ComfyUI / PyAV that can read it: then the core path must score it too
         rep = json.loads(core["outputs"]["4"]["text"][0])
@@ -293,7 +320,7 @@ def test_node_graph_flv(comfy, clips):
                          "w2": 0.8, "identity": "off", "identity_stride": 1, "motion_vectors": "face"}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
     }
-    rep = json.loads(comfy_headless.run_prompt(prompt)["outputs"]["4"]["text"][0])
+    rep = json.loads(harness.run_prompt(prompt)["outputs"]["4"]["text"][0])
     assert rep["adfd"] == pytest.approx(0.4) and rep["frames"]["compared"] == len(c["frames"])
     assert rep["fps"] == pytest.approx(c["fps"], rel=1e-3) and rep["audio_source"] == "generated_video soundtrack"
     assert rep["sync"]["generated"]["frames"] >= len(c["frames"]) - 1
@@ -301,7 +328,7 @@ def test_node_graph_flv(comfy, clips):
 
 def test_load_video_lists_mp4_and_mpg(comfy, clips):
     """Load Video's file menu filters the input folder by MIME type (mimetypes.guess_type → video/*)."""
-    names = [comfy_headless.stage_input_file(clips[n]["path"]) for n in ("retalking", "grid")]
+    names = [harness.stage_input_file(clips[n]["path"]) for n in ("retalking", "grid")]
     options = comfy.nodes.NODE_CLASS_MAPPINGS["LoadVideo"].GET_SCHEMA().inputs[0].options
     assert set(names) <= set(options)
 
@@ -333,6 +360,32 @@ def test_node_direct_calls_and_errors(comfy, clips):
         node.execute(generated=imgs, ground_truth=imgs, audio=audio, **kw)
 
 
+def test_engine_input_error_reaches_the_connected_node_input(comfy, clips):
+    """A workflow whose two videos never show a face in the same frame: the engine's InputError names its argument
+    ``generated``, and the node reports it on the input that carried that side (``generated_landmarks``)."""
+    staged = harness.stage_input_file(clips["grid"]["path"])
+    prompt = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": staged}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": "ImageFromBatch", "inputs": {"image": ["2", 0], "batch_index": 0, "length": 6}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": 360, "height": 288, "batch_size": 6, "color": 0}},
+        "5": {"class_type": "ImageBatch", "inputs": {"image1": ["3", 0], "image2": ["4", 0]}},   # face, then black
+        "6": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["3", 0]}},   # black, then face
+        "7": {"class_type": "PTalkFaceLandmarks",
+              "inputs": {"image": ["5", 0], "model": "auto", "face": "largest", "face_index": 0, "on_missing": "keep",
+                         "fps": 25.0, "min_confidence": 0.5}},
+        "8": {"class_type": "PTalkADFDScore",
+              "inputs": {"generated_landmarks": ["7", 0], "ground_truth": ["6", 0], "fps": 25.0, "w1": 1.0,
+                         "w2": 1.0, "identity": "off", "identity_stride": 1, "motion_vectors": "face"}},
+        "9": {"class_type": "PreviewAny", "inputs": {"source": ["8", 1]}},
+    }
+    with pytest.raises(harness.PromptExecutionError) as err:
+        harness.run_prompt(prompt)
+    msg = str(err.value)
+    assert "PTalkADFDScore" in msg and "NodeInputError" in msg, msg
+    assert "input 'generated_landmarks': no frame among the 12 compared has a face on both sides" in msg, msg
+
+
 def test_shipped_adfd_compare_workflow_scores_real_clips(comfy, shared_data):
     """workflows/adfd_compare.json (Load Video ×2 → ADFD Score → report/plot previews) on GRID clips."""
     from pathlib import Path
@@ -340,10 +393,10 @@ def test_shipped_adfd_compare_workflow_scores_real_clips(comfy, shared_data):
     wf = Path(__file__).resolve().parent.parent / "workflows" / "adfd_compare.json"
     scores = {}
     for other in ("lbax4n", "sbwe5n"):
-        ui = comfy_headless.apply_inputs(comfy_headless.load_workflow(wf), {
+        ui = harness.apply_inputs(harness.load_workflow(wf), {
             "Generated video": str(shared_data / "video" / "lbax4n.mpg"),
             "Ground-truth video": str(shared_data / "video" / f"{other}.mpg")})
-        result = comfy_headless.run_prompt(comfy_headless.workflow_to_prompt(ui))
+        result = harness.run_prompt(harness.workflow_to_prompt(ui))
         report = json.loads("".join(result["outputs"]["4"]["text"]))
         scores[other] = report["adfd"]
         assert result["outputs"]["5"]["images"], "the plot preview was not produced"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
-from ptalk_models import landmarks as L
-from ptalk_models.contour import ContourInputError, default_thickness, head_contour
-from ptalk_models.face import detect_landmarks
-from ptalk_models.landmarks import FaceLandmarks
-from ptalk_models.media import read_video
+import ptalk_harness as harness
+from portraittalk.ptalk_models import landmarks as L
+from portraittalk.ptalk_models.contour import ContourInputError, default_thickness, head_contour
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.landmarks import FaceLandmarks
+from portraittalk.ptalk_models.media import read_video
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +345,7 @@ def test_node_errors_name_the_input(comfy, grid_frames):
 
 
 def test_node_in_an_api_graph(comfy, shared_data, astronaut):
-    name = comfy_headless.stage_input_file(shared_data / "photos" / "astronaut.png")
+    name = harness.stage_input_file(shared_data / "photos" / "astronaut.png")
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": name}},
         "2": {"class_type": "PTalkContourGuide",
@@ -355,9 +355,9 @@ def test_node_in_an_api_graph(comfy, shared_data, astronaut):
         "4": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 1]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
     }
-    res = comfy_headless.run_prompt(prompt)
+    res = harness.run_prompt(prompt)
     assert res["status"]["status_str"] == "success"
-    files = {nid: comfy_headless.output_files({"outputs": {nid: res["outputs"][nid]}}, types=("temp",))
+    files = {nid: harness.output_files({"outputs": {nid: res["outputs"][nid]}}, types=("temp",))
              for nid in ("3", "5")}
     assert len(files["3"]) == 1 and len(files["5"]) == 1
     edges = cv2.imread(str(files["3"][0]))

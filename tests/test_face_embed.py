@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
-from ptalk_models.face import NoFaceError, detect_landmarks
-from ptalk_models.identity import (ARCFACE_TEMPLATE, BACKGROUND_FILL, SAME_PERSON_THRESHOLD, FaceEmbedding,
+import ptalk_harness as harness
+from portraittalk.ptalk_models.face import NoFaceError, detect_landmarks
+from portraittalk.ptalk_models.identity import (ARCFACE_TEMPLATE, BACKGROUND_FILL, SAME_PERSON_THRESHOLD, FaceEmbedding,
                                    InsightFaceUnavailable, arcface_align, arcface_points, embed_faces, face_distance,
                                    face_mask, identity_similarity)
-from ptalk_models.media import read_image, read_video
+from portraittalk.ptalk_models.media import read_image, read_video
 
 GRID = ["bbaf2n", "brbk7n", "id2_vcd_swwp2s", "lbax4n", "lwbsza", "sbwe5n"]  # six different speakers
 PER_CLIP = 4
@@ -221,15 +221,15 @@ def test_node_errors(comfy, grid):
 
 def test_node_in_a_graph(comfy, shared_data):
     """LoadImage -> Face Embed -> PreviewImage, validated and executed by ComfyUI."""
-    name = comfy_headless.stage_input_file(shared_data / "photos" / "grid_still_lbax4n.png")
+    name = harness.stage_input_file(shared_data / "photos" / "grid_still_lbax4n.png")
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": name}},
         "2": {"class_type": "PTalkFaceEmbed", "inputs": {"image": ["1", 0], "backend": "dlib",
                                                          "insightface_model": "antelopev2", "remove_background": True}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
     }
-    res = comfy_headless.run_prompt(prompt)
-    files = comfy_headless.output_files(res, types=("temp",))
+    res = harness.run_prompt(prompt)
+    files = harness.output_files(res, types=("temp",))
     assert len(files) == 1
     crop = read_image(files[0])
     assert crop.shape == (150, 150, 3)

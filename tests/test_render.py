@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from ptalk_models import landmarks as L
-from ptalk_models.draw import CONTROLNET_COLORS, draw_landmarks
-from ptalk_models.face import detect_landmarks
-from ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
-from ptalk_models.render import WarpRenderer, render_sequence
+from portraittalk.ptalk_models import landmarks as L
+from portraittalk.ptalk_models.draw import CONTROLNET_COLORS, draw_landmarks
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture
+from portraittalk.ptalk_models.render import WarpRenderer, render_sequence
 
 
 @pytest.fixture(scope="module")
