@@ -24,14 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import require_shared_data  # also appends the repo root to sys.path
+from _common import require_shared_data 
 
 REPO = Path(__file__).resolve().parent.parent
 
-from ptalk_models.dub_render import iter_dub
-from ptalk_models.dubbing import plan_dub
-from ptalk_models.face import detect_landmarks
-from ptalk_models.media import iter_video, read_audio, read_video, video_info
+from portraittalk.ptalk_models.dub_render import iter_dub
+from portraittalk.ptalk_models.dubbing import plan_dub
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.media import iter_video, read_audio, read_video, video_info
 
 
 def _rss_gb() -> float:
@@ -49,11 +49,10 @@ def bench(video, audio, policy: str, max_frames: int) -> None:
     t_lm = time.perf_counter() - t
     wav, sr = read_audio(audio)
     t = time.perf_counter()
-    dub, mapped = plan_dub(lm, wav, sr, fps, policy)
-    idx = dub.meta["source_index"]
+    plan = plan_dub(lm, wav, sr, policy)  # fps: the landmarks' (detect_landmarks(..., fps=fps))
     t_dub = time.perf_counter() - t
     t = time.perf_counter()
-    n = sum(1 for _ in iter_dub((frames[i] for i in idx), mapped, dub))
+    n = sum(1 for _ in iter_dub((frames[i] for i in plan.source_index), plan.source, plan.target))
     t_render = time.perf_counter() - t
     h, w = frames.shape[1:3]
     total = t_lm + t_dub + t_render

@@ -9,11 +9,16 @@ from ..ptalk_models.animatenet import AnimateNetFormatError
 from ..ptalk_models.contour import ContourInputError
 from ..ptalk_models.dub_crop import (DubConditions, align_transforms, crop_frames, latent_noise_mask, map_landmarks,
                                      paste_back, region_weights)
-from ..ptalk_models.images import same_aspect
+from ..ptalk_models.dubbing import check_dub_inputs
+from ..ptalk_models.errors import InputError
 from ..ptalk_models.landmarks import FaceLandmarks
 from .animatenet import checked_controls, control_inputs
-from .comfy_adapter import (CATEGORY, Landmarks, image_to_numpy, node_error, numpy_to_image, sampling_inputs,
-                            temporal_sample)
+from .dubbing import RENDER_INPUTS
+from .glue.convert import image_to_numpy, numpy_to_image
+from .glue.errors import node_error, node_error_from
+from .glue.sampling import sampling_inputs
+from .glue.sockets import CATEGORY, DubPlan
+from .glue.temporal_sampling import temporal_sample
 
 NODE = "Dub Diffusion Render"
 
@@ -43,12 +48,12 @@ class DubDiffusionRender(io.ComfyNode):
                                                           "the video's frames and the IdentityNet."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt (no identity)."),
                 io.Vae.Input("vae", tooltip="VAE of the checkpoint (encodes the source crops, decodes the result)."),
-                io.Image.Input("images", tooltip="The source video's frames, float [N, H, W, 3] (Get Video "
-                                                 "Components)."),
-                Landmarks.Input("source_landmarks", tooltip="From Audio → Dub Landmarks (aligned_source)."),
-                Landmarks.Input("landmarks", tooltip="From Audio → Dub Landmarks (dubbed_landmarks): one output "
-                                                     "frame per landmark frame; meta source_index maps it to its "
-                                                     "source frame."),
+                io.Image.Input("images", tooltip="Every frame of the source video the plan was made from, float "
+                                                 "[T, H, W, 3] (Get Video Components; the same frames as Face "
+                                                 "Landmarks got, or a resize with the same aspect ratio)."),
+                DubPlan.Input("plan", tooltip="From Audio → Dub Landmarks (plan): one output frame per plan frame, "
+                                              "showing the source frame the plan names, with its source and "
+                                              "dubbed landmarks."),
                 *sampling_inputs("Output frame t (t-th frame with a face) uses noise seed + t; same seed → same "
                                  "frames.", 20, "Sampling steps per frame.", 5.0,
                                  "Classifier-free guidance (1 = no CFG: half the cost)."),
@@ -71,12 +76,12 @@ class DubDiffusionRender(io.ComfyNode):
                 *control_inputs("the dubbed landmarks drawn in the crop", "the crop's head contour"),
             ],
             outputs=[io.Image.Output("images_out", display_name="images",
-                                     tooltip="The dubbed frames at the source size, float [T, H, W, 3], one per "
-                                             "landmark frame.")],
+                                     tooltip="The dubbed frames at the source size, float [N, H, W, 3], one per "
+                                             "output frame of the plan (its fps: Audio → Dub Landmarks' fps).")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, vae, images, source_landmarks, landmarks, seed, steps, cfg,
+    def execute(cls, model, positive, negative, vae, images, plan, seed, steps, cfg,
                 sampler_name, scheduler, crop_size, frames_per_window, strength, dilate, feather, color_match,
                 animatenet=None, landmark_controlnet=None, contour_controlnet=None,
                 controlnet_strength=0.8) -> io.NodeOutput:
@@ -85,21 +90,15 @@ class DubDiffusionRender(io.ComfyNode):
         if crop_size % 64:
             raise node_error(NODE, "crop_size", f"{crop_size} is not a multiple of 64 (e.g. 512)")
         frames = image_to_numpy(images, NODE, "images")
-        idx = np.asarray(landmarks.meta.get("source_index", range(len(landmarks))), np.int64)
-        if len(landmarks) == 0 or len(idx) != len(landmarks) or len(source_landmarks) != len(landmarks):
-            raise node_error(NODE, "source_landmarks", "source_landmarks and landmarks must both come from the same "
-                                                       "Audio → Dub Landmarks node (and not be empty)")
-        if idx.max() >= len(frames):
-            raise node_error(NODE, "images", f"the landmarks index frame {int(idx.max())} but only {len(frames)} "
-                                             "images are connected: connect the frames the landmarks were made from")
         h, w = frames.shape[1:3]
-        for name, lm in (("landmarks", landmarks), ("source_landmarks", source_landmarks)):
-            if not same_aspect(lm.image_size, (w, h)):
-                raise node_error(NODE, name, f"made for {lm.image_size[0]}x{lm.image_size[1]} frames but the images "
-                                             f"are {w}x{h}: use the landmarks of this video")
+        try:
+            check_dub_inputs(plan, len(frames), (w, h))
+        except InputError as e:
+            raise node_error_from(NODE, e, RENDER_INPUTS) from None
+        idx, source_landmarks, landmarks = plan.source_index, plan.source, plan.target
         faces = np.flatnonzero(source_landmarks.present & landmarks.present)
         if not len(faces):
-            raise node_error(NODE, "landmarks", "no frame has a face: nothing to dub")
+            raise node_error(NODE, "plan", "no frame has a face: nothing to dub")
 
         size = int(crop_size)
         transforms = align_transforms(source_landmarks, (w, h), size)[faces]
@@ -117,7 +116,7 @@ class DubDiffusionRender(io.ComfyNode):
         except AnimateNetFormatError as e:
             raise node_error(NODE, "animatenet", str(e)) from None
         except ContourInputError as e:
-            raise node_error(NODE, "landmarks", f"head contour: {e}") from None
+            raise node_error(NODE, "plan", f"head contour: {e}") from None
         generated = image_to_numpy(generated, NODE, "images")
         out = frames[idx]
         for j, t in enumerate(faces):

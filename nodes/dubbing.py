@@ -1,24 +1,40 @@
 """Visual dubbing nodes (PersonaTalk-style, CPU preview path): Audio → Dub Landmarks and Dub Render (IMAGE
-batches), and Dub Video (the same, streamed from a VIDEO to a VIDEO)."""
+batches), and Dub Video (the same, streamed from a VIDEO to a VIDEO).
+
+The dubbing plan (``PTALK_DUB_PLAN``, :class:`ptalk_models.dubbing.DubPlan`) travels between them: Audio → Dub
+Landmarks and Dub Video output it; Dub Render and Dub Diffusion Render (nodes/dub_diffusion.py) take it as their
+one dubbing input, with the source video's frames, and check the two against each other
+(:func:`ptalk_models.dubbing.check_dub_inputs`). The plan owns the dub's frame rate (the source landmarks' fps)."""
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS
 from ..ptalk_models.dub_render import render_dub
-from ..ptalk_models.dubbing import DEFAULT_LENGTH_POLICY, LENGTH_POLICIES, LENGTH_POLICY_HELP, plan_dub
+from ..ptalk_models.dubbing import (DEFAULT_LENGTH_POLICY, LENGTH_POLICIES, LENGTH_POLICY_HELP, check_dub_inputs,
+                                    plan_dub)
+from ..ptalk_models.errors import InputError
 from ..ptalk_models.face import NoFaceError, track_landmarks
 from ..ptalk_models.landmarks import FaceLandmarks
 from ..ptalk_models.media import constant_rate_index, iter_video, video_info
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
-from .comfy_adapter import (CATEGORY, Landmarks, Progress, StreamedDubVideo, audio_to_numpy, image_to_numpy,
-                            node_error, numpy_to_image)
+from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
+from .glue.errors import node_error, node_error_from
+from .glue.progress import Progress
+from .glue.sockets import CATEGORY, DubPlan, Landmarks
+from .glue.video import StreamedDubVideo
 
 log = logging.getLogger("PortraitTalk")
 DUB, RENDER, VIDEO = "Audio → Dub Landmarks", "Dub Render", "Dub Video"
+
+#: Engine argument -> node input, for :func:`ptalk_models.dubbing.check_dub_inputs`'s errors in the renderers.
+RENDER_INPUTS = {"plan": "plan", "n_frames": "images", "frame_size": "images"}
+
+PLAN_TOOLTIP = ("PTALK_DUB_PLAN: the dubbing plan — dubbed and source landmarks of every output frame, the source "
+                "frame each output frame shows (length policy) and the fps. For Dub Render / Dub Diffusion Render, "
+                "with the frames of the same video.")
 
 
 def _motion_inputs() -> list:
@@ -63,42 +79,50 @@ class DubLandmarks(io.ComfyNode):
                 "frames) keep their head pose, eyes and upper face; mouth and jaw follow the new speech — "
                 "audio-driven landmarks generated on the speaker's closed-mouth frame, applied relative to each "
                 "frame's head pose and scaled to the mouth range the speaker shows in the video (persona). The "
-                "length policy maps video frames to the audio's length."),
+                "length policy maps video frames to the audio's length. Outputs the dubbing plan (PTALK_DUB_PLAN) for "
+                "Dub Render / Dub Diffusion Render; the frame rate is the landmarks' (wire the video's fps into Face "
+                "Landmarks' fps)."),
             inputs=[
-                Landmarks.Input("landmarks", tooltip="Landmarks of the source video's frames (Face Landmarks with "
-                                                     "on_missing = keep; faceless frames pass through)."),
+                Landmarks.Input("landmarks", tooltip="Landmarks of every frame of the source video (Face "
+                                                     "Landmarks with on_missing = keep and the video's fps wired "
+                                                     "into its fps: the dub's frame rate comes from them; faceless "
+                                                     "frames pass through)."),
                 io.Audio.Input("audio", tooltip="The new speech."),
-                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
-                               tooltip="The source video's frame rate (wire Get Video Components' fps)."),
                 *_motion_inputs(),
             ],
             outputs=[
-                Landmarks.Output("dubbed_landmarks", tooltip="Dubbed landmarks, one per output frame."),
-                Landmarks.Output("aligned_source", tooltip="The (smoothed) source landmarks of the same output "
-                                                           "frames — for Dub Render's source_landmarks."),
-                io.Float.Output("fps_out", display_name="fps", tooltip="Frame rate, for Create Video."),
+                DubPlan.Output("plan", tooltip=PLAN_TOOLTIP),
+                Landmarks.Output("dubbed_landmarks", tooltip="The plan's dubbed landmarks, one per output frame "
+                                                             "(e.g. for Draw Landmarks or ADFD Score)."),
+                Landmarks.Output("aligned_source", tooltip="The plan's (smoothed) source landmarks of the same "
+                                                           "output frames (e.g. for ADFD Score)."),
+                io.Float.Output("fps_out", display_name="fps",
+                                tooltip="The plan's frame rate (the source video's, frames per second), for Create "
+                                        "Video."),
             ],
         )
 
     @classmethod
-    def execute(cls, landmarks, audio, fps, length_policy, smoothing, persona, expressiveness, backend,
+    def execute(cls, landmarks, audio, length_policy, smoothing, persona, expressiveness, backend,
                 transcript="") -> io.NodeOutput:
         wav, sr = audio_to_numpy(audio, DUB, "audio")
-        dubbed, aligned = _plan(DUB, landmarks, wav, sr, fps, length_policy, smoothing, persona, expressiveness,
-                                backend, transcript)
-        return io.NodeOutput(dubbed, aligned, float(fps))
+        plan = _plan(DUB, "landmarks", landmarks, wav, sr, length_policy, smoothing, persona, expressiveness,
+                     backend, transcript)
+        return io.NodeOutput(plan, plan.target, plan.source, plan.fps)
 
 
-def _plan(node, landmarks, wav, sr, fps, length_policy, smoothing, persona, expressiveness, backend, transcript):
-    """:func:`ptalk_models.dubbing.plan_dub` with its errors as node errors."""
-    if not np.asarray(landmarks.present).any():
-        raise node_error(node, "landmarks" if node == DUB else "video",
-                         "no frame of the video has a face; nothing to dub")
+def _plan(node, landmarks_input, landmarks, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
+          transcript):
+    """:func:`ptalk_models.dubbing.plan_dub` with its errors as node errors (``landmarks_input``: the node input
+    the source landmarks came from); the plan's warnings are logged."""
     try:
-        return plan_dub(landmarks, wav, sr, fps, length_policy, smoothing, bool(persona), expressiveness,
-                        backend, transcript or "")
-    except ValueError as e:
-        raise node_error(node, "audio", str(e)) from None
+        plan = plan_dub(landmarks, wav, sr, length_policy, smoothing, bool(persona), expressiveness, backend,
+                        transcript or "")
+    except InputError as e:
+        raise node_error_from(node, e, {"source": landmarks_input, "waveform": "audio"}) from None
+    for w in plan.warnings:
+        log.warning("%s: %s", node, w)
+    return plan
 
 
 class DubRender(io.ComfyNode):
@@ -117,30 +141,28 @@ class DubRender(io.ComfyNode):
                 "it is made (20 s of 1080x1920 at 30 fps: 19 GB), checked against the free memory first; for long "
                 "or HD clips use Dub Video (streamed), one frame at a time."),
             inputs=[
-                io.Image.Input("images", tooltip="The source video's frames (Get Video Components)."),
-                Landmarks.Input("source_landmarks", tooltip="From Audio → Dub Landmarks (aligned_source)."),
-                Landmarks.Input("landmarks", tooltip="From Audio → Dub Landmarks (dubbed_landmarks)."),
+                io.Image.Input("images", tooltip="Every frame of the source video the plan was made from, float "
+                                                 "[T, H, W, 3] (Get Video Components; the same frames as Face "
+                                                 "Landmarks got, or a resize with the same aspect ratio)."),
+                DubPlan.Input("plan", tooltip="From Audio → Dub Landmarks (plan): which source frame each output "
+                                              "frame shows and its source and dubbed landmarks."),
                 *_render_inputs(),
             ],
             outputs=[io.Image.Output("images_out", display_name="images",
-                                     tooltip="The dubbed frames, one per landmark frame.")],
+                                     tooltip="The dubbed frames, float [N, H, W, 3] at the source size, one per "
+                                             "output frame of the plan (its fps: Audio → Dub Landmarks' fps).")],
         )
 
     @classmethod
-    def execute(cls, images, source_landmarks, landmarks, feather, color_match) -> io.NodeOutput:
+    def execute(cls, images, plan, feather, color_match) -> io.NodeOutput:
         if not hasattr(images, "ndim") or images.ndim not in (3, 4) or images.shape[0] == 0:
             image_to_numpy(images, RENDER, "images")  # raises the node error for a malformed input
-        idx = np.asarray(landmarks.meta.get("source_index", range(len(landmarks))), np.int64)
-        if len(idx) != len(landmarks) or len(source_landmarks) != len(landmarks):
-            raise node_error(RENDER, "source_landmarks", "source_landmarks and landmarks must both come from the same "
-                                                         "Audio → Dub Landmarks node")
         n_in, h, w = (int(x) for x in images.shape[:3])
-        if len(idx) and idx.max() >= n_in:
-            raise node_error(RENDER, "images", f"the landmarks index frame {int(idx.max())} but only {n_in} "
-                                               "images are connected: connect the frames the landmarks were made from")
-        if abs(landmarks.image_size[0] / landmarks.image_size[1] - w / h) > 0.01:
-            raise node_error(RENDER, "images", f"{w}x{h} frames, but the landmarks are for "
-                                               f"{landmarks.image_size[0]}x{landmarks.image_size[1]}")
+        try:
+            check_dub_inputs(plan, n_in, (w, h))
+        except InputError as e:
+            raise node_error_from(RENDER, e, RENDER_INPUTS) from None
+        idx = plan.source_index
         # pre-flight: the uint8 output batch and its float32 IMAGE (5 bytes a value)
         problem = batch_fit_problem(
             f"The dubbed IMAGE batch of {len(idx)} frames of {w}x{h} (float32)",
@@ -148,10 +170,10 @@ class DubRender(io.ComfyNode):
             "Use Dub Video (streamed) (PortraitTalk) between Load Video and Save Video instead "
             "(workflows/dubbing_long.json): it dubs while Save Video encodes, one frame in memory at a time.")
         if problem:
-            raise node_error(RENDER, "landmarks", problem)
+            raise node_error(RENDER, "plan", problem)
         # source frames converted to uint8 one at a time as they are used (not the whole clip at once)
         frames = (image_to_numpy(images[int(i):int(i) + 1], RENDER, "images")[0] for i in idx)
-        out = render_dub(frames, source_landmarks, landmarks, progress=Progress(len(idx)),
+        out = render_dub(frames, plan.source, plan.target, progress=Progress(len(idx)),
                          feather=feather, color_match=bool(color_match))
         return io.NodeOutput(numpy_to_image(out))
 
@@ -185,9 +207,11 @@ class DubVideo(io.ComfyNode):
             outputs=[
                 io.Video.Output("dubbed_video", display_name="video",
                                 tooltip="The dubbed video with the new speech, at the source's fps (Save Video)."),
-                Landmarks.Output("dubbed_landmarks", tooltip="Dubbed landmarks, one per output frame."),
-                Landmarks.Output("aligned_source", tooltip="The source landmarks of the same output frames (e.g. "
-                                                           "for ADFD Score against dubbed_landmarks)."),
+                DubPlan.Output("plan", tooltip=PLAN_TOOLTIP + " Its source frames are the VIDEO's decoded frames "
+                                                              "(Get Video Components' images)."),
+                Landmarks.Output("dubbed_landmarks", tooltip="The plan's dubbed landmarks, one per output frame."),
+                Landmarks.Output("aligned_source", tooltip="The plan's source landmarks of the same output frames "
+                                                           "(e.g. for ADFD Score against dubbed_landmarks)."),
             ],
         )
 
@@ -219,12 +243,13 @@ class DubVideo(io.ComfyNode):
             raise node_error(VIDEO, "face_index" if face != "largest" else "video", str(e)) from None
         cfr = constant_rate_index(times, fps)
         lm = FaceLandmarks.from_points(lm.points[cfr], lm.image_size, fps, lm.present[cfr], lm.meta)
-        dubbed, aligned = _plan(VIDEO, lm, wav, sr, fps, length_policy, smoothing, persona, expressiveness,
-                                backend, transcript)
-        index = cfr[np.asarray(dubbed.meta["source_index"], np.int64)]
-        out = StreamedDubVideo(source, index, aligned, dubbed, (w, h), fps, (wav, sr),
+        # planned on the constant-rate timeline, then mapped to decode-order frames of the stream
+        plan = _plan(VIDEO, "video", lm, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
+                     transcript)
+        plan = plan.with_source_index(cfr[plan.source_index], len(times))
+        out = StreamedDubVideo(source, plan.source_index, plan.source, plan.target, (w, h), plan.fps, (wav, sr),
                                {"feather": feather, "color_match": bool(color_match)})
-        return io.NodeOutput(out, dubbed, aligned)
+        return io.NodeOutput(out, plan, plan.target, plan.source)
 
 
 NODES = [DubLandmarks, DubRender, DubVideo]

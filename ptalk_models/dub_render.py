@@ -52,9 +52,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import landmarks as L
+from .easing import smoothstep
 from .landmarks import FaceLandmarks, NUM_LANDMARKS
 from .render import WarpRenderer, check_aspect
-from .visemes import smoothstep
 
 NOSE_BOTTOM = 2            # subnasale: the cut line passes through it
 _RAMP = 0.15               # landmark-weight ramp below the cut line, in inter-ocular distances

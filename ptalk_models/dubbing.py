@@ -1,7 +1,9 @@
 """Visual dubbing on landmarks (PersonaTalk-style, arXiv 2409.05379): an existing video + new speech ->
 the same person with the same head motion and a new lip sync. Pure numpy (no ComfyUI, no torch).
 
-:func:`plan_dub` runs steps 2-4 below for a detected video in one call.
+:func:`plan_dub` runs steps 2-4 below for a detected video in one call and returns a :class:`DubPlan` (the
+``PTALK_DUB_PLAN`` socket): target and aligned source landmarks, the source frame of every output frame, the fps;
+:func:`check_dub_inputs` is the one check of a renderer's frames against a plan.
 
 Pipeline (landmark level; rendering the frames is a separate step):
 
@@ -21,9 +23,13 @@ docstrings are in inter-ocular units (IOD, outer eye corners 33-263).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .audio2landmarks import DEFAULT_BACKEND, generate_landmarks
+from .errors import InputError
+from .images import ASPECT_TOLERANCE, aspect_ratio, same_aspect
 from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, inner_lip_aperture
 
 LENGTH_POLICIES = ("trim", "loop", "ping-pong", "hold")
@@ -292,45 +298,182 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
                          present=source.present.copy(), meta=meta)
 
 
-def plan_dub(source: FaceLandmarks, waveform, sample_rate: int, fps: float,
-             length_policy: str = DEFAULT_LENGTH_POLICY,
-             smoothing: float = 1.0, persona: bool = True, expressiveness: float = 1.0,
-             backend: str | None = None, transcript: str = "") -> tuple[FaceLandmarks, FaceLandmarks]:
-    """Steps 1-4 of the module pipeline for a detected source video: (dubbed, aligned_source), both with one
-    frame per *output* frame and ``meta["source_index"]`` (int list) = the source frame each output frame
-    shows (:func:`apply_length_policy`).
+@dataclass
+class DubPlan:
+    """A dubbing plan: what every output frame of a dub shows; the ``PTALK_DUB_PLAN`` ComfyUI type.
+
+    Made by :func:`plan_dub` (Audio → Dub Landmarks, Dub Video) and consumed by the renderers (Dub Render, Dub
+    Diffusion Render), which check it against their frames with :func:`check_dub_inputs`. ``N`` below is the
+    output length (frames), ``T`` the source video's frame count.
+
+    Attributes:
+        target: the dubbed landmarks, :class:`FaceLandmarks` ``[N, 478, 3]`` (normalised x / width, y / height):
+            the source's head and upper face with the new speech's mouth and jaw.
+        source: the (smoothed) source landmarks of the same output frames, :class:`FaceLandmarks` ``[N, 478, 3]``
+            (``source[t]`` is the video's frame ``source_index[t]``): what the renderers warp from.
+        source_index: int64 ``[N]``, for each output frame the index (decode order, 0-based) of the source-video
+            frame it shows, all in ``[0, source_frames)`` (:func:`apply_length_policy`).
+        fps: frames per second of the output, the same as the source video's (> 0). The plan is the one owner of
+            the dub's frame rate: ``target.fps`` and ``source.fps`` are set to it.
+        source_frames: ``T``, the number of frames of the source video the plan was made from.
+        source_size: ``(width, height)`` in pixels of the source video's frames (the landmarks' ``image_size``).
+        warnings: things the user should know (audio problems, faceless frames), in plain words; may be empty.
+
+    ``meta`` of ``target`` / ``source`` is provenance only; nothing here is read from it.
+    Raises ValueError on construction when the fields disagree (lengths, sizes, an index out of range, fps <= 0).
+    """
+
+    target: FaceLandmarks
+    source: FaceLandmarks
+    source_index: np.ndarray
+    fps: float
+    source_frames: int
+    source_size: tuple[int, int]
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not isinstance(self.target, FaceLandmarks) or not isinstance(self.source, FaceLandmarks):
+            raise ValueError("DubPlan.target and DubPlan.source must be FaceLandmarks")
+        idx = np.asarray(self.source_index)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"DubPlan.source_index must be an int array [N], got {idx.dtype} {idx.shape}")
+        self.source_index = idx.astype(np.int64)
+        n = len(self.source_index)
+        if len(self.target) != n or len(self.source) != n:
+            raise ValueError(f"DubPlan: target has {len(self.target)}, source {len(self.source)} and source_index "
+                             f"{n} frames; all three must have one entry per output frame")
+        self.fps = float(self.fps)
+        if not np.isfinite(self.fps) or self.fps <= 0:
+            raise ValueError(f"DubPlan.fps must be > 0 frames per second, got {self.fps}")
+        self.source_frames = int(self.source_frames)
+        if n and (self.source_index.min() < 0 or self.source_index.max() >= self.source_frames):
+            raise ValueError(f"DubPlan.source_index must lie in [0, {self.source_frames}), got "
+                             f"{int(self.source_index.min())}..{int(self.source_index.max())}")
+        self.source_size = (int(self.source_size[0]), int(self.source_size[1]))
+        for name, lm in (("target", self.target), ("source", self.source)):
+            if lm.image_size != self.source_size:
+                raise ValueError(f"DubPlan.{name} is for {lm.image_size[0]}x{lm.image_size[1]} frames but "
+                                 f"source_size is {self.source_size[0]}x{self.source_size[1]}")
+            lm.fps = self.fps
+        self.warnings = [str(w) for w in self.warnings]
+
+    def __len__(self) -> int:
+        """The number of output frames ``N``."""
+        return len(self.source_index)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of output: ``N / fps``."""
+        return len(self) / self.fps
+
+    def with_source_index(self, source_index, source_frames: int) -> "DubPlan":
+        """The same plan with its output frames mapped to another frame numbering of the same video (e.g. the
+        decoded frames of a variable-frame-rate stream instead of its constant-rate timeline): int ``[N]``
+        indices in ``[0, source_frames)``."""
+        return DubPlan(self.target, self.source, source_index, self.fps, source_frames, self.source_size,
+                       list(self.warnings))
+
+
+def check_dub_inputs(plan, n_frames: int, frame_size: tuple[int, int]) -> None:
+    """The one check of a renderer's inputs for a dub: ``plan`` against the source frames it is given.
 
     Args:
-        source: the video's landmarks (:func:`ptalk_models.face.detect_landmarks` with ``on_missing="keep"``).
+        plan: a :class:`DubPlan` with at least one output frame.
+        n_frames: how many source frames the renderer was given (the IMAGE batch's length).
+        frame_size: ``(width, height)`` of those frames in pixels.
+
+    The frames must be the video the plan was made from: ``n_frames == plan.source_frames`` and the same aspect
+    ratio as ``plan.source_size`` by the pack's one rule (:func:`ptalk_models.images.same_aspect`, 1 % relative;
+    another resolution of the same framing is fine, the landmarks are normalised).
+
+    Raises:
+        InputError: ``argument`` = ``"plan"`` (not a DubPlan, or empty), ``"n_frames"`` (another frame count) or
+            ``"frame_size"`` (another aspect ratio); the message names both sides and the fix.
+    """
+    if not isinstance(plan, DubPlan):
+        raise InputError("plan", f"expected a dubbing plan (PTALK_DUB_PLAN), got {type(plan).__name__};",
+                         "wire the plan output of Audio → Dub Landmarks")
+    if len(plan) == 0:
+        raise InputError("plan", "the plan has no output frames (the speech is shorter than one frame);",
+                         "use a longer speech track")
+    n = int(n_frames)
+    if n != plan.source_frames:
+        raise InputError("n_frames", f"{n} frames are connected but the plan was made for a video of "
+                                     f"{plan.source_frames} frames;",
+                         "connect the frames of the same video the plan was made from (the images that fed Face "
+                         "Landmarks)")
+    w, h = (int(v) for v in frame_size)
+    pw, ph = plan.source_size
+    if not same_aspect((w, h), plan.source_size):
+        raise InputError("frame_size", f"the plan was made for {pw}x{ph} frames (aspect {aspect_ratio((pw, ph)):.4f}) "
+                                       f"but these are {w}x{h} (aspect {aspect_ratio((w, h)):.4f}); the aspect "
+                                       f"ratios must match within {ASPECT_TOLERANCE:.0%};",
+                         "connect the frames of the same video the plan was made from (or a resize of them that "
+                         "keeps the framing)")
+
+
+def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
+             length_policy: str = DEFAULT_LENGTH_POLICY,
+             smoothing: float = 1.0, persona: bool = True, expressiveness: float = 1.0,
+             backend: str | None = None, transcript: str = "") -> DubPlan:
+    """Steps 2-4 of the module pipeline for a detected source video: the :class:`DubPlan` of the dub.
+
+    Args:
+        source: the video's landmarks, one entry per video frame (:func:`ptalk_models.face.detect_landmarks` with
+            ``on_missing="keep"``); its ``fps`` (the video's frame rate, > 0) becomes the plan's, its
+            ``image_size`` the plan's ``source_size``.
         waveform, sample_rate: the new speech, float ``[C, N]`` or ``[N]`` in [-1, 1], Hz.
-        fps: the video's frame rate (frames per second); the output has ``round(audio seconds * fps)`` frames
-            (``"trim"``: at most the video's).
         length_policy: one of :data:`LENGTH_POLICIES` (:data:`LENGTH_POLICY_HELP`), default
             :data:`DEFAULT_LENGTH_POLICY` ("ping-pong"); loop, ping-pong and hold differ only when the speech
             outlasts the video.
         smoothing: :func:`smooth_landmarks` sigma in frames (0 = none).
         persona, expressiveness, backend, transcript: see :func:`dub_landmarks` and
             :func:`ptalk_models.audio2landmarks.generate_landmarks` (backend None = its default).
-    ``aligned_source`` is the (smoothed) source at those frames, ``dubbed`` the same with the new mouth/jaw.
-    Raises ValueError: no face in any frame, an unknown policy, audio the phoneme backend cannot use.
+
+    The plan has ``round(audio seconds * fps)`` output frames (``"trim"``: at most the video's); its ``source``
+    is the (smoothed) source at the frames ``source_index``, its ``target`` the same with the new mouth/jaw;
+    ``warnings`` holds the audio model's warnings and a note on faceless frames.
+
+    Raises:
+        InputError: ``argument`` = ``"source"`` (not FaceLandmarks, no face in any frame, no frame rate),
+            ``"length_policy"``, ``"smoothing"``, or ``"waveform"`` (audio the phoneme backend cannot use).
     """
+    if not isinstance(source, FaceLandmarks):
+        raise InputError("source", f"expected FaceLandmarks (PTALK_LANDMARKS), got {type(source).__name__}")
     if not np.asarray(source.present).any():
-        raise ValueError("no frame of the video has a face; nothing to dub")
-    src = smooth_landmarks(source, smoothing) if smoothing > 0 else source
+        raise InputError("source", "no frame of the video has a face; nothing to dub")
+    fps = float(source.fps)
+    if not np.isfinite(fps) or fps <= 0:
+        raise InputError("source", f"the landmarks carry no frame rate (fps {fps:g});",
+                         "wire the video's fps (Get Video Components' fps) into Face Landmarks' fps")
+    if length_policy not in LENGTH_POLICIES:
+        raise InputError("length_policy", f"unknown length policy {length_policy!r};",
+                         f"choose one of {LENGTH_POLICIES}")
+    try:
+        src = smooth_landmarks(source, smoothing)
+    except ValueError as e:
+        raise InputError("smoothing", str(e)) from None
     rest = src.frame(closed_mouth_frame(src))
-    driven = generate_landmarks(waveform, sample_rate, rest, fps=fps, expressiveness=expressiveness,
-                                transcript=transcript or "", backend=backend or DEFAULT_BACKEND, blink=False,
-                                head_motion=False)
+    try:
+        driven = generate_landmarks(waveform, sample_rate, rest, fps=fps, expressiveness=expressiveness,
+                                    transcript=transcript or "", backend=backend or DEFAULT_BACKEND, blink=False,
+                                    head_motion=False)
+    except ValueError as e:
+        raise InputError("waveform", str(e)) from None
     idx = apply_length_policy(len(src), len(driven), length_policy)
     driven = driven.frames(0, len(idx))
-    aligned = FaceLandmarks.from_points(src.points[idx], src.image_size, fps, src.present[idx],
-                                        dict(src.meta, source_index=idx.tolist()))
+    aligned = FaceLandmarks.from_points(src.points[idx], src.image_size, fps, src.present[idx], src.meta)
     dubbed = dub_landmarks(aligned, driven, rest=rest, persona=bool(persona))
-    dubbed.meta["source_index"] = idx.tolist()
-    return dubbed, aligned
+    warnings = list(driven.meta.get("warnings", []))
+    faceless = int((~aligned.present).sum())
+    if faceless:
+        warnings.append(f"{faceless} of {len(aligned)} output frames show a source frame without a face; they "
+                        "pass through unchanged")
+    return DubPlan(target=dubbed, source=aligned, source_index=idx, fps=fps, source_frames=len(source),
+                   source_size=source.image_size, warnings=warnings)
 
 
 __all__ = ["LENGTH_POLICIES", "DEFAULT_LENGTH_POLICY", "LENGTH_POLICY_HELP", "STABLE_POINTS",
            "apply_length_policy", "smooth_landmarks", "similarity",
            "mouth_weights", "closed_mouth_frame", "persona_scale", "dub_landmarks",
-           "plan_dub"]
+           "DubPlan", "check_dub_inputs", "plan_dub"]

@@ -31,10 +31,24 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def same_aspect(size_wh: tuple[int, int], ref_wh: tuple[int, int], tol: float = 0.01) -> bool:
-    """Whether two ``(width, height)`` pixel sizes have the same aspect ratio within ``tol``, relative to
-    ``ref_wh``'s: ``|w/h - w_ref/h_ref| <= tol * w_ref/h_ref``. The one aspect rule of the engine (landmarks
-    are normalised, so a different resolution of the same framing is fine, another framing is not)."""
-    a = size_wh[0] / size_wh[1]
-    b = ref_wh[0] / ref_wh[1]
-    return abs(a - b) <= tol * b
+#: Relative tolerance of :func:`same_aspect`, the engine's one aspect-ratio rule: 1 % of the reference aspect.
+#: Landmarks are normalised (x / width, y / height), so they fit any resolution of the same framing; a 1 %
+#: tolerance accepts the rounding of a resize (e.g. 1920x1080 -> 853x480, 0.04 %) and rejects another framing
+#: (16:9 vs 4:3 is 33 %, a square crop of 16:9 44 %).
+ASPECT_TOLERANCE = 0.01
+
+
+def aspect_ratio(size_wh: tuple[int, int]) -> float:
+    """Width / height of a ``(width, height)`` pixel size (float)."""
+    return float(size_wh[0]) / float(size_wh[1])
+
+
+def same_aspect(size_wh: tuple[int, int], ref_wh: tuple[int, int]) -> bool:
+    """Whether two ``(width, height)`` pixel sizes have the same aspect ratio, relative to ``ref_wh``'s:
+    ``|w/h - w_ref/h_ref| <= ASPECT_TOLERANCE * w_ref/h_ref`` (:data:`ASPECT_TOLERANCE` = 1 %).
+
+    The one aspect rule of the pack: every place that compares the aspect of landmarks with frames (or of two
+    image sizes) uses this function (landmarks are normalised, so a different resolution of the same framing is
+    fine, another framing is not)."""
+    b = aspect_ratio(ref_wh)
+    return abs(aspect_ratio(size_wh) - b) <= ASPECT_TOLERANCE * b

@@ -46,7 +46,7 @@ BATCH_WORKFLOW = REPO / "workflows" / "talking_photo_batch.json"
 def large_photo(shared_data, tmp_path_factory) -> Path:
     """photos/astronaut.png upscaled with OpenCV (bicubic) to 970x970 and extended to 970x2204 by replicating its
     top and bottom rows: a phone-style portrait, written as PNG to a temporary folder."""
-    from ptalk_models.media import read_image
+    from portraittalk.ptalk_models.media import read_image
 
     w, h = LARGE
     img = cv2.resize(read_image(shared_data / "photos" / "astronaut.png"), (w, w), interpolation=cv2.INTER_CUBIC)
@@ -58,7 +58,7 @@ def large_photo(shared_data, tmp_path_factory) -> Path:
 
 def speech(shared_data, seconds: float, sr: int = 16000) -> np.ndarray:
     """Real speech to ``seconds``: jfk.flac and beckett.wav alternated (mono, 16 kHz), float32 ``[1, N]``."""
-    from ptalk_models.media import read_audio
+    from portraittalk.ptalk_models.media import read_audio
 
     parts = []
     for name in ("jfk.flac", "beckett.wav"):
@@ -96,7 +96,7 @@ def _video_stream(path: Path) -> tuple[int, int, int]:
 def test_streamed_graph_on_a_large_photo_stays_under_the_bound(shared_data, large_photo, tmp_path):
     """The streamed default graph on the 970x2204 portrait: peak RSS of the whole ComfyUI process under 2.5 GB
     with a minute of speech, and within 0.2 GB of the 10 s run (the 10-minute figure: bench/bench_memory.py)."""
-    from ptalk_models.media import write_wav
+    from portraittalk.ptalk_models.media import write_wav
 
     rss = {}
     for seconds in (10, 60):
@@ -113,10 +113,10 @@ def test_only_the_face_crop_is_rendered_and_the_encoder_composites_it(shared_dat
     """On the large photo every streamed frame is the photo plus a face-crop patch (a small part of the photo);
     composited they equal the full-frame renderer's frames bit for bit, and the mp4 write_mp4 makes from them
     (YUV compositing) matches the one made from full RGB frames."""
-    from ptalk_models.audio2landmarks import generate_landmarks
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.media import PatchedFrame, iter_video, read_image, write_mp4
-    from ptalk_models.render import WarpRenderer, iter_render
+    from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.media import PatchedFrame, iter_video, read_image, write_mp4
+    from portraittalk.ptalk_models.render import WarpRenderer, iter_render
 
     img = read_image(large_photo)
     ref = detect_landmarks(img)
@@ -148,7 +148,7 @@ def test_yuv_compositing_equals_converting_the_whole_frame(astronaut, grid_still
     """write_mp4's compositor (the photo converted to I420 once, each patch widened to even coordinates and
     converted alone) gives exactly the I420 of the composited RGB frame, wherever the patch lies (odd offsets and
     sizes, image edges, empty), and puts the background back where the previous patch was."""
-    from ptalk_models.media import PatchedFrame, _I420Compositor
+    from portraittalk.ptalk_models.media import PatchedFrame, _I420Compositor
 
     comp = _I420Compositor()
     for x, y, w, h in ((3, 5, 31, 17), (0, 0, 512, 512), (10, 11, 1, 1), (511, 511, 1, 1), (200, 301, 211, 97),
@@ -177,7 +177,7 @@ def _landmarks(comfy, image_u8: np.ndarray, wav, sr):
 def test_warp_render_batch_preflight_on_ten_minutes_of_a_large_photo(comfy, shared_data, large_photo):
     """Ten minutes of landmarks (a real 10 s sequence repeated) on the 970x2204 photo would be a 385 GB IMAGE batch:
     Landmark Warp Render says so, names the streamed node and allocates nothing."""
-    from ptalk_models.media import read_image
+    from portraittalk.ptalk_models.media import read_image
 
     image, ref, seq = _landmarks(comfy, read_image(large_photo), speech(shared_data, 10.0), 16000)
     ten_min = seq.with_points(np.tile(seq.points, (60, 1, 1)))
@@ -195,7 +195,7 @@ def test_warp_render_batch_preflight_on_ten_minutes_of_a_large_photo(comfy, shar
 def test_batch_graph_stops_with_the_preflight_error_not_an_oom_kill(shared_data, large_photo, tmp_path):
     """The IMAGE-batch graph with 3 minutes of speech on the 970x2204 photo (a 115 GB batch): the run ends with
     the node's message (exit 1), not killed, and without ever holding much memory."""
-    from ptalk_models.media import write_wav
+    from portraittalk.ptalk_models.media import write_wav
 
     wav = write_wav(tmp_path / "speech180.wav", speech(shared_data, 180.0)[0], 16000)
     code, err, rss = run_workflow_process(BATCH_WORKFLOW, large_photo, wav, tmp_path / "out.mp4")
@@ -209,7 +209,7 @@ def test_warp_render_batch_fits_or_stops_by_the_available_memory(comfy, astronau
     """jfk.flac on the 512x512 astronaut is a 0.87 GB batch: with 0.5 GB available the node stops (naming both
     figures), with plenty it renders — frames bit-identical to the engine's render_sequence and to the streamed
     node's VIDEO components."""
-    from ptalk_models.render import render_sequence
+    from portraittalk.ptalk_models.render import render_sequence
 
     image, ref, seq = _landmarks(comfy, astronaut, *jfk)
     node = _node(comfy, "PTalkLandmarkWarpRender")
@@ -230,24 +230,25 @@ def test_warp_render_batch_fits_or_stops_by_the_available_memory(comfy, astronau
 
 def test_other_batch_nodes_preflight(comfy, shared_data, grid_still, monkeypatch):
     """Dub Render, Draw Landmarks and Contour Guide check their batch against the available memory too."""
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
     frames, fps = read_video(shared_data / "video" / "lbax4n.mpg")
     images = torch.from_numpy(frames).float().div(255.0)
     m = comfy.nodes.NODE_CLASS_MAPPINGS
     lm = m["PTalkFaceLandmarks"].execute(images, "auto", "largest", 0, "keep", fps, 0.5).result[0]
-    dub, aligned, _ = m["PTalkDubLandmarks"].execute(lm, _audio(*read_audio(shared_data / "audio" / "jfk.flac")),
-                                                     fps, "ping-pong", 1.0, True, 1.0, BACKEND, "").result
+    plan, dub, aligned, _ = m["PTalkDubLandmarks"].execute(lm, _audio(*read_audio(shared_data / "audio" /
+                                                                             "jfk.flac")),
+                                                           "ping-pong", 1.0, True, 1.0, BACKEND, "").result
     monkeypatch.setenv("PTALK_MEMORY_AVAILABLE_GB", "0.05")
-    with pytest.raises(ValueError, match=r"Dub Render\] input 'landmarks': The dubbed IMAGE batch of 275 frames of "
+    with pytest.raises(ValueError, match=r"Dub Render\] input 'plan': The dubbed IMAGE batch of 275 frames of "
                                          r"360x288 .* needs 0\.4 GB.*Dub Video \(streamed\)"):
-        m["PTalkDubRender"].execute(images, aligned, dub, 0.25, True)
+        m["PTalkDubRender"].execute(images, plan, 0.25, True)
     with pytest.raises(ValueError, match=r"Draw Landmarks\] input 'landmarks': Drawing 275 frames of 360x288"):
         m["PTalkDrawLandmarks"].execute(dub, "controlnet", 0)
     with pytest.raises(ValueError, match=r"Contour Guide\] input 'images': Outlining 75 frames of 360x288"):
         m["PTalkContourGuide"].execute(images, 128, 0.06, 0, True, "this frame", "empty", landmarks=lm)
     monkeypatch.setenv("PTALK_MEMORY_AVAILABLE_GB", "64")
-    out = m["PTalkDubRender"].execute(images, aligned, dub, 0.25, True).result[0]
+    out = m["PTalkDubRender"].execute(images, plan, 0.25, True).result[0]
     assert tuple(out.shape) == (275, 288, 360, 3) and out.dtype == torch.float32
     drawn = m["PTalkDrawLandmarks"].execute(dub.frames(0, 3), "controlnet", 0).result[0]
     assert tuple(drawn.shape) == (3, 288, 360, 3)
@@ -266,8 +267,8 @@ def _upper_face_motion(frames: np.ndarray, clip_frames: int) -> dict:
     """MediaPipe on the output frames; the dubbing's STABLE_POINTS (eye corners, nose bridge, forehead, temples):
     per-point standard deviation over time (mean over points) and the largest frame-to-frame step (mean over
     points), inside the clip and after its end, in inter-ocular distances."""
-    from ptalk_models.dubbing import STABLE_POINTS
-    from ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.dubbing import STABLE_POINTS
+    from portraittalk.ptalk_models.face import detect_landmarks
 
     lm = detect_landmarks(frames, on_missing="keep")
     assert lm.present.all()
@@ -283,8 +284,8 @@ def test_dubbing_default_keeps_the_head_moving_after_the_clip(comfy, shared_data
     """GRID lbax4n (3 s, 75 frames) dubbed with jfk.flac (11 s, 275 frames) under Dub Video's default length
     policy: after the clip's end the upper face moves as much as inside the clip (measured when written: 0.0145
     vs 0.0141 IOD) and never jumps more than the clip itself does; ``hold`` freezes it (0.0036)."""
-    from ptalk_models.dubbing import DEFAULT_LENGTH_POLICY
-    from ptalk_models.media import read_audio
+    from portraittalk.ptalk_models.dubbing import DEFAULT_LENGTH_POLICY
+    from portraittalk.ptalk_models.media import read_audio
 
     schema = _node(comfy, "PTalkDubVideo").define_schema()
     default = next(i for i in schema.inputs if i.id == "length_policy").default
@@ -293,7 +294,7 @@ def test_dubbing_default_keeps_the_head_moving_after_the_clip(comfy, shared_data
     audio = read_audio(shared_data / "audio" / "jfk.flac")
     got = {}
     for policy in (default, "hold"):
-        video, dub, _ = _dub_video(comfy, path, audio, policy)
+        video, _, dub, _ = _dub_video(comfy, path, audio, policy)
         assert video.get_frame_count() == 275
         frames = (video.get_components().images.numpy() * 255.0 + 0.5).astype(np.uint8)
         got[policy] = _upper_face_motion(frames, 75)
@@ -306,8 +307,8 @@ def test_dubbing_default_keeps_the_head_moving_after_the_clip(comfy, shared_data
 def test_ping_pong_frames_within_a_bounded_buffer(shared_data):
     """frames_at over a real clip played ping-pong: with a buffer of 8 frames (the window mode long / HD clips
     get) the frames are the same as holding the whole clip."""
-    from ptalk_models.dubbing import apply_length_policy
-    from ptalk_models.media import frames_at, video_info
+    from portraittalk.ptalk_models.dubbing import apply_length_policy
+    from portraittalk.ptalk_models.media import frames_at, video_info
 
     path = shared_data / "video" / "lbax4n.mpg"
     w, h = video_info(path)[:2]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
-from ptalk_models.dub_crop import align_transforms, crop_frames, map_landmarks, paste_back, region_weights
-from ptalk_models.landmarks import FaceLandmarks
+import ptalk_harness as harness
+from portraittalk.ptalk_models.dub_crop import align_transforms, crop_frames, map_landmarks, paste_back, region_weights
+from portraittalk.ptalk_models.landmarks import FaceLandmarks
 
 FIRST, FRAMES = 20, 6        # lbax4n frames 20..25 (speaking)
 CROP = 64                    # node crop size (8 x 8 latents for the tiny model)
@@ -21,8 +21,8 @@ RUN = dict(seed=3, steps=2, cfg=3.0, sampler_name="euler", scheduler="normal", c
 @pytest.fixture(scope="module")
 def clip(shared_data):
     """(frames uint8 [FRAMES, 288, 360, 3], fps, their MediaPipe landmarks, lwbsza audio (wav, sr))."""
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
     frames, fps = read_video(shared_data / "video" / "lbax4n.mpg")
     frames = np.ascontiguousarray(frames[FIRST:FIRST + FRAMES])
@@ -30,16 +30,23 @@ def clip(shared_data):
 
 
 @pytest.fixture(scope="module")
-def dubbed(comfy, clip):
-    """(aligned_source, dubbed_landmarks) of Audio → Dub Landmarks on the clip with lwbsza's speech (trim)."""
+def plan(comfy, clip):
+    """The dubbing plan of Audio → Dub Landmarks on the clip with lwbsza's speech (trim)."""
     frames, fps, lm, (wav, sr) = clip
-    speech = wav[:, int(SPEECH[0] * sr):int(SPEECH[1] * sr)]
-    dub, aligned, _ = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkDubLandmarks"].execute(
-        landmarks=lm, audio={"waveform": torch.from_numpy(speech)[None], "sample_rate": sr}, fps=fps,
+    plan, dub, aligned, _ = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkDubLandmarks"].execute(
+        landmarks=lm, audio={"waveform": torch.from_numpy(wav[:, int(SPEECH[0] * sr):int(SPEECH[1] * sr)])[None],
+                             "sample_rate": sr},
         length_policy="trim", smoothing=1.0, persona=True, expressiveness=1.0, backend="phonemes (pocketsphinx)",
         transcript="").result
-    assert len(dub) == FRAMES and dub.meta["source_index"] == list(range(FRAMES))
-    return aligned, dub
+    assert len(dub) == FRAMES and plan.source_index.tolist() == list(range(FRAMES))
+    assert plan.fps == fps and plan.source is aligned and plan.target is dub
+    return plan
+
+
+@pytest.fixture(scope="module")
+def dubbed(plan):
+    """(aligned_source, dubbed_landmarks) of the plan."""
+    return plan.source, plan.target
 
 
 def _wh(frames):
@@ -50,7 +57,7 @@ def _wh(frames):
 def test_crop_landmarks_match_a_redetection(clip):
     """MediaPipe run on the aligned crops finds the landmarks where map_landmarks puts them (mean error < 1% of
     the crop side), with the eyes level and the head inside the crop."""
-    from ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.face import detect_landmarks
 
     frames, _, lm, _ = clip
     m = align_transforms(lm, _wh(frames), 256)
@@ -130,10 +137,11 @@ def sd(comfy, tiny_sd15_loaded):
     return model, encode(clip_model, "a man talking").result[0], encode(clip_model, "blurry").result[0], vae
 
 
-def test_temporal_sample_noise_mask(sd, clip, dubbed, tiny_animatenet, pack_adapter):
+def test_temporal_sample_noise_mask(sd, clip, dubbed, tiny_animatenet):
     """The sampler's noise mask (pixel or latent size): all 0 keeps the encoded init frames (the output is their
     VAE round trip), all 1 is the unmasked run, bit for bit."""
-    from ptalk_models.dub_crop import DubConditions
+    from portraittalk.nodes.glue.temporal_sampling import _decode, temporal_sample
+    from portraittalk.ptalk_models.dub_crop import DubConditions
 
     frames, _, _, _ = clip
     aligned, dub = dubbed
@@ -146,33 +154,32 @@ def test_temporal_sample_noise_mask(sd, clip, dubbed, tiny_animatenet, pack_adap
     conditions = DubConditions(crops, src, tgt)
 
     def run(mask, init_frames=init):
-        return pack_adapter.temporal_sample(model, pos, neg, vae, n, (CROP, CROP), init[:1], conditions, 5, 2, 3.0,
-                                            "euler", "normal", 1.0, n, animatenet=tiny_animatenet.net,
-                                            init_frames=init_frames, noise_mask=mask)
+        return temporal_sample(model, pos, neg, vae, n, (CROP, CROP), init[:1], conditions, 5, 2, 3.0,
+                               "euler", "normal", 1.0, n, animatenet=tiny_animatenet.net,
+                               init_frames=init_frames, noise_mask=mask)
 
     kept = run(torch.zeros(n, 1, CROP, CROP))
     with torch.inference_mode():
-        round_trip = pack_adapter._decode(vae, vae.encode(init))
+        round_trip = _decode(vae, vae.encode(init))
     assert torch.allclose(kept, round_trip, atol=2e-3), (kept - round_trip).abs().max()
     assert torch.equal(run(torch.ones(n, 1, CROP // 8, CROP // 8)), run(None))
     with pytest.raises(ValueError, match="noise_mask needs init_frames"):
         run(torch.ones(n, 1, CROP, CROP), init_frames=None)
 
 
-def _render(comfy, sd, clip, dubbed, **kw):
+def _render(comfy, sd, clip, plan, **kw):
     frames, _, _, _ = clip
-    aligned, dub = dubbed
     args = dict(RUN)
     args.update(kw)
     node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkDubDiffusionRender"]
     images = torch.from_numpy(frames).float().div(255.0)
-    out = node.execute(sd[0], sd[1], sd[2], sd[3], images, aligned, dub, **args).result[0]
+    out = node.execute(sd[0], sd[1], sd[2], sd[3], images, plan, **args).result[0]
     return (out.numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
-def rendered(comfy, sd, clip, dubbed, tiny_animatenet):
-    return _render(comfy, sd, clip, dubbed, animatenet=tiny_animatenet.net)
+def rendered(comfy, sd, clip, plan, tiny_animatenet):
+    return _render(comfy, sd, clip, plan, animatenet=tiny_animatenet.net)
 
 
 def test_node_regenerates_only_the_mouth_region(clip, dubbed, rendered):
@@ -193,30 +200,42 @@ def test_node_regenerates_only_the_mouth_region(clip, dubbed, rendered):
         assert np.abs(rendered[t][box].astype(int) - frames[t][box]).mean() > 8.0   # the mouth is regenerated
 
 
-def test_node_is_deterministic_per_seed(comfy, sd, clip, dubbed, rendered, tiny_animatenet):
-    again = _render(comfy, sd, clip, dubbed, animatenet=tiny_animatenet.net)
+def test_node_is_deterministic_per_seed(comfy, sd, clip, plan, dubbed, rendered, tiny_animatenet):
+    again = _render(comfy, sd, clip, plan, animatenet=tiny_animatenet.net)
     assert np.array_equal(again, rendered)
-    other = _render(comfy, sd, clip, dubbed, animatenet=tiny_animatenet.net, seed=4)
+    other = _render(comfy, sd, clip, plan, animatenet=tiny_animatenet.net, seed=4)
     assert not np.array_equal(other, rendered)
     above = int(dubbed[0].pixels()[:, [33, 263], 1].min())                    # rows above the eyes: the source
     assert np.array_equal(other[:, :above], rendered[:, :above])
 
 
-def test_node_bad_inputs(comfy, sd, clip, dubbed, tiny_animatenet):
-    aligned, dub = dubbed
+def test_node_bad_inputs(comfy, sd, clip, plan, tiny_animatenet):
+    """Bad inputs are node errors naming the input; the plan is checked against the frames by the one rule
+    (ptalk_models.dubbing.check_dub_inputs: same video length, aspect within 1 %)."""
+    from portraittalk.ptalk_models.dubbing import DubPlan
+
+    aligned, dub = plan.source, plan.target
     net = dict(animatenet=tiny_animatenet.net)
     with pytest.raises(ValueError, match=r"Dub Diffusion Render.*'crop_size'.*multiple of 64"):
-        _render(comfy, sd, clip, dubbed, crop_size=100, **net)
+        _render(comfy, sd, clip, plan, crop_size=100, **net)
     with pytest.raises(ValueError, match=r"Dub Diffusion Render.*'animatenet'.*controlnet"):
-        _render(comfy, sd, clip, dubbed)
-    wide = FaceLandmarks.from_points(dub.points, (640, 360), dub.fps, dub.present, dub.meta)
-    with pytest.raises(ValueError, match=r"'landmarks'.*640x360.*360x288"):
-        _render(comfy, sd, clip, (aligned, wide), **net)
-    none = FaceLandmarks.from_points(dub.points, dub.image_size, dub.fps, np.zeros(FRAMES, bool), dub.meta)
-    with pytest.raises(ValueError, match=r"'landmarks'.*no frame has a face"):
-        _render(comfy, sd, clip, (aligned, none), **net)
-    with pytest.raises(ValueError, match=r"'source_landmarks'.*same"):
-        _render(comfy, sd, clip, (aligned.frames(0, 4), dub), **net)
+        _render(comfy, sd, clip, plan)
+
+    def lm(x, size=dub.image_size, present=None):
+        return FaceLandmarks.from_points(x.points, size, x.fps, x.present if present is None else present, x.meta)
+
+    wide = DubPlan(lm(dub, (640, 360)), lm(aligned, (640, 360)), plan.source_index, plan.fps, plan.source_frames,
+                   (640, 360))
+    with pytest.raises(ValueError, match=r"'images'.*640x360.*360x288"):
+        _render(comfy, sd, clip, wide, **net)
+    none = DubPlan(lm(dub, present=np.zeros(FRAMES, bool)), aligned, plan.source_index, plan.fps,
+                   plan.source_frames, plan.source_size)
+    with pytest.raises(ValueError, match=r"'plan'.*no frame has a face"):
+        _render(comfy, sd, clip, none, **net)
+    with pytest.raises(ValueError, match=r"'images'.*same"):
+        _render(comfy, sd, clip, plan.with_source_index(plan.source_index, FRAMES + 4), **net)
+    with pytest.raises(ValueError, match=r"'plan'.*dubbing plan"):
+        _render(comfy, sd, clip, dub, **net)
 
 
 def test_dubbing_diffusion_workflow_end_to_end(comfy, shared_data, tiny_sd15, tiny_identitynet, tiny_animatenet,
@@ -225,13 +244,13 @@ def test_dubbing_diffusion_workflow_end_to_end(comfy, shared_data, tiny_sd15, ti
     speech (trim) → Face Landmarks → Audio → Dub Landmarks, Face Embed of the video's frames → IdentityNet Apply
     + Text Encode, AnimateNet → Dub Diffusion Render → Create Video → Save Video: an mp4 at the source size and
     fps, one frame per audio frame."""
-    from ptalk_models.media import read_video, write_wav
+    from portraittalk.ptalk_models.media import read_video, write_wav
 
     wav, sr = clip[3]
     speech = tmp_path / "speech.wav"
     write_wav(speech, wav[:, int(SPEECH[0] * sr):int(SPEECH[1] * sr)], sr)
-    ui = comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" / "dubbing_diffusion.json")
-    ui = comfy_headless.apply_inputs(ui, {
+    ui = harness.load_workflow(harness.REPO_ROOT / "workflows" / "dubbing_diffusion.json")
+    ui = harness.apply_inputs(ui, {
         "Source video": shared_data / "video" / "lbax4n.mpg", "New speech": speech,
         "CheckpointLoaderSimple": {"ckpt_name": tiny_sd15.name},
         "PTalkIdentityNetLoader": {"weights": tiny_identitynet.name},
@@ -240,7 +259,7 @@ def test_dubbing_diffusion_workflow_end_to_end(comfy, shared_data, tiny_sd15, ti
         "PTalkDubLandmarks": {"length_policy": "trim"},
         "PTalkDubDiffusionRender": {"steps": 1, "crop_size": 64},
     })
-    files = comfy_headless.run_workflow(ui, out_dir=tmp_path / "out")
+    files = harness.run_workflow(ui, out_dir=tmp_path / "out")
     assert len(files) == 1 and files[0].suffix == ".mp4"
     frames, fps = read_video(files[0])
     assert frames.shape == (10, 288, 360, 3) and abs(fps - 25.0) < 1e-3

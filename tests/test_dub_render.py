@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from ptalk_models import landmarks as L
-from ptalk_models.dub_render import dub_region_mask, iter_dub, lower_face_weights, render_dub, render_dub_frame
-from ptalk_models.face import detect_landmarks
-from ptalk_models.landmarks import FaceLandmarks
-from ptalk_models.media import read_video
+from portraittalk.ptalk_models import landmarks as L
+from portraittalk.ptalk_models.dub_render import dub_region_mask, iter_dub, lower_face_weights, render_dub, render_dub_frame
+from portraittalk.ptalk_models.face import detect_landmarks
+from portraittalk.ptalk_models.landmarks import FaceLandmarks
+from portraittalk.ptalk_models.media import read_video
 
 
 @pytest.fixture(scope="module")

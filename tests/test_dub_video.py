@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
+import ptalk_harness as harness
 
 BACKEND = "phonemes (pocketsphinx)"
 
@@ -35,19 +35,19 @@ def test_flv_under_each_length_policy(comfy, flv, shared_data):
     """CREMA-D FLV (2.2 s, 29.97 fps, millisecond timestamps) dubbed with a longer (3 s) and a shorter (1 s)
     speech track under each policy: output length, frame mapping, and — rendered — the rows above the eyes of
     every output frame equal its source frame bit for bit (the ping-pong path holds frames, the others re-decode)."""
-    from ptalk_models.dubbing import apply_length_policy
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.dubbing import apply_length_policy
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
     src, fps = read_video(flv)
     wav, sr = read_audio(shared_data / "video" / "lbax4n.mpg")
     assert len(src) == 67 and abs(fps - 29.97) < 0.01
     for audio, n_audio in ((wav, round(wav.shape[1] / sr * fps)), (wav[:, :sr], round(fps))):
         for policy in ("hold", "loop", "ping-pong", "trim"):
-            video, dub, aligned = _dub(comfy, flv, (audio, sr), policy)
+            video, plan, dub, aligned = _dub(comfy, flv, (audio, sr), policy)
             n = min(n_audio, len(src)) if policy == "trim" else n_audio
             assert abs(video.get_frame_count() - n) <= 1 and len(dub) == video.get_frame_count(), policy
             assert video.get_frame_rate() == fractions.Fraction(2997, 100)
-            idx = np.asarray(dub.meta["source_index"])
+            idx = plan.source_index
             assert np.array_equal(idx, apply_length_policy(len(src), len(dub), policy)), policy
             if n_audio < len(src) and policy != "hold":
                 continue
@@ -63,20 +63,21 @@ def test_flv_under_each_length_policy(comfy, flv, shared_data):
 def test_matches_the_image_batch_nodes(comfy, shared_data):
     """Streamed and IMAGE-batch dubbing of a GRID clip give the same frames (Face Landmarks → Audio → Dub
     Landmarks → Dub Render on the decoded IMAGE batch)."""
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
     path = shared_data / "video" / "lbax4n.mpg"
     new = read_audio(shared_data / "video" / "lwbsza.mpg")
-    video, dub, aligned = _dub(comfy, path, new)
+    video, plan, dub, aligned = _dub(comfy, path, new)
     streamed = video.get_components().images
     frames, fps = read_video(path)
     m = comfy.nodes.NODE_CLASS_MAPPINGS
     images = torch.from_numpy(frames).float().div(255.0)
     lm = m["PTalkFaceLandmarks"].execute(images, "auto", "largest", 0, "keep", fps, 0.5).result[0]
-    dub2, aligned2, _ = m["PTalkDubLandmarks"].execute(lm, _audio(*new), fps, "hold", 1.0, True, 1.0, BACKEND,
-                                                       "").result
-    batch = m["PTalkDubRender"].execute(images, aligned2, dub2, 0.25, True).result[0]
+    plan2, dub2, aligned2, _ = m["PTalkDubLandmarks"].execute(lm, _audio(*new), "hold", 1.0, True, 1.0, BACKEND,
+                                                              "").result
+    batch = m["PTalkDubRender"].execute(images, plan2, 0.25, True).result[0]
     assert np.allclose(dub.points, dub2.points, atol=1e-6)
+    assert np.array_equal(plan.source_index, plan2.source_index) and plan.fps == plan2.fps == fps
     assert streamed.shape == batch.shape and torch.equal(streamed, batch)
 
 
@@ -85,7 +86,7 @@ def test_variable_frame_rate_input(comfy, shared_data, tmp_path):
     constant 25 fps timeline by timestamps: gaps repeat the frame shown, the duration is kept."""
     import av
 
-    from ptalk_models.media import constant_rate_index, iter_video, read_audio, read_video
+    from portraittalk.ptalk_models.media import constant_rate_index, iter_video, read_audio, read_video
 
     frames, _ = read_video(shared_data / "video" / "lbax4n.mpg")
     frames = frames[:40]
@@ -104,7 +105,7 @@ def test_variable_frame_rate_input(comfy, shared_data, tmp_path):
     cfr = constant_rate_index(times, 25.0)
     assert len(cfr) == pts[-1] + 1 and np.array_equal(cfr[pts], np.arange(len(frames)))
     wav, sr = read_audio(shared_data / "video" / "lwbsza.mpg")
-    video, dub, _ = _dub(comfy, path, (wav, sr), "trim")
+    video, _, dub, _ = _dub(comfy, path, (wav, sr), "trim")
     assert video.get_frame_count() == len(cfr)  # the audio (3 s) is longer: trim keeps the video's 2.2 s
     assert np.array_equal(video._index, cfr)
 
@@ -114,15 +115,15 @@ def test_latentsync_pair_end_to_end(comfy, shared_data, tmp_path):
     speech track → an 18.6 s H.264 mp4 with that audio; re-detected on the output, the mouth follows the new
     speech (sync proxy) far better than the source video's mouth does (measured: lag-0 correlation 0.52 vs 0.08,
     faces re-detected in 99.5 % of the output frames at quarter resolution; thresholds 0.4 and +0.3)."""
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.media import iter_video, read_audio, video_info
-    from ptalk_models.metrics import sync_proxy
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.media import iter_video, read_audio, video_info
+    from portraittalk.ptalk_models.metrics import sync_proxy
 
     video, speech = shared_data / "video" / "demo3_video.mp4", shared_data / "video" / "demo3_audio.wav"
-    ui = comfy_headless.apply_inputs(comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" /
+    ui = harness.apply_inputs(harness.load_workflow(harness.REPO_ROOT / "workflows" /
                                                                   "dubbing_long.json"),
                                      {"Source video": video, "New speech": speech})
-    files = comfy_headless.run_workflow(ui, out_dir=tmp_path)
+    files = harness.run_workflow(ui, out_dir=tmp_path)
     assert len(files) == 1 and files[0].suffix == ".mp4"
     wav, sr = read_audio(speech)
     assert video_info(files[0])[:3] == (1080, 1920, 30.0)
@@ -140,7 +141,7 @@ def test_latentsync_pair_end_to_end(comfy, shared_data, tmp_path):
 def test_bad_inputs(comfy, shared_data, tmp_path):
     from comfy_api.latest import InputImpl
 
-    from ptalk_models.media import read_audio, write_mp4
+    from portraittalk.ptalk_models.media import read_audio, write_mp4
 
     node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkDubVideo"]
     speech = read_audio(shared_data / "video" / "lwbsza.mpg")

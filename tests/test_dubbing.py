@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import comfy_headless
+import ptalk_harness as harness
 
 TRANSCRIPT = "lay white by s zero again"  # lwbsza
 
 
 @pytest.fixture(scope="module")
 def clip(shared_data):
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
     frames, fps = read_video(shared_data / "video" / "lbax4n.mpg")
     return frames, fps, read_audio(shared_data / "video" / "lbax4n.mpg"), read_audio(shared_data / "video" /
@@ -32,20 +32,20 @@ def dubbed(comfy, clip):
     m = comfy.nodes.NODE_CLASS_MAPPINGS
     images = torch.from_numpy(frames).float().div(255.0)
     lm = m["PTalkFaceLandmarks"].execute(images, "auto", "largest", 0, "keep", fps, 0.5).result[0]
-    dub, aligned, fps_out = m["PTalkDubLandmarks"].execute(lm, _audio(new), fps, "hold", 1.0, True, 1.0,
-                                                           "phonemes (pocketsphinx)", TRANSCRIPT).result
-    out = m["PTalkDubRender"].execute(images, aligned, dub, 0.25, True).result[0]
-    return lm, dub, aligned, fps_out, out
+    plan, dub, aligned, fps_out = m["PTalkDubLandmarks"].execute(lm, _audio(new), "hold", 1.0, True, 1.0,
+                                                                 "phonemes (pocketsphinx)", TRANSCRIPT).result
+    out = m["PTalkDubRender"].execute(images, plan, 0.25, True).result[0]
+    return lm, dub, aligned, fps_out, out, plan
 
 
 def test_dubbed_mouth_follows_the_new_speech(clip, dubbed):
     """Re-detected on the rendered frames, the inner-lip aperture follows the new audio clearly better than the
     clip's own audio (lip-sync proxy, lag 0)."""
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.metrics import sync_proxy
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.metrics import sync_proxy
 
     frames, fps, old, new = clip
-    _, dub, _, fps_out, out = dubbed
+    _, dub, _, fps_out, out, _ = dubbed
     rendered = (out.numpy() * 255.0 + 0.5).astype(np.uint8)
     assert out.shape[0] == len(dub) and fps_out == fps
     re = detect_landmarks(rendered, fps=fps)
@@ -58,8 +58,8 @@ def test_dubbed_mouth_follows_the_new_speech(clip, dubbed):
 
 def test_pixels_above_the_mouth_region_are_untouched(clip, dubbed):
     frames, _, _, _ = clip
-    lm, dub, aligned, _, out = dubbed
-    idx = np.asarray(dub.meta["source_index"])
+    lm, dub, aligned, _, out, plan = dubbed
+    idx = plan.source_index
     rendered = (out.numpy() * 255.0 + 0.5).astype(np.uint8)
     eyes_y = int(aligned.pixels()[:, [33, 263], 1].min()) - 2  # rows above both eyes, every frame
     assert eyes_y > 20
@@ -79,23 +79,23 @@ def test_length_policies_and_faceless_frames(comfy, clip):
     wav, sr = new
     n_audio = round(wav.shape[-1] / sr * fps)
     for policy, n_out in (("hold", n_audio), ("loop", n_audio), ("ping-pong", n_audio), ("trim", 20)):
-        dub, aligned, _ = m["PTalkDubLandmarks"].execute(lm, _audio(new), fps, policy, 1.0, True, 1.0,
-                                                         "phonemes (pocketsphinx)", TRANSCRIPT).result
+        plan, dub, aligned, _ = m["PTalkDubLandmarks"].execute(lm, _audio(new), policy, 1.0, True, 1.0,
+                                                               "phonemes (pocketsphinx)", TRANSCRIPT).result
         assert abs(len(dub) - n_out) <= 1, policy
-    out = m["PTalkDubRender"].execute(images, aligned, dub, 0.25, True).result[0]  # trim: frames 0..19
+    out = m["PTalkDubRender"].execute(images, plan, 0.25, True).result[0]  # trim: frames 0..19
     assert torch.equal(out[5], images[5])
 
 
 def test_dubbing_workflow_end_to_end(comfy, shared_data, tmp_path):
     """workflows/dubbing.json: Load Video (GRID .mpg) + Load Audio (beckett.wav) → mp4 with the new audio at the
     source fps, one frame per audio frame (any length policy but trim: the speech outlasts the 3 s clip)."""
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
-    ui = comfy_headless.apply_inputs(comfy_headless.load_workflow(comfy_headless.REPO_ROOT / "workflows" /
+    ui = harness.apply_inputs(harness.load_workflow(harness.REPO_ROOT / "workflows" /
                                                                   "dubbing.json"),
                                      {"Source video": shared_data / "video" / "lbax4n.mpg",
                                       "New speech": shared_data / "audio" / "beckett.wav"})
-    files = comfy_headless.run_workflow(ui, out_dir=tmp_path)
+    files = harness.run_workflow(ui, out_dir=tmp_path)
     assert len(files) == 1 and files[0].suffix == ".mp4"
     frames, fps = read_video(files[0])
     wav, sr = read_audio(shared_data / "audio" / "beckett.wav")
@@ -109,17 +109,48 @@ def test_self_dubbing_keeps_the_mouth_and_scores_high_adfd(comfy, clip, dubbed):
     0.88–0.89 on lwbsza, bbaf2n, sbwe5n). Neither tells cross-dubbing apart on GRID (lwbsza's sentence on lbax4n:
     mouth LMD 0.036, ADFD 0.75 — same-structure sentences, the head and upper face unchanged): that is what the
     sync-proxy test above is for."""
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.metrics import evaluate
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.metrics import evaluate
 
     frames, fps, old, _ = clip
     m = comfy.nodes.NODE_CLASS_MAPPINGS
     images = torch.from_numpy(frames).float().div(255.0)
     lm = dubbed[0]
-    dub, aligned, _ = m["PTalkDubLandmarks"].execute(lm, _audio(old), fps, "trim", 1.0, True, 1.0,
-                                                     "phonemes (pocketsphinx)", "lay blue at x four now").result
-    out = m["PTalkDubRender"].execute(images, aligned, dub, 0.25, True).result[0]
+    plan, dub, aligned, _ = m["PTalkDubLandmarks"].execute(lm, _audio(old), "trim", 1.0, True, 1.0,
+                                                           "phonemes (pocketsphinx)", "lay blue at x four now").result
+    out = m["PTalkDubRender"].execute(images, plan, 0.25, True).result[0]
     re = detect_landmarks((out.numpy() * 255.0 + 0.5).astype(np.uint8), fps=fps, on_missing="keep")
     own = evaluate(re, lm.frames(0, len(re)), identity_backend=None)
     assert own["lmd"]["mouth_iod"] <= 0.04 and own["adfd"] >= 0.70, (own["lmd"], own["adfd"])
 
+
+
+def test_plan_carries_the_frame_mapping_and_fps_and_is_checked_against_the_frames(comfy, clip, dubbed):
+    """Audio → Dub Landmarks outputs a typed plan (PTALK_DUB_PLAN): the source frame of every output frame (the
+    length policy's mapping), the fps (the source landmarks', the one owner; also the node's fps output), the
+    source video's frame count and size, and its landmarks are the node's landmark outputs. Dub Render checks
+    the frames against it by the one rule: another aspect ratio or another video length is a node error naming
+    'images'; a resize of the same framing is accepted; a plan of another type names 'plan'."""
+    from portraittalk.ptalk_models.dubbing import DubPlan, apply_length_policy
+
+    frames, fps, _, _ = clip
+    lm, dub, aligned, fps_out, out, plan = dubbed
+    assert isinstance(plan, DubPlan) and len(plan) == len(dub) == out.shape[0]
+    assert plan.source_index.dtype == np.int64
+    assert np.array_equal(plan.source_index, apply_length_policy(len(frames), len(dub), "hold"))
+    assert plan.fps == fps == fps_out == plan.target.fps == plan.source.fps
+    assert plan.source_frames == len(frames) and plan.source_size == (360, 288)
+    assert plan.target is dub and plan.source is aligned and "source_index" not in dub.meta
+    m = comfy.nodes.NODE_CLASS_MAPPINGS
+    images = torch.from_numpy(frames).float().div(255.0)
+    wide = torch.nn.functional.pad(images, (0, 0, 40, 40))                         # 440x288: another aspect
+    with pytest.raises(ValueError, match=r"Dub Render\] input 'images':.*360x288.*440x288.*1%"):
+        m["PTalkDubRender"].execute(wide, plan, 0.25, True)
+    with pytest.raises(ValueError, match=r"Dub Render\] input 'images': 40 frames.*75 frames"):
+        m["PTalkDubRender"].execute(images[:40], plan, 0.25, True)
+    with pytest.raises(ValueError, match=r"Dub Render\] input 'plan': expected a dubbing plan"):
+        m["PTalkDubRender"].execute(images, dub, 0.25, True)
+    short = DubPlan(plan.target.frames(0, 3), plan.source.frames(0, 3), plan.source_index[:3], plan.fps,
+                    plan.source_frames, plan.source_size)
+    half = images[:, ::2, ::2]                                                     # 180x144: same framing
+    assert m["PTalkDubRender"].execute(half, short, 0.25, True).result[0].shape == (3, 144, 180, 3)

@@ -17,8 +17,8 @@ TRANSCRIPTS = {"lbax4n": "lay blue at x four now", "lwbsza": "lay white by s zer
 @pytest.fixture(scope="module")
 def clip(shared_data):
     """lbax4n: (detected landmarks, waveform, sample_rate)."""
-    from ptalk_models.face import detect_landmarks
-    from ptalk_models.media import read_audio, read_video
+    from portraittalk.ptalk_models.face import detect_landmarks
+    from portraittalk.ptalk_models.media import read_audio, read_video
 
     path = shared_data / "video" / "lbax4n.mpg"
     frames, fps = read_video(path)
@@ -29,8 +29,8 @@ def clip(shared_data):
 
 def _dub_inputs(src, wav, sr, transcript):
     """(rest frame, driven landmarks, length-matched source) for audio (wav, sr) on src's closed-mouth frame."""
-    from ptalk_models import dubbing as D
-    from ptalk_models.audio2landmarks import generate_landmarks
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
 
     rest = src.frame(D.closed_mouth_frame(src))
     driven = generate_landmarks(wav, sr, rest, fps=src.fps, transcript=transcript)
@@ -46,13 +46,13 @@ def self_dub(clip):
 
 
 def _mouth_lmd(a, b):
-    from ptalk_models.metrics import MOUTH, align_landmarks, landmark_distance
+    from portraittalk.ptalk_models.metrics import MOUTH, align_landmarks, landmark_distance
 
     return landmark_distance(align_landmarks(a, b), MOUTH)["iod"]
 
 
 def test_length_policies():
-    from ptalk_models.dubbing import apply_length_policy
+    from portraittalk.ptalk_models.dubbing import apply_length_policy
 
     assert apply_length_policy(5, 3, "trim").tolist() == [0, 1, 2]
     assert apply_length_policy(3, 5, "trim").tolist() == [0, 1, 2]
@@ -69,9 +69,9 @@ def test_length_policies():
 
 
 def test_smoothing_reduces_jitter_and_keeps_faceless_frames(clip):
-    from ptalk_models.dubbing import smooth_landmarks
-    from ptalk_models.landmarks import inter_ocular_px
-    from ptalk_models.metrics import landmark_jitter
+    from portraittalk.ptalk_models.dubbing import smooth_landmarks
+    from portraittalk.ptalk_models.landmarks import inter_ocular_px
+    from portraittalk.ptalk_models.metrics import landmark_jitter
 
     src = clip[0]
     assert src.present.all()
@@ -95,9 +95,9 @@ def test_smoothing_reduces_jitter_and_keeps_faceless_frames(clip):
 
 
 def test_self_dub_keeps_mouth_close_and_upper_face_identical(clip, self_dub):
-    from ptalk_models import dubbing as D
-    from ptalk_models import landmarks as L
-    from ptalk_models.metrics import sync_proxy
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models import landmarks as L
+    from portraittalk.ptalk_models.metrics import sync_proxy
 
     rest, driven, src = self_dub
     _, wav, sr = clip
@@ -125,8 +125,8 @@ def test_self_dub_keeps_mouth_close_and_upper_face_identical(clip, self_dub):
 
 
 def test_persona_scales_aperture_range_toward_the_speaker(self_dub):
-    from ptalk_models import dubbing as D
-    from ptalk_models.landmarks import inner_lip_aperture
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models.landmarks import inner_lip_aperture
 
     rest, driven, src = self_dub
 
@@ -142,7 +142,7 @@ def test_persona_scales_aperture_range_toward_the_speaker(self_dub):
 
 
 def test_faceless_frames_and_length_mismatch(self_dub):
-    from ptalk_models import dubbing as D
+    from portraittalk.ptalk_models import dubbing as D
 
     rest, driven, src = self_dub
     present = src.present.copy()
@@ -163,9 +163,9 @@ def test_faceless_frames_and_length_mismatch(self_dub):
 
 
 def test_cross_dub_follows_the_new_audio(clip, shared_data):
-    from ptalk_models import dubbing as D
-    from ptalk_models.media import read_audio
-    from ptalk_models.metrics import sync_proxy
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models.media import read_audio
+    from portraittalk.ptalk_models.metrics import sync_proxy
 
     src, old_wav, old_sr = clip
     new_wav, new_sr = read_audio(shared_data / "video" / "lwbsza.mpg")
@@ -179,3 +179,69 @@ def test_cross_dub_follows_the_new_audio(clip, shared_data):
     assert new > before + 0.3, (new, before)
     # head pose is the source's: the stable upper-face points did not move
     assert np.array_equal(dub.points[:, list(D.STABLE_POINTS)], matched.points[:, list(D.STABLE_POINTS)])
+
+
+def test_plan_dub_gives_a_typed_plan(clip, shared_data):
+    """plan_dub returns a DubPlan: the length policy's source frame per output frame (int64), the fps taken from
+    the source landmarks (its one owner, also set on both landmark tracks), the source's frame count and size,
+    warnings as a list; nothing load-bearing in ``meta``. Bad arguments are InputErrors naming the argument."""
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models.errors import InputError
+    from portraittalk.ptalk_models.media import read_audio
+
+    src, _, _ = clip
+    wav, sr = read_audio(shared_data / "video" / "lwbsza.mpg")
+    plan = D.plan_dub(src, wav, sr, "ping-pong", transcript=TRANSCRIPTS["lwbsza"])
+    n = round(wav.shape[1] / sr * src.fps)
+    assert isinstance(plan, D.DubPlan) and abs(len(plan) - n) <= 1
+    assert plan.source_index.dtype == np.int64
+    assert np.array_equal(plan.source_index, D.apply_length_policy(len(src), len(plan), "ping-pong"))
+    assert plan.fps == src.fps == plan.target.fps == plan.source.fps and plan.duration == len(plan) / src.fps
+    assert plan.source_frames == len(src) and plan.source_size == src.image_size
+    assert isinstance(plan.warnings, list)
+    assert "source_index" not in plan.target.meta and "source_index" not in plan.source.meta
+    smoothed = D.smooth_landmarks(src, 1.0)
+    assert np.array_equal(plan.source.points, smoothed.points[plan.source_index])
+    for kwargs, argument in (({"length_policy": "stretch"}, "length_policy"), ({"smoothing": -1.0}, "smoothing")):
+        with pytest.raises(InputError) as e:
+            D.plan_dub(src, wav, sr, **kwargs)
+        assert e.value.argument == argument
+    with pytest.raises(InputError, match="no frame rate") as e:
+        D.plan_dub(src.with_points(src.points, fps=0.0, present=src.present), wav, sr)
+    assert e.value.argument == "source"
+    with pytest.raises(InputError) as e:
+        D.plan_dub(src, np.zeros((1, 0), np.float32), sr)
+    assert e.value.argument == "waveform"
+    with pytest.raises(ValueError, match="one entry per output frame"):
+        D.DubPlan(plan.target, plan.source.frames(0, 3), plan.source_index, plan.fps, plan.source_frames,
+                  plan.source_size)
+    with pytest.raises(ValueError, match="source_index must lie"):
+        plan.with_source_index(plan.source_index, 3)
+
+
+def test_one_dub_input_check_and_one_aspect_rule(clip):
+    """check_dub_inputs is the renderers' one check of a plan against their frames (InputError naming
+    ``plan``, ``n_frames`` or ``frame_size``); the aspect rule is images.same_aspect, 1 % relative."""
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models.errors import InputError
+    from portraittalk.ptalk_models.images import ASPECT_TOLERANCE, same_aspect
+
+    src, _, _ = clip
+    idx = D.apply_length_policy(len(src), 10, "hold")
+    aligned = src.with_points(src.points[idx], present=src.present[idx])
+    plan = D.DubPlan(aligned, aligned, idx, src.fps, len(src), src.image_size)
+    W, H = src.image_size
+    D.check_dub_inputs(plan, len(src), (W, H))
+    D.check_dub_inputs(plan, len(src), (W // 2, H // 2))                         # a resize of the same framing
+    assert ASPECT_TOLERANCE == 0.01
+    assert same_aspect((1009, 1000), (1000, 1000)) and not same_aspect((1012, 1000), (1000, 1000))
+    assert same_aspect((853, 480), (1920, 1080)) and not same_aspect((640, 480), (1920, 1080))
+    for args, argument in (((src, len(src), (W, H)), "plan"), ((plan, len(src) - 1, (W, H)), "n_frames"),
+                           ((plan, len(src), (W + W // 10, H)), "frame_size"),
+                           ((D.DubPlan(aligned.frames(0, 0), aligned.frames(0, 0), idx[:0], src.fps, len(src),
+                                       src.image_size), len(src), (W, H)), "plan")):
+        with pytest.raises(InputError) as e:
+            D.check_dub_inputs(*args)
+        assert e.value.argument == argument, (argument, str(e.value))
+    with pytest.raises(InputError, match=r"1%"):
+        D.check_dub_inputs(plan, len(src), (W + W // 10, H))
