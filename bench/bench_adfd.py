@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from _common import require_shared_data 
+from _common import require_shared_data
 
 from portraittalk.ptalk_models.face import detect_landmarks
 from portraittalk.ptalk_models.media import read_audio, read_video

@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_animatenet.py --dtype bf16 --channels-last --compile
     .venv/bin/python bench/bench_animatenet.py --size 128 --frames 4 --window 2 --quality-steps 2 --threads 1  # CPU
 
-What runs (all in this one process, ComfyUI in-process through ``scripts/harness.py``, no server):
+What runs (all in this one process, ComfyUI in-process through ``ptalk_harness``, no server):
 
 * **Ours**: the real ``PTalkAnimateNetTemporalSampler`` node (its ``execute``: condition drawing, windows of
   ``--window`` frames denoised as one batch with ComfyUI's own sampler, VAE encode of the reference and decode of
@@ -52,7 +52,6 @@ import argparse
 import gc
 import importlib
 import os
-import sys
 import threading
 import time
 import traceback
@@ -584,7 +583,7 @@ def baseline(args, diffusers, device, dtype, positive, negative, driving, tempor
         rows[m] = Row(f"diffusers per-frame, {m}", "-", size, frames, "1/call", steps, cfg, best, peak,
                       "compiled" if compiled else "")
         print(f"  {rows[m].label:<34} {rows[m].fps:8.2f} fps  {mem_label} {peak / GIB:.2f} GiB", flush=True)
-    del pipe, unet, controlnet, vae
+    pipe = unet = controlnet = vae = None  # drop them (``run`` holds ``pipe`` too) before collecting
     gc.collect()
     return rows
 

@@ -12,7 +12,7 @@ Prints, on real media from ``$PTALK_SHARED_DATA`` or ``<repo>/../shared/data``:
   wall time ÷ duration and peak RSS. (The IMAGE-batch graph cannot hold 10 minutes: 15000 float32
   512x512 frames are 47 GB, which is why the streamed node exists.)
 
-Targets (issue #2): warp ≥ 25 fps at 512² on one core; audio→landmarks ≥ 100× real time; the 44 s job
+Targets (CPU only): warp ≥ 25 fps at 512² on one core; audio→landmarks ≥ 100× real time; the 44 s job
 within real time on 2 cores; 10 minutes with peak RSS ≤ 4 GB.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, require_shared_data 
+from _common import REPO, require_shared_data
 
 from portraittalk.ptalk_models.audio2landmarks import generate_landmarks
 from portraittalk.ptalk_models.face import detect_landmarks

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import require_shared_data 
+from _common import require_shared_data
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ import time
 import cv2
 import numpy as np
 
-from _common import require_shared_data 
+from _common import require_shared_data
 
 from portraittalk.ptalk_models.face import detect_landmarks
 from portraittalk.ptalk_models.identity import embed_faces

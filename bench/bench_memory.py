@@ -1,4 +1,4 @@
-"""Memory and time of the whole talking-photo job (issue 17), each run in a fresh process with ComfyUI's boot.
+"""Memory and time of the whole talking-photo job (memory target), each run in a fresh process with ComfyUI's boot.
 
     .venv/bin/python bench/bench_memory.py [--workflow WORKFLOW.json] [--minutes 10]
                                           [--skip memory,speed,large] [--repo DIR]
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, require_shared_data 
+from _common import REPO, require_shared_data
 
 from portraittalk.ptalk_models.media import read_audio, read_image, write_wav
 
 #: The graph measured by default: the streamed talking photo (Landmark Warp Render → Video → Save Video), the
 #: default graph of ``make demo``.
 WORKFLOW = REPO / "workflows" / "talking_photo.json"
-#: Peak-RSS bound of the issue for 10 minutes of speech on a 970x2204 photo.
+#: Peak-RSS target for 10 minutes of speech on a 970x2204 photo.
 BOUND_GB = 2.5
 LARGE_SIZE = (970, 2204)  # width, height
 

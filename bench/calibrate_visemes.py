@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from _common import shared_data 
+from _common import shared_data
 
 from portraittalk.ptalk_models.audio import prepare_audio
 from portraittalk.ptalk_models.face import resolve_model_path

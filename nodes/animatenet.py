@@ -6,18 +6,22 @@ from __future__ import annotations
 import numpy as np
 from comfy_api.latest import io
 
-from ..ptalk_models.animatenet import AnimateNetFormatError, check_compatible, load_animatenet
+from ..ptalk_models.animatenet import AnimateNetFormatError, load_animatenet
 from ..ptalk_models.contour import ContourInputError
 from ..ptalk_models.temporal import CONTOUR_SOURCES, FrameConditions
 from .glue.convert import image_to_numpy, numpy_to_image
-from .glue.errors import node_error
+from .glue.control import checked_controls, control_inputs
+from .glue.errors import node_error, node_error_from
 from .glue.folders import portraittalk_options, resolve_portraittalk
-from .glue.patcher import unet_config
 from .glue.sampling import sampling_inputs
 from .glue.sockets import CATEGORY, AnimateNetType, Landmarks
 from .glue.temporal_sampling import temporal_sample
 
 LOADER, SAMPLER = "AnimateNet Loader", "AnimateNet Temporal Sampler"
+
+#: The sampler input whose image a frame's head contour outlines, by ``contour_source`` (the contour of
+#: :func:`ptalk_models.contour.head_contour`'s ``images``; generated frames are made from the reference).
+CONTOUR_IMAGE_INPUT = {"previous frame": "reference", "init frames": "init_frames", "reference": "reference"}
 
 
 def _fit(frames: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -29,37 +33,6 @@ def _fit(frames: np.ndarray, w: int, h: int) -> np.ndarray:
     flat = frames.reshape((-1,) + frames.shape[-3:])
     out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in flat])
     return out.reshape(frames.shape[:-3] + out.shape[1:])
-
-
-def control_inputs(landmark_hint: str, contour_hint: str) -> list:
-    """The motion→frame control inputs shared by the Temporal Sampler and Dub Diffusion Render: an AnimateNet or,
-    training-free, a landmark and/or a contour ControlNet (``*_hint``: what each ControlNet is fed)."""
-    return [
-        AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
-        io.ControlNet.Input("landmark_controlnet", optional=True,
-                            tooltip="Training-free mode: a landmark (MediaPipe face) ControlNet, fed "
-                                    f"{landmark_hint}."),
-        io.ControlNet.Input("contour_controlnet", optional=True,
-                            tooltip=f"Training-free mode: a contour/Canny/lineart ControlNet, fed {contour_hint}."),
-        io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,
-                       tooltip="Strength of the training-free ControlNets."),
-    ]
-
-
-def checked_controls(node: str, model, animatenet, landmark_controlnet, contour_controlnet,
-                     controlnet_strength: float) -> list:
-    """Validate :func:`control_inputs` (at least one connected; the AnimateNet made for this MODEL's UNet) and
-    return the ControlNets as ``temporal_sample``'s ``[(CONTROL_NET, "structure" | "identity", strength)]``."""
-    if animatenet is None and landmark_controlnet is None and contour_controlnet is None:
-        raise node_error(node, "animatenet", "connect an AnimateNet (AnimateNet Loader) or, training-free, a "
-                                             "landmark_controlnet and/or contour_controlnet (core Load ControlNet)")
-    if animatenet is not None:
-        try:
-            check_compatible(animatenet, unet_config(model))
-        except AnimateNetFormatError as e:
-            raise node_error(node, "animatenet", str(e)) from None
-    return [(c, kind, controlnet_strength) for c, kind in
-            ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
 
 
 class AnimateNetLoader(io.ComfyNode):
@@ -185,8 +158,9 @@ class AnimateNetTemporalSampler(io.ComfyNode):
                 init_frames=None if init is None else numpy_to_image(np.ascontiguousarray(init)))
         except AnimateNetFormatError as e:
             raise node_error(SAMPLER, "animatenet", str(e)) from None
-        except ContourInputError as e:
-            raise node_error(SAMPLER, "landmarks", f"head contour: {e}") from None
+        except ContourInputError as e:  # a frame's head contour: head_contour(the frame's image, its landmarks)
+            raise node_error_from(SAMPLER, e, {"landmarks": "landmarks",
+                                               "images": CONTOUR_IMAGE_INPUT[contour_source]}) from None
         fps = float(landmarks.fps) if landmarks.fps > 0 else 25.0
         return io.NodeOutput(images.to(torch.float32), fps)
 

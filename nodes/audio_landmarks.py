@@ -4,11 +4,16 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
+from ..ptalk_models.errors import InputError
 from .glue.convert import audio_to_numpy
-from .glue.errors import log, node_error
+from .glue.errors import log, node_error, node_error_from
 from .glue.sockets import CATEGORY, Landmarks
 
 NODE = "Audio → Landmarks"
+
+#: :func:`ptalk_models.audio2landmarks.generate_landmarks`'s arguments -> this node's inputs.
+ENGINE_INPUTS = {"waveform": "audio", "sample_rate": "audio", "reference": "reference", "backend": "backend",
+                 "fps": "fps", "seed": "seed", "expressiveness": "expressiveness", "transcript": "transcript"}
 
 
 class AudioToLandmarks(io.ComfyNode):
@@ -57,8 +62,8 @@ class AudioToLandmarks(io.ComfyNode):
             lm = generate_landmarks(wav, sr, reference, fps=fps, seed=seed, expressiveness=expressiveness,
                                     transcript=transcript or "", backend=backend, blink=blink,
                                     head_motion=head_motion)
-        except ValueError as e:
-            raise node_error(NODE, "audio", str(e)) from None
+        except InputError as e:
+            raise node_error_from(NODE, e, ENGINE_INPUTS) from None
         for w in lm.meta.get("warnings", []):
             log.warning("%s: %s", NODE, w)
         return io.NodeOutput(lm, float(fps))

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..ptalk_models.contour import ContourInputError, head_contour
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from .glue.convert import image_to_numpy, numpy_to_image, numpy_to_mask
-from .glue.errors import node_error
+from .glue.errors import node_error, node_error_from
 from .glue.progress import Progress
 from .glue.sockets import CATEGORY, Landmarks
 
@@ -87,8 +87,8 @@ class ContourGuide(io.ComfyNode):
             edges, masks = head_contour(frames, landmarks, detail=detail, smoothing=smoothing, thickness=thickness,
                                         use_face_oval=use_face_oval, source=SOURCE_OPTIONS[source], reference=ref,
                                         on_missing=on_missing, progress=Progress(len(frames)))
-        except ContourInputError as e:
-            raise node_error(NODE, e.input, e.message) from None
+        except ContourInputError as e:  # head_contour's arguments have this node's input names
+            raise node_error_from(NODE, e, {}) from None
         return io.NodeOutput(numpy_to_image(edges[..., None].repeat(3, axis=-1)), numpy_to_mask(masks))
 
 

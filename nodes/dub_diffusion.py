@@ -12,8 +12,7 @@ from ..ptalk_models.dub_crop import (DubConditions, align_transforms, crop_frame
 from ..ptalk_models.dubbing import check_dub_inputs
 from ..ptalk_models.errors import InputError
 from ..ptalk_models.landmarks import FaceLandmarks
-from .animatenet import checked_controls, control_inputs
-from .dubbing import RENDER_INPUTS
+from .glue.control import checked_controls, control_inputs
 from .glue.convert import image_to_numpy, numpy_to_image
 from .glue.errors import node_error, node_error_from
 from .glue.sampling import sampling_inputs
@@ -21,6 +20,12 @@ from .glue.sockets import CATEGORY, DubPlan
 from .glue.temporal_sampling import temporal_sample
 
 NODE = "Dub Diffusion Render"
+
+#: :func:`ptalk_models.dubbing.check_dub_inputs`'s arguments -> this node's inputs (``plan`` keeps its name).
+RENDER_INPUTS = {"n_frames": "images", "frame_size": "images"}
+#: :func:`ptalk_models.contour.head_contour`'s arguments -> this node's inputs: the contour of each output frame
+#: is that of its source frame's crop (``images``) with the plan's source landmarks.
+CONTOUR_INPUTS = {"images": "images", "landmarks": "plan"}
 
 
 class DubDiffusionRender(io.ComfyNode):
@@ -116,7 +121,7 @@ class DubDiffusionRender(io.ComfyNode):
         except AnimateNetFormatError as e:
             raise node_error(NODE, "animatenet", str(e)) from None
         except ContourInputError as e:
-            raise node_error(NODE, "plan", f"head contour: {e}") from None
+            raise node_error_from(NODE, e, CONTOUR_INPUTS) from None
         generated = image_to_numpy(generated, NODE, "images")
         out = frames[idx]
         for j, t in enumerate(faces):

@@ -7,8 +7,6 @@ one dubbing input, with the source video's frames, and check the two against eac
 (:func:`ptalk_models.dubbing.check_dub_inputs`). The plan owns the dub's frame rate (the source landmarks' fps)."""
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS
@@ -21,16 +19,15 @@ from ..ptalk_models.landmarks import FaceLandmarks
 from ..ptalk_models.media import constant_rate_index, iter_video, video_info
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
-from .glue.errors import node_error, node_error_from
+from .glue.errors import log, node_error, node_error_from
 from .glue.progress import Progress
 from .glue.sockets import CATEGORY, DubPlan, Landmarks
 from .glue.video import StreamedDubVideo
 
-log = logging.getLogger("PortraitTalk")
 DUB, RENDER, VIDEO = "Audio → Dub Landmarks", "Dub Render", "Dub Video"
 
-#: Engine argument -> node input, for :func:`ptalk_models.dubbing.check_dub_inputs`'s errors in the renderers.
-RENDER_INPUTS = {"plan": "plan", "n_frames": "images", "frame_size": "images"}
+#: :func:`ptalk_models.dubbing.check_dub_inputs`'s arguments -> Dub Render's inputs (``plan`` keeps its name).
+RENDER_INPUTS = {"n_frames": "images", "frame_size": "images"}
 
 PLAN_TOOLTIP = ("PTALK_DUB_PLAN: the dubbing plan — dubbed and source landmarks of every output frame, the source "
                 "frame each output frame shows (length policy) and the fps. For Dub Render / Dub Diffusion Render, "
@@ -114,12 +111,15 @@ class DubLandmarks(io.ComfyNode):
 def _plan(node, landmarks_input, landmarks, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
           transcript):
     """:func:`ptalk_models.dubbing.plan_dub` with its errors as node errors (``landmarks_input``: the node input
-    the source landmarks came from); the plan's warnings are logged."""
+    the source landmarks came from, which also give the dub's frame rate and the closed-mouth reference); the
+    plan's warnings are logged. ``plan_dub``'s other arguments have the names of the node inputs they come
+    from (``length_policy``, ``smoothing``, ``expressiveness``, ``backend``, ``transcript``)."""
     try:
         plan = plan_dub(landmarks, wav, sr, length_policy, smoothing, bool(persona), expressiveness, backend,
                         transcript or "")
     except InputError as e:
-        raise node_error_from(node, e, {"source": landmarks_input, "waveform": "audio"}) from None
+        raise node_error_from(node, e, {"source": landmarks_input, "waveform": "audio",
+                                        "sample_rate": "audio"}) from None
     for w in plan.warnings:
         log.warning("%s: %s", node, w)
     return plan
@@ -239,8 +239,8 @@ class DubVideo(io.ComfyNode):
                                              "H.264 mp4)") from None
         except NoFaceError as e:
             raise node_error(VIDEO, "video", str(e)) from None
-        except ValueError as e:
-            raise node_error(VIDEO, "face_index" if face != "largest" else "video", str(e)) from None
+        except InputError as e:
+            raise node_error_from(VIDEO, e, {"frames": "video", "selection": "face_index"}) from None
         cfr = constant_rate_index(times, fps)
         lm = FaceLandmarks.from_points(lm.points[cfr], lm.image_size, fps, lm.present[cfr], lm.meta)
         # planned on the constant-rate timeline, then mapped to decode-order frames of the stream

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..ptalk_models.errors import InputError
 from ..ptalk_models.face import NoFaceError, detect_landmarks
 from .glue.convert import image_to_numpy
-from .glue.errors import node_error
+from .glue.errors import node_error, node_error_from
 from .glue.folders import mediapipe_model_options, resolve_mediapipe_model
 from .glue.progress import Progress
 from .glue.sockets import CATEGORY, Landmarks
@@ -59,8 +60,8 @@ class FaceLandmarks(io.ComfyNode):
                                   progress=Progress(len(frames)))
         except NoFaceError as e:
             raise node_error(NODE, "image", str(e)) from None
-        except ValueError as e:
-            raise node_error(NODE, "face_index" if face != "largest" else "image", str(e)) from None
+        except InputError as e:
+            raise node_error_from(NODE, e, {"images": "image", "selection": "face_index"}) from None
         return io.NodeOutput(lm)
 
 

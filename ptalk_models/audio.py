@@ -25,6 +25,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from .errors import InputError
+
 TARGET_SR = 16000          # Hz, pocketsphinx en-us acoustic model rate
 DB_FLOOR = -120.0          # dB returned for digital silence
 MIN_WINDOW_S = 0.025       # s, shortest analysis window (25 ms, a standard speech frame)
@@ -53,22 +55,26 @@ class PreparedAudio:
 
 
 def _as_channels_first(waveform) -> np.ndarray:
-    """``[samples]``, ``[channels, samples]`` or ``[1, channels, samples]`` -> float64 ``[channels, samples]``."""
+    """``[samples]``, ``[channels, samples]`` or ``[1, channels, samples]`` -> float64 ``[channels, samples]``.
+
+    Raises :class:`~ptalk_models.errors.InputError` (``argument="waveform"``) for a non-numeric array, another
+    shape, or one that looks like ``[samples, channels]``."""
     if hasattr(waveform, "detach"):  # a torch tensor: accept without importing torch
         waveform = waveform.detach().cpu().numpy()
     x = np.asarray(waveform)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise ValueError(f"waveform must be a numeric array [channels, samples], got dtype {x.dtype}")
+        raise InputError("waveform", f"waveform must be a numeric array [channels, samples], got dtype {x.dtype}")
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0]
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2:
-        raise ValueError(f"waveform must be [samples] or [channels, samples], got shape {tuple(x.shape)}; "
-                         "for a ComfyUI AUDIO batch pass one item, e.g. audio['waveform'][0]")
+        raise InputError("waveform", f"waveform must be [samples] or [channels, samples], got shape "
+                                     f"{tuple(x.shape)}; for a ComfyUI AUDIO batch pass one item, e.g. "
+                                     "audio['waveform'][0]")
     if x.shape[0] > _MAX_CHANNELS and x.shape[1] <= _MAX_CHANNELS:
-        raise ValueError(f"waveform has shape {tuple(x.shape)}, which looks like [samples, channels]; "
-                         "pass it as [channels, samples] (transpose it)")
+        raise InputError("waveform", f"waveform has shape {tuple(x.shape)}, which looks like [samples, "
+                                     "channels]; pass it as [channels, samples] (transpose it)")
     if np.issubdtype(x.dtype, np.integer):
         info = np.iinfo(x.dtype)
         x = x.astype(np.float64) / float(max(abs(info.min), info.max))
@@ -88,7 +94,8 @@ def prepare_audio(waveform, sample_rate) -> PreparedAudio:
         treated as silence) and counted in ``n_nonfinite``.
 
     Raises:
-        ValueError: non-positive/non-finite ``sample_rate``, empty audio, or a malformed array.
+        InputError (a ValueError): ``argument="sample_rate"`` for a non-numeric, non-positive or non-finite rate;
+        ``argument="waveform"`` for empty audio or a malformed array (dtype, shape).
 
     Resampling: ``soxr.resample(..., quality="HQ")`` (libsoxr), not own code.
     """
@@ -97,12 +104,13 @@ def prepare_audio(waveform, sample_rate) -> PreparedAudio:
     try:
         sr = float(sample_rate)
     except (TypeError, ValueError):
-        raise ValueError(f"sample_rate must be a number of Hz, got {sample_rate!r}") from None
+        raise InputError("sample_rate", f"sample_rate must be a number of Hz, got {sample_rate!r}") from None
     if not np.isfinite(sr) or sr <= 0:
-        raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate!r}")
+        raise InputError("sample_rate", f"sample_rate must be > 0 Hz, got {sample_rate!r}")
     x = _as_channels_first(waveform)
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"waveform is empty (shape {tuple(x.shape)}); connect audio with at least one sample")
+        raise InputError("waveform", f"waveform is empty (shape {tuple(x.shape)}); connect audio with at least "
+                                     "one sample")
     bad = ~np.isfinite(x)
     n_bad = int(bad.sum())
     if n_bad:

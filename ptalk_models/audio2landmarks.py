@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from .audio import DB_FLOOR, n_video_frames, prepare_audio
+from .errors import InputError
 from .landmarks import NUM_LANDMARKS, FaceLandmarks
 from .motion import animate, blink_curve, build_rig
 from .motion import head_motion as head_motion_curve
@@ -42,7 +43,9 @@ class Audio2LandmarksBackend(Protocol):
     def generate(self, waveform, sample_rate, reference: FaceLandmarks, *, fps: float, seed: int,
                  expressiveness: float, transcript: str, blink: bool, head_motion: bool) -> FaceLandmarks:
         """Arguments already validated by :func:`generate_landmarks`; returns ``T = n_video_frames(...)``
-        frames with the reference's ``image_size``, ``fps=fps`` and ``meta["backend"] = name``."""
+        frames with the reference's ``image_size``, ``fps=fps`` and ``meta["backend"] = name``. Raises
+        :class:`~ptalk_models.errors.InputError` naming ``waveform``, ``sample_rate`` or ``reference`` (the
+        parameter names of :func:`generate_landmarks`) for audio or a reference face it cannot use."""
         ...
 
 
@@ -55,7 +58,10 @@ class PhonemeBackend:
                  expressiveness: float, transcript: str, blink: bool, head_motion: bool) -> FaceLandmarks:
         audio = prepare_audio(waveform, sample_rate)
         T = n_video_frames(audio.n_input_samples, audio.source_rate, fps)
-        rig = build_rig(reference)
+        try:
+            rig = build_rig(reference)
+        except ValueError as e:  # build_rig rejects only its one argument, the reference face
+            raise InputError("reference", str(e)) from None
         phones = phones_from_audio(audio.samples, transcript)
         mouth = mouth_parameters(phones.segments, audio.samples, T, fps)
         blinks = blink_curve(T, fps, seed) if blink else None
@@ -130,30 +136,38 @@ def generate_landmarks(waveform, sample_rate, reference: FaceLandmarks, fps: flo
         ``expressiveness``, ``mouth_params`` (per-frame curves).
 
     Raises:
-        ValueError: empty audio, ``sample_rate`` <= 0, bad ``fps``/``expressiveness``/``backend``/``transcript``,
-            or a reference without a detected face in frame 0.
+        InputError (a ValueError; :mod:`ptalk_models.errors`), ``argument`` = the rejected parameter:
+        ``"backend"`` (not a key of :data:`BACKENDS`), ``"reference"`` (not FaceLandmarks; no detected face in
+        frame 0, NaN/Inf or degenerate points: :func:`ptalk_models.motion.build_rig`), ``"fps"`` (not a number
+        or outside :data:`FPS_RANGE`), ``"expressiveness"`` (not a number or outside
+        :data:`EXPRESSIVENESS_RANGE`), ``"transcript"`` (not text), ``"seed"`` (not an integer), ``"waveform"``
+        (empty or malformed array) or ``"sample_rate"`` (not a number > 0 Hz): see
+        :func:`ptalk_models.audio.prepare_audio`.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown audio-to-landmarks backend {backend!r}; choose one of {list(BACKENDS)}")
+        raise InputError("backend", f"unknown audio-to-landmarks backend {backend!r}; choose one of "
+                                    f"{list(BACKENDS)}")
     if not isinstance(reference, FaceLandmarks):
-        raise ValueError(f"reference must be FaceLandmarks (PTALK_LANDMARKS), got {type(reference).__name__}")
-    try:
-        fps = float(fps)
-        expressiveness = float(expressiveness)
-    except (TypeError, ValueError):
-        raise ValueError(f"fps and expressiveness must be numbers, got {fps!r}, {expressiveness!r}") from None
+        raise InputError("reference", f"reference must be FaceLandmarks (PTALK_LANDMARKS), got "
+                                      f"{type(reference).__name__}")
+    for name, value in (("fps", fps), ("expressiveness", expressiveness)):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise InputError(name, f"fps and expressiveness must be numbers, got {fps!r}, {expressiveness!r}") from None
+    fps, expressiveness = float(fps), float(expressiveness)
     if not (math.isfinite(fps) and FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
-        raise ValueError(f"fps must be in {FPS_RANGE}, got {fps}")
+        raise InputError("fps", f"fps must be in {FPS_RANGE}, got {fps}")
     if not (math.isfinite(expressiveness) and EXPRESSIVENESS_RANGE[0] <= expressiveness <= EXPRESSIVENESS_RANGE[1]):
-        raise ValueError(f"expressiveness must be in {EXPRESSIVENESS_RANGE}, got {expressiveness}")
+        raise InputError("expressiveness", f"expressiveness must be in {EXPRESSIVENESS_RANGE}, got {expressiveness}")
     if transcript is None:
         transcript = ""
     if not isinstance(transcript, str):
-        raise ValueError(f"transcript must be text, got {type(transcript).__name__}")
+        raise InputError("transcript", f"transcript must be text, got {type(transcript).__name__}")
     try:
         seed = int(seed)
     except (TypeError, ValueError):
-        raise ValueError(f"seed must be an integer, got {seed!r}") from None
+        raise InputError("seed", f"seed must be an integer, got {seed!r}") from None
     impl = BACKENDS[backend]()
     return impl.generate(waveform, sample_rate, reference, fps=fps, seed=seed, expressiveness=expressiveness,
                          transcript=transcript, blink=bool(blink), head_motion=bool(head_motion))

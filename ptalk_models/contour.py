@@ -267,14 +267,10 @@ def _edges_from_mask(mask01: np.ndarray, thickness: int) -> np.ndarray:
 
 
 class ContourInputError(InputError):
-    """A bad :func:`head_contour` input (an :class:`~ptalk_models.errors.InputError`): ``.argument`` (alias
-    ``.input``) names the parameter (``images``, ``landmarks``, ``reference``, ``reference_landmarks``,
-    ``detail`` ...) and ``.message`` the problem and its fix without the ``head_contour: <argument>:`` prefix."""
-
-    def __init__(self, input_name: str, message: str):
-        super().__init__(input_name, f"head_contour: {input_name}: {message}")
-        self.input = input_name
-        self.message = message
+    """A bad :func:`head_contour` input, an :class:`~ptalk_models.errors.InputError` raised as
+    ``ContourInputError(argument, message)``: ``.argument`` names the parameter (``images``, ``landmarks``,
+    ``reference``, ``reference_landmarks``, ``source``, ``on_missing``, ``detail``, ``smoothing``,
+    ``thickness``) and the message says what is wrong and how to fix it, without the parameter's name."""
 
 
 def _as_batch(images, name: str) -> np.ndarray:
@@ -382,9 +378,11 @@ def head_contour(images, landmarks: FaceLandmarks | None = None, *, detail: int 
         it bounds. Under ``source="previous"`` both come from the previous frame / the reference.
 
     Raises:
-        ContourInputError (a ValueError): bad images (shape, channels, NaN), landmarks of another length or
-            aspect ratio, a reference of another aspect ratio or a batch, out-of-range parameters, or a faceless
-            frame with ``on_missing="error"``.
+        ContourInputError (an InputError, a ValueError) with ``argument`` = ``"images"`` (bad shape, channels,
+            NaN; a faceless frame with ``on_missing="error"``), ``"landmarks"`` / ``"reference_landmarks"``
+            (not FaceLandmarks, another length or aspect ratio), ``"reference"`` (another aspect ratio, a batch,
+            no face), or the out-of-range parameter (``"source"``, ``"on_missing"``, ``"detail"``,
+            ``"smoothing"``, ``"thickness"``).
     """
     if source not in SOURCES:
         raise ContourInputError("source", f"must be one of {SOURCES}, got {source!r}")

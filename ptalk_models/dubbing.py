@@ -314,7 +314,7 @@ class DubPlan:
         source_index: int64 ``[N]``, for each output frame the index (decode order, 0-based) of the source-video
             frame it shows, all in ``[0, source_frames)`` (:func:`apply_length_policy`).
         fps: frames per second of the output, the same as the source video's (> 0). The plan is the one owner of
-            the dub's frame rate: ``target.fps`` and ``source.fps`` are set to it.
+            the dub's frame rate: ``target`` and ``source`` are copies carrying it as their ``fps``.
         source_frames: ``T``, the number of frames of the source video the plan was made from.
         source_size: ``(width, height)`` in pixels of the source video's frames (the landmarks' ``image_size``).
         warnings: things the user should know (audio problems, faceless frames), in plain words; may be empty.
@@ -354,7 +354,9 @@ class DubPlan:
             if lm.image_size != self.source_size:
                 raise ValueError(f"DubPlan.{name} is for {lm.image_size[0]}x{lm.image_size[1]} frames but "
                                  f"source_size is {self.source_size[0]}x{self.source_size[1]}")
-            lm.fps = self.fps
+        # the plan's fps on its own copies (the caller's landmarks, maybe cached by ComfyUI, stay as they are)
+        self.target = self.target.with_points(self.target.points, fps=self.fps, present=self.target.present)
+        self.source = self.source.with_points(self.source.points, fps=self.fps, present=self.source.present)
         self.warnings = [str(w) for w in self.warnings]
 
     def __len__(self) -> int:
@@ -412,6 +414,12 @@ def check_dub_inputs(plan, n_frames: int, frame_size: tuple[int, int]) -> None:
                          "keeps the framing)")
 
 
+#: :func:`ptalk_models.audio2landmarks.generate_landmarks`'s arguments that :func:`plan_dub` derives from its own
+#: ``source`` (the closed-mouth frame is the reference, the landmarks' fps the frame rate); the others
+#: (``waveform``, ``sample_rate``, ``expressiveness``, ``backend``, ``transcript``) keep their names.
+_GENERATE_ARGS = {"reference": "source", "fps": "source"}
+
+
 def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
              length_policy: str = DEFAULT_LENGTH_POLICY,
              smoothing: float = 1.0, persona: bool = True, expressiveness: float = 1.0,
@@ -435,8 +443,12 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
     ``warnings`` holds the audio model's warnings and a note on faceless frames.
 
     Raises:
-        InputError: ``argument`` = ``"source"`` (not FaceLandmarks, no face in any frame, no frame rate),
-            ``"length_policy"``, ``"smoothing"``, or ``"waveform"`` (audio the phoneme backend cannot use).
+        InputError: ``argument`` = ``"source"`` (not FaceLandmarks, no face in any frame, no frame rate, a frame
+            rate outside :data:`ptalk_models.audio2landmarks.FPS_RANGE`, a closed-mouth frame the audio model
+            cannot use), ``"length_policy"``, ``"smoothing"``, ``"waveform"`` / ``"sample_rate"`` (audio the
+            audio model cannot use), ``"expressiveness"``, ``"backend"`` or ``"transcript"``: the errors of
+            :func:`ptalk_models.audio2landmarks.generate_landmarks` with its arguments renamed to this
+            function's (:data:`_GENERATE_ARGS`).
     """
     if not isinstance(source, FaceLandmarks):
         raise InputError("source", f"expected FaceLandmarks (PTALK_LANDMARKS), got {type(source).__name__}")
@@ -458,8 +470,10 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
         driven = generate_landmarks(waveform, sample_rate, rest, fps=fps, expressiveness=expressiveness,
                                     transcript=transcript or "", backend=backend or DEFAULT_BACKEND, blink=False,
                                     head_motion=False)
-    except ValueError as e:
-        raise InputError("waveform", str(e)) from None
+    except InputError as e:
+        err = InputError(_GENERATE_ARGS.get(e.argument, e.argument), str(e))
+        err.fix = e.fix
+        raise err from None
     idx = apply_length_policy(len(src), len(driven), length_policy)
     driven = driven.frames(0, len(idx))
     aligned = FaceLandmarks.from_points(src.points[idx], src.image_size, fps, src.present[idx], src.meta)

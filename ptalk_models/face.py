@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .images import as_rgb_uint8
 from .landmarks import NOSE_TIP, NUM_LANDMARKS, FaceLandmarks, inter_ocular_px
 
@@ -174,7 +175,8 @@ def select_face(faces: Sequence[np.ndarray], width: int, height: int, selection:
     ``selection``: ``"largest"`` (largest landmark bounding box in pixels) or an int ``k``: the k-th face
     counted left to right by the x of its nose tip (0 = leftmost). With ``previous`` (the face kept in the
     previous frame of a video) the face nearest to it wins, so the same person is tracked through a batch.
-    Raises ValueError when ``k`` is out of range.
+    Raises :class:`~ptalk_models.errors.InputError` (``argument="selection"``) when ``k`` is not in
+    ``[0, len(faces))``.
     """
     if previous is not None and len(faces) > 1:
         d = [float(np.abs(f[:, :2] - previous[:, :2]).mean()) for f in faces]
@@ -184,8 +186,8 @@ def select_face(faces: Sequence[np.ndarray], width: int, height: int, selection:
     k = int(selection)
     order = np.argsort([f[NOSE_TIP, 0] for f in faces], kind="stable")
     if not 0 <= k < len(faces):
-        raise ValueError(f"face_index {k} is out of range: {len(faces)} face(s) found "
-                         f"(0 = leftmost … {len(faces) - 1}); pick a smaller index or 'largest'")
+        raise InputError("selection", f"face_index {k} is out of range: {len(faces)} face(s) found "
+                                      f"(0 = leftmost … {len(faces) - 1}); pick a smaller index or 'largest'")
     return int(order[k])
 
 
@@ -210,15 +212,24 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
     Returns:
         :class:`FaceLandmarks` with ``T`` frames, ``image_size`` = the images' (width, height).
     Raises:
-        NoFaceError (a ValueError): see ``on_missing``. ValueError: bad images (:func:`as_rgb_uint8`) or a face
-        index beyond the faces found (:func:`select_face`). FileNotFoundError: no landmarker model
-        (:func:`resolve_model_path`).
+        NoFaceError (a ValueError): see ``on_missing``. InputError (a ValueError; :mod:`ptalk_models.errors`):
+        ``argument="images"`` for bad images (shape, channels, NaN: :func:`as_rgb_uint8`) or an empty batch,
+        ``argument="selection"`` for a face index beyond the faces found (:func:`select_face`).
+        FileNotFoundError: no landmarker model (:func:`resolve_model_path`).
     """
-    batch = as_rgb_uint8(images, "images")
+    try:
+        batch = as_rgb_uint8(images, "images")
+    except ValueError as e:  # as_rgb_uint8 rejects only the images
+        raise InputError("images", str(e)) from None
     if batch.ndim == 3:
         batch = batch[None]
-    return track_landmarks(batch, len(batch), model_path, selection, on_missing, fps, min_confidence, previous,
-                           progress, tiles=len(batch) == 1 or selection != "largest")
+    try:
+        return track_landmarks(batch, len(batch), model_path, selection, on_missing, fps, min_confidence, previous,
+                               progress, tiles=len(batch) == 1 or selection != "largest")
+    except InputError as e:
+        if e.argument != "frames":
+            raise
+        raise InputError("images", str(e)) from None  # track_landmarks' frames are this function's images
 
 
 def track_landmarks(frames: Iterable[np.ndarray], total: int | None = None, model_path: str | None = None,
@@ -229,18 +240,22 @@ def track_landmarks(frames: Iterable[np.ndarray], total: int | None = None, mode
     stays at one frame). ``frames``: uint8 RGB ``[H, W, 3]`` (or anything :func:`as_rgb_uint8` accepts), all
     the same size; ``total``: the expected count, for progress and messages only (None: unknown); ``tiles``:
     also search image tiles for small faces (:meth:`FaceLandmarkDetector.detect`). Other arguments, result
-    and errors as :func:`detect_landmarks`; also ValueError for no frames or frames of differing sizes."""
+    and errors as :func:`detect_landmarks`, except that bad, missing (no frames) or differently sized frames
+    raise :class:`~ptalk_models.errors.InputError` with ``argument="frames"``."""
     det = FaceLandmarkDetector.shared(model_path, max_faces=8, min_confidence=min_confidence)
     points, present, counts = [], [], []
     W = H = None
     of = f" of {total}" if total else ""
     for t, frame in enumerate(frames):
-        rgb = as_rgb_uint8(frame, f"frame {t}")
+        try:
+            rgb = as_rgb_uint8(frame, f"frame {t}")
+        except ValueError as e:
+            raise InputError("frames", str(e)) from None
         if W is None:
             H, W = rgb.shape[:2]
         elif rgb.shape[:2] != (H, W):
-            raise ValueError(f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 {W}x{H}: all frames must have "
-                             "one size")
+            raise InputError("frames", f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 {W}x{H}: all frames "
+                                       "must have one size")
         faces = det.detect(rgb, tiles=tiles)
         counts.append(len(faces))
         present.append(bool(faces))
@@ -256,7 +271,7 @@ def track_landmarks(frames: Iterable[np.ndarray], total: int | None = None, mode
         if progress is not None:
             progress(t + 1, max(total or 0, t + 1))
     if W is None:
-        raise ValueError("no frames to detect landmarks in")
+        raise InputError("frames", "no frames to detect landmarks in")
     present = np.asarray(present, bool)
     if not present.any():
         raise NoFaceError(f"no face found in any of the {len(present)} frame(s) ({W}x{H})", frame=0)

@@ -505,5 +505,3 @@ def read_lora(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is not a readable LoRA file ({e})") from None
-
-

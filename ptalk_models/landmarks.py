@@ -134,11 +134,6 @@ class FaceLandmarks:
         return FaceLandmarks(points=points, image_size=self.image_size,
                              fps=self.fps if fps is None else fps, present=present, meta=m)
 
-    def to_dict(self) -> dict:
-        """JSON-friendly dict (lists), e.g. for saving or debugging."""
-        return {"points": self.points.tolist(), "image_size": list(self.image_size), "fps": self.fps,
-                "present": self.present.tolist(), "meta": self.meta}
-
 
 def inter_ocular_px(pts_px: np.ndarray) -> np.ndarray:
     """Distance in pixels between the outer eye corners (33, 263); ``pts_px`` is ``[..., 478, 2]``."""

@@ -36,12 +36,13 @@ for leg in "${legs[@]}"; do
   IFS='|' read -r name venv comfy <<<"$leg"
   echo "[test] === $name ===" >&2
   t0=$(date +%s)
-  # -P: the working directory (the repo root) is not put on sys.path, where the pack's nodes/ would shadow
-  # ComfyUI's top-level nodes module; the tests import the pack as `portraittalk` (harness/ptalk_harness/pack.py)
+  # the pytest script, not `python -m pytest`: -m would put the working directory (the repo root) on sys.path,
+  # where the pack's nodes/ shadows ComfyUI's top-level nodes module; the tests import the pack as `portraittalk`
+  # (harness/ptalk_harness/pack.py)
   if [ -n "$comfy" ]; then
-    PTALK_COMFYUI_DIR="$comfy" "$venv/bin/python" -P -m pytest "$@"
+    PTALK_COMFYUI_DIR="$comfy" "$venv/bin/pytest" "$@"
   else
-    "$venv/bin/python" -P -m pytest "$@"
+    "$venv/bin/pytest" "$@"
   fi
   rc=$?
   [ $rc -ne 5 ] || echo "[test] $name: pytest collected no tests" >&2

@@ -37,6 +37,9 @@ def _release_models_before_exit():
     yield
     import gc
 
+    sd15 = sys.modules.get("ptalk_harness.sd15")  # the trainers' per-process SD1.5 cache
+    if sd15 is not None:
+        sd15.clear_cache()
     mm = sys.modules.get("comfy.model_management")
     if mm is not None:
         mm.unload_all_models()

@@ -20,7 +20,7 @@ from portraittalk.ptalk_models import training
 from portraittalk.ptalk_models.animatenet import AnimateNetConfig, load_animatenet, new_animatenet
 from ptalk_harness import animatenet_data as prep
 from ptalk_harness import train_animatenet as trainer
-from ptalk_harness.training_cli import load_sd15
+from ptalk_harness.sd15 import load_sd15
 
 RES, SIZE, FRAMES = 64, 128, 4
 CLIPS = ("video/lbax4n.mpg", "video/bbaf2n.mpg")  # two GRID speakers, 75 frames at 25 fps, 3.0 s, with audio

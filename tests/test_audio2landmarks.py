@@ -316,3 +316,37 @@ def test_bad_arguments_raise_clear_errors(beckett, reference):
     absent = L.FaceLandmarks.from_points(reference.points, reference.image_size, present=[False])
     with pytest.raises(ValueError, match="no detected face"):
         generate_landmarks(x, sr, absent)
+
+
+def test_errors_name_the_argument_and_reach_the_node_input(comfy, beckett, reference):
+    """generate_landmarks raises InputErrors naming the rejected parameter; Audio → Landmarks reports each on the
+    node input it came from (an fps within the node's widget range but passed past the engine's 240 fps reaches
+    'fps', a faceless reference 'reference', an unusable waveform 'audio')."""
+    import torch
+
+    from portraittalk.ptalk_models.errors import InputError
+
+    x, sr = beckett
+    absent = L.FaceLandmarks.from_points(reference.points, reference.image_size, present=[False])
+    for args, kwargs, argument in [((x, sr, reference), dict(fps=500.0), "fps"),
+                                   ((x, sr, reference), dict(expressiveness="x"), "expressiveness"),
+                                   ((x, sr, reference), dict(seed="x"), "seed"),
+                                   ((x, sr, reference), dict(backend="nope"), "backend"),
+                                   ((x, sr, reference), dict(transcript=5), "transcript"),
+                                   ((x, sr, absent), {}, "reference"),
+                                   ((x, sr, "face"), {}, "reference"),
+                                   ((x, 0, reference), {}, "sample_rate"),
+                                   ((x.T, sr, reference), {}, "waveform")]:
+        with pytest.raises(InputError) as e:
+            generate_landmarks(*args, **kwargs)
+        assert e.value.argument == argument, (kwargs, str(e.value))
+
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkAudioToLandmarks"]
+    audio = {"waveform": torch.from_numpy(np.ascontiguousarray(x, np.float32))[None], "sample_rate": sr}
+    backend = next(iter(BACKENDS))
+    with pytest.raises(ValueError, match=r"\[PortraitTalk · Audio → Landmarks\] input 'fps': fps must be in"):
+        node.execute(audio, reference, backend, 500.0, 0, 1.0, True, True, "")
+    with pytest.raises(ValueError, match=r"input 'reference': reference frame 0 has no detected face"):
+        node.execute(audio, absent, backend, 25.0, 0, 1.0, True, True, "")
+    with pytest.raises(ValueError, match=r"input 'expressiveness': expressiveness must be in"):
+        node.execute(audio, reference, backend, 25.0, 0, 3.0, True, True, "")

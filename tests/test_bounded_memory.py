@@ -1,4 +1,4 @@
-"""Issue 17 on real media: the talking photo in bounded memory for any photo and speech length, IMAGE-batch
+"""On real media: the talking photo in bounded memory for any photo and speech length, IMAGE-batch
 nodes that stop before they run out of memory, and a dubbing default that keeps the person alive.
 
 * The streamed default graph (Landmark Warp Render → Video → Save Video) on a 970x2204 "phone" portrait — made
@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = "phonemes (pocketsphinx)"
 LARGE = (970, 2204)   # width, height of the "phone" portrait
-BOUND_GB = 2.5        # issue 17: 10 minutes of speech on a 970x2204 photo in at most 2.5 GB peak RSS
+BOUND_GB = 2.5        # the memory target: 10 minutes of speech on a 970x2204 photo in at most 2.5 GB peak RSS
 
 
 #: the default graph (Landmark Warp Render → Video → Save Video) and the IMAGE-batch variant

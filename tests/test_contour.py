@@ -230,7 +230,7 @@ def test_all_black_frames_give_an_empty_guide_or_a_clear_error():
     assert e.shape == m.shape == (3, 96, 128) and e.max() == 0 and m.max() == 0
     with pytest.raises(ContourInputError, match=r"no face in frame 0 of 3 .*on_missing") as err:
         head_contour(black, on_missing="error")
-    assert err.value.input == "images"
+    assert err.value.argument == "images"
 
 
 def test_a_faceless_frame_inside_a_video_is_empty(grid_frames):
@@ -253,7 +253,7 @@ def test_a_faceless_frame_inside_a_video_is_empty(grid_frames):
         head_contour(batch, lm, source="previous", reference=frames[0], on_missing="error")
     with pytest.raises(ContourInputError, match="the reference image") as err:
         head_contour(batch, lm, source="previous", reference=np.zeros_like(frames[0]), on_missing="error")
-    assert err.value.input == "reference"
+    assert err.value.argument == "reference"
 
 
 def test_one_frame_gray_rgba_float_and_odd_sizes(astronaut, astronaut_lm):
@@ -294,7 +294,7 @@ def test_bad_inputs_are_clear_errors(samples, grid_frames):
     for kwargs, inp, text in cases:
         with pytest.raises(ContourInputError, match=text) as err:
             head_contour(**kwargs)
-        assert err.value.input == inp, kwargs.keys()
+        assert err.value.argument == inp, kwargs.keys()
 
 
 # ----------------------------------------------------------------------------------------- inside ComfyUI

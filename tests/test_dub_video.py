@@ -159,3 +159,7 @@ def test_bad_inputs(comfy, shared_data, tmp_path):
         node.execute(InputImpl.VideoFromFile(str(shared_data / "video" / "lbax4n.mpg")),
                      _audio(np.zeros((1, 0), np.float32), 16000), "largest", 0, "hold", 1.0, True, 1.0, BACKEND,
                      0.25, True, "")
+    with pytest.raises(ValueError, match=r"\[PortraitTalk · Dub Video\] input 'face_index': face_index 5 is out of "
+                                         r"range"):
+        node.execute(InputImpl.VideoFromFile(str(shared_data / "video" / "lbax4n.mpg")), _audio(*speech),
+                     "by index", 5, "hold", 1.0, True, 1.0, BACKEND, 0.25, True, "")

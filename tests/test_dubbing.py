@@ -154,3 +154,23 @@ def test_plan_carries_the_frame_mapping_and_fps_and_is_checked_against_the_frame
                     plan.source_frames, plan.source_size)
     half = images[:, ::2, ::2]                                                     # 180x144: same framing
     assert m["PTalkDubRender"].execute(half, short, 0.25, True).result[0].shape == (3, 144, 180, 3)
+
+
+def test_audio_model_errors_reach_the_dub_landmarks_inputs(comfy, clip, dubbed):
+    """Audio → Dub Landmarks reports the audio model's errors (through plan_dub) on the input they came from:
+    expressiveness past the engine's range on 'expressiveness', a frame rate the audio model cannot use (carried
+    by the landmarks) on 'landmarks', a malformed waveform on 'audio'."""
+    _, _, _, new = clip
+    lm = dubbed[0]
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkDubLandmarks"]
+    backend = "phonemes (pocketsphinx)"
+    with pytest.raises(ValueError, match=r"\[PortraitTalk · Audio → Dub Landmarks\] input 'expressiveness': "
+                                         r"expressiveness must be in"):
+        node.execute(lm, _audio(new), "hold", 1.0, True, 3.0, backend, "")
+    fast = lm.with_points(lm.points, fps=500.0, present=lm.present)
+    with pytest.raises(ValueError, match=r"Audio → Dub Landmarks\] input 'landmarks': fps must be in"):
+        node.execute(fast, _audio(new), "hold", 1.0, True, 1.0, backend, "")
+    wav, sr = new
+    transposed = {"waveform": torch.from_numpy(np.ascontiguousarray(wav.T))[None], "sample_rate": sr}
+    with pytest.raises(ValueError, match=r"Audio → Dub Landmarks\] input 'audio':"):
+        node.execute(lm, transposed, "hold", 1.0, True, 1.0, backend, "")

@@ -245,3 +245,26 @@ def test_one_dub_input_check_and_one_aspect_rule(clip):
         assert e.value.argument == argument, (argument, str(e.value))
     with pytest.raises(InputError, match=r"1%"):
         D.check_dub_inputs(plan, len(src), (W + W // 10, H))
+
+
+def test_plan_dub_names_its_own_arguments_for_the_audio_models_errors(clip, shared_data):
+    """generate_landmarks' InputErrors reach plan_dub's caller renamed to plan_dub's parameters: the frame rate
+    and the closed-mouth reference come from ``source``; audio, expressiveness, backend and transcript keep
+    their names. Any other ValueError is not relabelled."""
+    from portraittalk.ptalk_models import dubbing as D
+    from portraittalk.ptalk_models.errors import InputError
+    from portraittalk.ptalk_models.media import read_audio
+
+    src, _, _ = clip
+    wav, sr = read_audio(shared_data / "video" / "lwbsza.mpg")
+    fast = src.with_points(src.points, fps=500.0, present=src.present)
+    for args, kwargs, argument, text in [
+            ((fast, wav, sr), {}, "source", "fps must be in"),
+            ((src, wav, 0), {}, "sample_rate", "sample_rate must be > 0"),
+            ((src, wav.T, sr), {}, "waveform", "transpose"),
+            ((src, wav, sr), {"expressiveness": 3.0}, "expressiveness", "expressiveness must be in"),
+            ((src, wav, sr), {"backend": "nope"}, "backend", "unknown audio-to-landmarks backend"),
+            ((src, wav, sr), {"transcript": 5}, "transcript", "transcript must be text")]:
+        with pytest.raises(InputError, match=text) as e:
+            D.plan_dub(*args, **kwargs)
+        assert e.value.argument == argument, kwargs

@@ -94,3 +94,23 @@ def test_node_resolves_models_mediapipe_before_the_embedded_model(comfy, astrona
             node.execute(image, "missing.task", "largest", 0, "error", 0.0, 0.5)
     finally:
         comfy.folder_paths.folder_names_and_paths["mediapipe"][0].remove(str(user_dir))
+
+
+def test_face_index_errors_reach_the_face_index_input(comfy, astronaut):
+    """detect_landmarks names the rejected argument (``selection`` for a face index beyond the faces found,
+    ``images`` for unusable images); Face Landmarks reports them on 'face_index' and 'image'."""
+    import torch
+
+    from portraittalk.ptalk_models.errors import InputError
+
+    with pytest.raises(InputError, match="out of range") as e:
+        detect_landmarks(astronaut, selection=3)
+    assert e.value.argument == "selection"
+    with pytest.raises(InputError, match="channels") as e:
+        detect_landmarks(astronaut[..., :2])
+    assert e.value.argument == "images"
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["PTalkFaceLandmarks"]
+    image = torch.from_numpy(astronaut)[None].float() / 255
+    with pytest.raises(ValueError, match=r"\[PortraitTalk · Face Landmarks\] input 'face_index': face_index 3 is "
+                                         r"out of range"):
+        node.execute(image, "auto", "by index", 3, "error", 0.0, 0.5)

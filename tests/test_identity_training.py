@@ -18,6 +18,7 @@ from portraittalk.ptalk_models import training
 from portraittalk.ptalk_models.identitynet import load_identitynet, new_identitynet
 from ptalk_harness import identity_data as prep
 from ptalk_harness import train_identitynet as trainer
+from ptalk_harness.sd15 import load_sd15
 
 RES = 64
 GRID_VIDEO = "video/lbax4n.mpg"  # GRID speaker, 75 frames
@@ -138,7 +139,7 @@ def test_corruption_only_inside_the_mask(data_dir):
 
 def test_diffusion_forward_matches_comfy_eps(comfy, tiny_sd15):
     """add_noise with ᾱ from ComfyUI's sigmas equals ComfyUI's own EPS input scaling x/sqrt(σ²+1)."""
-    sd = trainer.load_sd15(tiny_sd15.path, "cpu")
+    sd = load_sd15(tiny_sd15.path, "cpu")
     ms = sd.model.get_model_object("model_sampling")
     ab = training.alphas_cumprod_from_sigmas(ms.sigmas)
     z0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
@@ -169,8 +170,8 @@ def test_training_lowers_the_loss_and_saves_loadable_weights(comfy, tiny_sd15, d
         assert all(torch.equal(loaded.state_dict()[k], trained[k]) for k in trained)
     assert final.config.id_dim == 128 and final.config.embed_backend == "dlib"
     assert any(not torch.equal(step10.state_dict()[k], trained[k]) for k in trained)
-    layers = cross_attention_layers(trainer.load_sd15(tiny_sd15.path, "cpu").model)
-    init = new_identitynet(final.config, seed=3, text_kv=trainer.load_sd15(tiny_sd15.path, "cpu").text_kv(layers))
+    layers = cross_attention_layers(load_sd15(tiny_sd15.path, "cpu").model)
+    init = new_identitynet(final.config, seed=3, text_kv=load_sd15(tiny_sd15.path, "cpu").text_kv(layers))
     moved = {k: float((trained[k] - v).abs().max()) for k, v in init.state_dict().items()}
     assert moved["image_proj.proj.0.weight"] > 0 and moved["ip_adapter.1.to_k_ip.weight"] > 0
     with safe_open(str(out / "checkpoints" / "identitynet_step0000020.safetensors"), "pt") as f:
@@ -234,7 +235,7 @@ def test_unet_lora_trains_resumes_and_loads_in_comfy(comfy, tiny_sd15, data_dir,
     lora = straight["lora"]
     assert max(float(u.detach().abs().max()) for u in lora.up.values()) > 0  # trained (up starts at zero)
 
-    sd = trainer.load_sd15(tiny_sd15.path, "cpu")
+    sd = load_sd15(tiny_sd15.path, "cpu")
     lora_sd = comfy.utils.load_torch_file(straight["unet_lora"])
     with caplog.at_level("WARNING"):
         patched, _ = comfy.sd.load_lora_for_models(sd.model, None, lora_sd, 1.0, 0.0)

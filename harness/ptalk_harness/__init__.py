@@ -14,13 +14,18 @@ Modules (one concept each):
 * :mod:`.widgets` -- the frontend's widget layout of a node (``widget_layout``, ``frontend_version``).
 * :mod:`.workflow` -- UI workflow JSON → API prompt (``load_workflow``, ``workflow_to_prompt``).
 * :mod:`.checks` -- static checks of a UI workflow against the node schemas (``check_workflow``).
-* :mod:`.run` -- running prompts and workflows (``run_prompt``, ``run_workflow``, ``output_files``).
+* :mod:`.errors` -- the errors the harness raises (``HarnessError`` and its subclasses).
+* :mod:`.run` -- running prompts and workflows (``run_prompt``, ``run_workflow``, ``output_files``,
+  ``upload_nodes``).
+* :mod:`.workflow_cli` -- the command line of ``scripts/run_workflow.py``.
 * :mod:`.outputs` -- the file entries in the ui outputs of a run or a server's history entry.
 * :mod:`.server` -- a real ComfyUI server process on loopback, and an HTTP client for it.
 * :mod:`.random_sd15` -- tiny random SD1.5 checkpoints and ControlNets of the real architectures.
 * :mod:`.data_prep`, :mod:`.identity_data`, :mod:`.animatenet_data` -- training-data preparation.
-* :mod:`.training_cli`, :mod:`.train_identitynet`, :mod:`.train_animatenet` -- the trainers (entry points in
-  ``scripts/``).
+* :mod:`.training_cli` -- the trainers' shared options, ``main()`` wrapper, device/precision and ComfyUI boot.
+* :mod:`.sd15` -- the SD1.5 checkpoint loaded for training (``SD15``, ``load_sd15``, cached per process).
+* :mod:`.train_loop` -- a trainer's run: the run checks (``open_run``) and the run loop (``run_loop``).
+* :mod:`.train_identitynet`, :mod:`.train_animatenet` -- the trainers (entry points in ``scripts/``).
 
 The names below are re-exported for convenience (``import ptalk_harness as harness; harness.boot()``). They are
 imported on first use: ``import ptalk_harness.pack`` runs at every interpreter start of the dev environments
@@ -36,7 +41,7 @@ TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: typing is not imported at
 _EXPORTS = {
     "check_workflow": "checks",
     **dict.fromkeys(("Comfy", "boot", "find_comfyui_dir", "prepare", "require_boot", "shared_data_dir"), "comfy"),
-    **dict.fromkeys(("ComfyHeadlessError", "PackLoadError", "PromptExecutionError", "PromptValidationError",
+    **dict.fromkeys(("HarnessError", "PackLoadError", "PromptExecutionError", "PromptValidationError",
                      "UnknownNodeTypeError", "WorkflowFormatError"), "errors"),
     "PACK_MODULE": "pack", "REPO_ROOT": "comfy",
     **dict.fromkeys(("apply_inputs", "output_files", "run_prompt", "run_workflow", "stage_input_file"), "run"),
@@ -46,7 +51,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "Comfy", "ComfyHeadlessError", "PackLoadError", "WorkflowFormatError", "UnknownNodeTypeError",
+    "Comfy", "HarnessError", "PackLoadError", "WorkflowFormatError", "UnknownNodeTypeError",
     "PromptValidationError", "PromptExecutionError", "PACK_MODULE", "REPO_ROOT",
     "find_comfyui_dir", "shared_data_dir", "prepare", "boot", "require_boot",
     "workflow_to_prompt", "check_workflow", "run_prompt", "run_workflow",
@@ -72,7 +77,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the same names for type checkers and IDEs
     from .checks import check_workflow  # noqa: F401
     from .comfy import Comfy, boot, find_comfyui_dir, prepare, require_boot, shared_data_dir  # noqa: F401
-    from .errors import (ComfyHeadlessError, PackLoadError, PromptExecutionError,  # noqa: F401
+    from .errors import (HarnessError, PackLoadError, PromptExecutionError,  # noqa: F401
                          PromptValidationError, UnknownNodeTypeError, WorkflowFormatError)
     from .comfy import REPO_ROOT  # noqa: F401
     from .pack import PACK_MODULE  # noqa: F401

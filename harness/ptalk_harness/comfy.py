@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from .errors import ComfyHeadlessError, PackLoadError
+from .errors import HarnessError, PackLoadError
 from .pack import PACK_MODULE, REPO_DIR
 
 #: Root of this custom-node pack (the directory holding ``__init__.py``, ``nodes/``, ``workflows/``).
@@ -328,9 +328,7 @@ def _init_core_nodes(nodes_mod) -> dict[str, str]:
 
 
 def require_boot() -> Comfy:
-    """The booted ComfyUI; raises :class:`ComfyHeadlessError` when :func:`boot` has not run."""
+    """The booted ComfyUI; raises :class:`HarnessError` when :func:`boot` has not run."""
     if _STATE is None:
-        raise ComfyHeadlessError("ComfyUI is not booted in this process: call ptalk_harness.boot() first")
+        raise HarnessError("ComfyUI is not booted in this process: call ptalk_harness.boot() first")
     return _STATE
-
-

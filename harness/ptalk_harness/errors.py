@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 
-class ComfyHeadlessError(RuntimeError):
+class HarnessError(RuntimeError):
     """Base class of the errors raised by this harness."""
 
 
-class PackLoadError(ComfyHeadlessError):
+class PackLoadError(HarnessError):
     """``nodes.load_custom_node`` could not load this pack (ComfyUI itself only logs that)."""
 
 
@@ -18,7 +18,7 @@ class UnknownNodeTypeError(WorkflowFormatError):
     """A workflow node's ``type`` is not registered in ``nodes.NODE_CLASS_MAPPINGS``."""
 
 
-class PromptValidationError(ComfyHeadlessError):
+class PromptValidationError(HarnessError):
     """``execution.validate_prompt`` rejected the prompt; ``.node_errors`` holds ComfyUI's details."""
 
     def __init__(self, message: str, error: dict | None = None, node_errors: dict | None = None):
@@ -27,7 +27,7 @@ class PromptValidationError(ComfyHeadlessError):
         self.node_errors = node_errors or {}
 
 
-class PromptExecutionError(ComfyHeadlessError):
+class PromptExecutionError(HarnessError):
     """A node raised while ``execution.PromptExecutor`` ran the prompt; ``.details`` is ComfyUI's message."""
 
     def __init__(self, message: str, details: dict | None = None):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from .comfy import require_boot
 from .errors import PromptExecutionError, PromptValidationError
 from .outputs import output_entries
-from .widgets import FRONTEND_ONLY_TYPES, is_upload_combo
+from .widgets import FRONTEND_ONLY_TYPES, MODE_BYPASS, MODE_NEVER, is_upload_combo
 from .workflow import load_workflow, node_label, node_widget_layout, set_widget_value, workflow_to_prompt
 
 
@@ -177,11 +177,23 @@ def _find_nodes(ui: Mapping, key: str) -> list[dict]:
     return []
 
 
-def _upload_widget_name(node: Mapping) -> str | None:
+def upload_widget_name(node: Mapping, upload_key: str | None = None) -> str | None:
+    """The name of ``node``'s file widget (the upload combo of LoadImage, LoadAudio, LoadVideo, ...), or None;
+    with ``upload_key`` (``"image_upload"``, ``"audio_upload"``, ``"video_upload"``, ...) only an upload combo
+    of that kind."""
     for s in node_widget_layout(node):
-        if s.kind == "value" and is_upload_combo(s.input_type, s.options):
+        if s.kind == "value" and is_upload_combo(s.input_type, s.options) and (
+                upload_key is None or s.options.get(upload_key)):
             return s.name
     return None
+
+
+def upload_nodes(ui_workflow: Mapping, upload_key: str) -> list[dict]:
+    """The nodes of ``ui_workflow`` that run (not frontend-only, muted or bypassed) and have a file widget of
+    kind ``upload_key`` (see :func:`upload_widget_name`), in workflow order."""
+    return [n for n in ui_workflow["nodes"]
+            if n.get("type") not in FRONTEND_ONLY_TYPES and n.get("mode", 0) not in (MODE_NEVER, MODE_BYPASS)
+            and upload_widget_name(n, upload_key) is not None]
 
 
 def apply_inputs(ui_workflow: Mapping, inputs: Mapping[str, Any]) -> dict:
@@ -209,7 +221,7 @@ def apply_inputs(ui_workflow: Mapping, inputs: Mapping[str, Any]) -> dict:
             for wname, wval in value.items():
                 set_widget_value(node, wname, wval)
             continue
-        wname = _upload_widget_name(node)
+        wname = upload_widget_name(node)
         if wname is None:
             raise ValueError(f"{node_label(node)} has no file widget; pass a dict {{widget: value}} instead "
                              f"of {value!r}")

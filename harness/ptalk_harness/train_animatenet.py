@@ -10,8 +10,9 @@ behind ``scripts/train_animatenet.py``.
 ``DATA`` is what ``python scripts/prepare_animatenet_data.py`` writes (consecutive face-crop frame pairs,
 landmarks, contour guides, Face Embed embeddings). The real ComfyUI is booted in this process
 (:func:`ptalk_harness.boot`, no server) with this pack loaded; the checkpoint is loaded by ComfyUI itself
-(``comfy.sd.load_checkpoint_guess_config``; the loading, the options common to both trainers and the run loop are
-:mod:`ptalk_harness.training_cli`, shared with :mod:`ptalk_harness.train_identitynet`). Then:
+(``comfy.sd.load_checkpoint_guess_config``; the loading is :mod:`ptalk_harness.sd15`, the options common to both
+trainers :mod:`ptalk_harness.training_cli`, the run loop :mod:`ptalk_harness.train_loop`, all shared with
+:mod:`ptalk_harness.train_identitynet`). Then:
 
 * **stage 1** (``--stage 1``): a new AnimateNet built for the checkpoint's UNet
   (``AnimateNetConfig.from_unet_config`` with ``use_temporal=True``, so stage 2 continues from this file; its
@@ -61,9 +62,11 @@ from portraittalk.ptalk_models import animatenet_training as T
 from portraittalk.ptalk_models import identitynet as idn
 from portraittalk.ptalk_models.training import alphas_cumprod_from_sigmas
 
+from . import train_loop
 from . import training_cli as cli
 from .train_identitynet import load_trainable_identitynet
-from .training_cli import TrainError, load_sd15
+from .sd15 import load_sd15
+from .training_cli import TrainError
 
 log = logging.getLogger("ptalk.train_animatenet")
 
@@ -208,7 +211,7 @@ def control_predict(sd, idnet, train_identitynet: bool) -> T.PredictFn:
 
 # ---------------------------------------------------------------------------------------------------- run
 def describer(trainer: T.AnimateNetTrainer, device, precision: str):
-    """``describe(setup seconds)`` for :func:`~ptalk_harness.training_cli.run_loop`: the run's banner."""
+    """``describe(setup seconds)`` for :func:`~ptalk_harness.train_loop.run_loop`: the run's banner."""
     config, data = trainer.config, trainer.dataset
 
     def describe(setup_s):
@@ -223,13 +226,13 @@ def describer(trainer: T.AnimateNetTrainer, device, precision: str):
               f"({len(trainer.net.three_way_layers())} three-way attention layers, temporal "
               f"{'on' if trainer.use_temporal else 'off'}); IdentityNet {ident}; dataset {len(data)} pairs from "
               f"{len(data.clips)} clip(s) ({data.backend} {data.dim}-D); device {device}, precision {precision}; "
-              f"{cli.batch_text(config)}; {config.resolution} px; setup {setup_s:.1f} s", flush=True)
+              f"{train_loop.batch_text(config)}; {config.resolution} px; setup {setup_s:.1f} s", flush=True)
 
     return describe
 
 
 def final_saver(trainer: T.AnimateNetTrainer, out: Path):
-    """``save_final(run args)`` for :func:`~ptalk_harness.training_cli.run_loop`: ``animatenet.safetensors``
+    """``save_final(run args)`` for :func:`~ptalk_harness.train_loop.run_loop`: ``animatenet.safetensors``
     (and ``identitynet.safetensors`` when it is trained) in ``out``, and the summary's entries."""
     config = trainer.config
 
@@ -256,7 +259,7 @@ def train(args) -> dict:
     used or None), ``trainer``, ``device``, ``precision``. Raises :class:`TrainError`."""
     device, precision = cli.device_and_precision(args)
     cli.boot_pack(device.type)
-    out, data, found = cli.open_run(args, T.AnimateDataset, T.latest_checkpoint, log)
+    out, data, found = train_loop.open_run(args, T.AnimateDataset, T.latest_checkpoint, log)
     config = train_config(args)
     t_load = time.perf_counter()
     sd = load_sd15(args.checkpoint, device)
@@ -275,10 +278,11 @@ def train(args) -> dict:
                                       identitynet=idnet, train_identitynet=args.train_identitynet)
     except (ValueError, idn.IdentityNetFormatError) as e:
         raise TrainError(str(e)) from None
-    return cli.run_loop(args, trainer, save_checkpoint=T.save_checkpoint, out=out, config=config,
-                        precision=precision, device=device, state_path=found[2] if found is not None else None,
-                        t_load=t_load, log=log, describe=describer(trainer, device, precision), eval_unit="pairs",
-                        save_final=final_saver(trainer, out), done_prefix=f"stage {config.stage}, ")
+    return train_loop.run_loop(args, trainer, save_checkpoint=T.save_checkpoint, out=out, config=config,
+                               precision=precision, device=device,
+                               state_path=found[2] if found is not None else None, t_load=t_load, log=log,
+                               describe=describer(trainer, device, precision), eval_unit="pairs",
+                               save_final=final_saver(trainer, out), done_prefix=f"stage {config.stage}, ")
 
 
 def main(argv=None) -> int:

@@ -55,8 +55,10 @@ from portraittalk.ptalk_models import identity_training as T
 from portraittalk.ptalk_models import identitynet as idn
 from portraittalk.ptalk_models.training import CheckpointError, DatasetError, alphas_cumprod_from_sigmas
 
+from . import train_loop
 from . import training_cli as cli
-from .training_cli import TrainError, load_sd15
+from .sd15 import load_sd15
+from .training_cli import TrainError
 
 log = logging.getLogger("ptalk.train_identitynet")
 
@@ -191,7 +193,7 @@ def unet_lora(args, dm, out: Path, found) -> T.UNetLoRA | None:
 
 # ---------------------------------------------------------------------------------------------------- run
 def describer(tuner: T.MaskedFineTuner, layers, contexts, device, precision: str):
-    """``describe(setup seconds)`` for :func:`~ptalk_harness.training_cli.run_loop`: the run's banner."""
+    """``describe(setup seconds)`` for :func:`~ptalk_harness.train_loop.run_loop`: the run's banner."""
     net, data, config = tuner.net, tuner.dataset, tuner.config
 
     def describe(setup_s):
@@ -202,14 +204,14 @@ def describer(tuner: T.MaskedFineTuner, layers, contexts, device, precision: str
         n_params = sum(p.numel() for p in net.parameters())
         print(f"IdentityNet {net.config.kind}: {n_params / 1e6:.2f} M trainable parameters, {len(layers)} "
               f"cross-attention layers; dataset {len(data)} frames ({data.backend} {data.dim}-D, {len(contexts)} "
-              f"caption(s)); device {device}, precision {precision}; {cli.batch_text(config)}; setup {setup_s:.1f} s",
-              flush=True)
+              f"caption(s)); device {device}, precision {precision}; {train_loop.batch_text(config)}; "
+              f"setup {setup_s:.1f} s", flush=True)
 
     return describe
 
 
 def final_saver(tuner: T.MaskedFineTuner, out: Path):
-    """``save_final(run args)`` for :func:`~ptalk_harness.training_cli.run_loop`: ``identitynet.safetensors``
+    """``save_final(run args)`` for :func:`~ptalk_harness.train_loop.run_loop`: ``identitynet.safetensors``
     (and ``unet_lora.safetensors``) in ``out``, and the summary's entries."""
 
     def save_final(run_args):
@@ -237,7 +239,7 @@ def train(args) -> dict:
     Raises :class:`TrainError`."""
     device, precision = cli.device_and_precision(args)
     cli.boot_pack(device.type)
-    out, data, found = cli.open_run(args, T.IdentityDataset, T.latest_checkpoint, log)
+    out, data, found = train_loop.open_run(args, T.IdentityDataset, T.latest_checkpoint, log)
     config = train_config(args)
     t_load = time.perf_counter()
     sd = load_sd15(args.checkpoint, device)
@@ -254,10 +256,11 @@ def train(args) -> dict:
     except DatasetError as e:
         raise TrainError(str(e)) from None
     try:
-        return cli.run_loop(args, tuner, save_checkpoint=T.save_checkpoint, out=out, config=config,
-                            precision=precision, device=device, state_path=found[2] if found is not None else None,
-                            t_load=t_load, log=log, describe=describer(tuner, layers, contexts, device, precision),
-                            eval_unit="samples", save_final=final_saver(tuner, out))
+        return train_loop.run_loop(
+            args, tuner, save_checkpoint=T.save_checkpoint, out=out, config=config, precision=precision,
+            device=device, state_path=found[2] if found is not None else None, t_load=t_load, log=log,
+            describe=describer(tuner, layers, contexts, device, precision), eval_unit="samples",
+            save_final=final_saver(tuner, out))
     finally:
         if lora is not None:
             lora.detach()  # the cached UNet computes exactly what it did before

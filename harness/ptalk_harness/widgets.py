@@ -226,5 +226,3 @@ def type_name(t) -> str:
     if isinstance(t, (list, tuple)):
         return "COMBO"
     return str(t)
-
-

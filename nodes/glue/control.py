@@ -1,14 +1,20 @@
 """AnimateNet as a ComfyUI control: a ``comfy.controlnet.ControlBase`` subclass (made on first use) that chains
 with other ControlNets in a CONDITIONING, and the helper attaching a control to positive and negative
-conditionings as core Apply ControlNet does.
+conditionings as core Apply ControlNet does; and the motion→frame control inputs (an AnimateNet or, training-free,
+ControlNets) shared by the AnimateNet Temporal Sampler and Dub Diffusion Render, with their validation
+(:func:`control_inputs`, :func:`checked_controls`).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import torch
+from comfy_api.latest import io
 
-from .patcher import load_module
+from ...ptalk_models.animatenet import AnimateNetFormatError, check_compatible
+from .errors import node_error
+from .patcher import load_module, unet_config
+from .sockets import AnimateNetType
 
 if TYPE_CHECKING:
     from .temporal_sampling import TemporalWindow
@@ -111,3 +117,37 @@ def with_control(positive: list, negative: list, make_control) -> tuple[list, li
         return out
 
     return attach(positive), attach(negative)
+
+
+def control_inputs(landmark_hint: str, contour_hint: str) -> list:
+    """The motion→frame control inputs shared by the Temporal Sampler and Dub Diffusion Render: an AnimateNet or,
+    training-free, a landmark and/or a contour ControlNet (``*_hint``: what each ControlNet is fed)."""
+    return [
+        AnimateNetType.Input("animatenet", optional=True, tooltip="From AnimateNet Loader."),
+        io.ControlNet.Input("landmark_controlnet", optional=True,
+                            tooltip="Training-free mode: a landmark (MediaPipe face) ControlNet, fed "
+                                    f"{landmark_hint}."),
+        io.ControlNet.Input("contour_controlnet", optional=True,
+                            tooltip=f"Training-free mode: a contour/Canny/lineart ControlNet, fed {contour_hint}."),
+        io.Float.Input("controlnet_strength", default=0.8, min=0.0, max=3.0, step=0.05, optional=True,
+                       tooltip="Strength of the training-free ControlNets."),
+    ]
+
+
+def checked_controls(node: str, model, animatenet, landmark_controlnet, contour_controlnet,
+                     controlnet_strength: float) -> list:
+    """Validate :func:`control_inputs` (at least one connected; the AnimateNet made for this MODEL's UNet) and
+    return the ControlNets as ``temporal_sample``'s ``[(CONTROL_NET, "structure" | "identity", strength)]``.
+
+    Raises :class:`~nodes.glue.errors.NodeInputError` of node ``node`` on input ``animatenet`` when nothing is
+    connected or the AnimateNet was made for another UNet (:func:`ptalk_models.animatenet.check_compatible`)."""
+    if animatenet is None and landmark_controlnet is None and contour_controlnet is None:
+        raise node_error(node, "animatenet", "connect an AnimateNet (AnimateNet Loader) or, training-free, a "
+                                             "landmark_controlnet and/or contour_controlnet (core Load ControlNet)")
+    if animatenet is not None:
+        try:
+            check_compatible(animatenet, unet_config(model))
+        except AnimateNetFormatError as e:
+            raise node_error(node, "animatenet", str(e)) from None
+    return [(c, kind, controlnet_strength) for c, kind in
+            ((landmark_controlnet, "structure"), (contour_controlnet, "identity")) if c is not None]
