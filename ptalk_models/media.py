@@ -169,22 +169,12 @@ def frames_at(path, indices: Sequence[int], buffer: bool | None = None,
         for i in idx.tolist():
             yield held[i]
         return
-    for run in np.split(idx, back):
-        frames = iter_video(path)
-        pos, frame = -1, None
-        for i in run.tolist():
-            while pos < i:
-                try:
-                    frame = next(frames)[0]
-                except StopIteration:
-                    raise IndexError(f"frame {i} requested but the video has only {pos + 1} frames") from None
-                pos += 1
-            yield frame
-        frames.close()
+    yield from _frames_windowed(path, idx, 1)  # streamed: only the frame last decoded
 
 
 def _frames_windowed(path, idx: np.ndarray, window: int) -> Iterator[np.ndarray]:
-    """:func:`frames_at` holding at most ``window`` decoded frames: the most recently decoded ones."""
+    """:func:`frames_at` holding at most ``window`` decoded frames: the most recently decoded ones (``window``
+    1 is the streamed mode: a jump back re-opens the file)."""
     from collections import OrderedDict
 
     recent: OrderedDict = OrderedDict()   # decode index -> frame, oldest first
