@@ -29,6 +29,7 @@ import numpy as np
 
 from .audio2landmarks import DEFAULT_BACKEND, generate_landmarks
 from .errors import InputError
+from .head_pose import STABLE_POINTS, similarity
 from .images import ASPECT_TOLERANCE, aspect_ratio, same_aspect
 from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, inner_lip_aperture
 
@@ -51,13 +52,6 @@ LENGTH_POLICY_HELP = {
             "clip's end",
     "trim": "the output stops at the shorter of video and speech (the speech is cut when the video is shorter)",
 }
-
-#: Upper-face points that do not move with speech (eye corners, nose bridge, forehead, temples): the head
-#: pose of a frame is the similarity transform of these points from the rest face to that frame.
-STABLE_POINTS = (33, 133, 263, 362,             # eye corners
-                 168, 6, 197, 195,             # nose bridge
-                 10, 151, 9, 8,                # forehead
-                 127, 356, 162, 389, 21, 251)  # upper face oval (temples)
 
 #: Mouth-weight ramp: 0 at and above the nose tip (1), 1 at and below the highest outer-lip point
 #: (:data:`~ptalk_models.landmarks.LIPS_OUTER`), measured along the face's vertical axis of the rest pose.
@@ -157,23 +151,6 @@ def _to_px(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _from_px(px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     return px / np.array([w, h, w], np.float64)
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares 3D similarity (Umeyama 1991) mapping point set ``src`` ``[K, 3]`` onto ``dst`` ``[K, 3]``.
-
-    Returns ``(s, R, t)`` with ``dst ~= s * src @ R.T + t`` (R a proper rotation ``[3, 3]``)."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    cov = b.T @ a / len(src)
-    U, S, Vt = np.linalg.svd(cov)
-    d = np.ones(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        d[-1] = -1.0
-    R = U @ np.diag(d) @ Vt
-    var = (a ** 2).sum() / len(src)
-    s = float((S * d).sum() / max(var, 1e-12))
-    return s, R, md - s * ms @ R.T
 
 
 def mouth_weights(rest: FaceLandmarks) -> np.ndarray:
