@@ -283,7 +283,9 @@ def model_features(model: Audio2Motion, mono16k: np.ndarray, audio_features=None
         feats, rate = encoder_features(audio_features)
     except ValueError as e:
         raise InputError("audio_features", str(e)) from None
-    if feats.shape[1] != c.feature_dim or abs(rate - c.feature_rate) > 0.05 * c.feature_rate:
+    n_samples = len(mono16k)
+    expected = n_samples * c.feature_rate / 16000.0
+    if feats.shape[1] != c.feature_dim or abs(len(feats) - expected) > max(2.0, 0.05 * expected):
         raise InputError("audio_features", f"the features have {feats.shape[1]} channels at {rate:.1f} Hz; the "
                                            f"model was trained on {c.feature_dim} channels at {c.feature_rate:g} Hz",
                          "use the audio encoder the model was trained with")

@@ -25,6 +25,7 @@ HOP_LENGTH = 160           # samples, 10 ms -> 100 frames/s
 F_MIN, F_MAX = 50.0, 7600.0
 LOG_EPS = 1e-6             # added to the mel power before the log (digital silence -> log(1e-6))
 MEL_RATE = SAMPLE_RATE / HOP_LENGTH
+WHISPER_FRAMES, WHISPER_HOP = 1500, 320   # ComfyUI's whisper: 30 s at 50 frames/s (320 samples per frame)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,15 @@ def mel_power(mono16k: np.ndarray, chunk_s: float = 60.0) -> np.ndarray:
     return out
 
 
+def mel_centres() -> np.ndarray:
+    """Centre frequencies (Hz) of the 80 mel bands, float32 ``[80]`` (HTK mel scale, 50–7600 Hz)."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    pts = np.linspace(mel(F_MIN), mel(F_MAX), N_MELS + 2)[1:-1]
+    return (700.0 * (10 ** (pts / 2595.0) - 1.0)).astype(np.float32)
+
+
 def log_compress(mel: np.ndarray | torch.Tensor):
     """``log(mel + 1e-6)``, the model's log-mel input (same type as given)."""
     if isinstance(mel, torch.Tensor):
@@ -96,8 +106,11 @@ def encoder_features(audio_encoder_output) -> tuple[np.ndarray, float]:
     """ComfyUI's ``AUDIO_ENCODER_OUTPUT`` (a dict with ``encoded_audio`` ``[1, frames, dim]`` and
     ``audio_samples``, the 16 kHz sample count it encoded) → (float32 ``[frames, dim]``, frame rate in Hz).
 
+    ComfyUI's whisper output always has 1500 frames (30 s, zero-padded): only the frames of the
+    ``audio_samples`` encoded are kept (audio longer than 30 s is rejected).
+
     Raises:
-        ValueError: not such a dict, a batch other than 1, or no frames.
+        ValueError: not such a dict, a batch other than 1, no frames, or whisper features of more than 30 s.
     """
     if not isinstance(audio_encoder_output, dict) or "encoded_audio" not in audio_encoder_output:
         raise ValueError("expected an AUDIO_ENCODER_OUTPUT (the output of ComfyUI's Audio Encoder Encode node)")
@@ -108,5 +121,10 @@ def encoder_features(audio_encoder_output) -> tuple[np.ndarray, float]:
     if enc.ndim != 3 or enc.shape[0] != 1 or enc.shape[1] < 1:
         raise ValueError(f"encoded_audio must be [1, frames, dim], got {tuple(enc.shape)}")
     n_samples = int(audio_encoder_output.get("audio_samples") or 0)
+    if enc.shape[1] == WHISPER_FRAMES and n_samples > 0:
+        # ComfyUI's whisper encodes a fixed 30 s window (zero-padded): keep the frames of the real audio
+        if n_samples > WHISPER_FRAMES * WHISPER_HOP:
+            raise ValueError("ComfyUI's whisper encodes only the first 30 s of audio; use wav2vec2 for longer speech")
+        return enc[0, :-(-n_samples // WHISPER_HOP)].numpy(), SAMPLE_RATE / WHISPER_HOP
     rate = enc.shape[1] * SAMPLE_RATE / n_samples if n_samples > 0 else 50.0
     return enc[0].numpy(), float(rate)

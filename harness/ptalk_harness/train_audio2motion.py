@@ -8,15 +8,17 @@ have a face); the speech becomes mel power at 100 Hz (``ptalk_models.audio_featu
 
 Batches (:class:`Batches`): ``batch`` windows of ``window`` frames, SPEAKER-balanced (a speaker uniformly, then a
 clip in proportion to its length, then an offset), so GRID s1's 500+ clips do not swamp the other speakers.
-Augmentation in the mel power domain: gain U(-20, +6) dB, and with probability 1/2 white noise at U(-80, -35)
-dBFS (``white_noise_mel``).
+Augmentation in the mel power domain: gain U(-20, +6) dB; with probability 0.2 the bands above 4 kHz removed
+(8 kHz / telephone audio); with probability 1/2 white noise at U(-80, -35) dBFS (``white_noise_mel``).
 
 Loss: reconstruction of the offsets (squared error in vertex space, divided by the data's total variance so
 that predicting the mean scores 1) + the same on frame-to-frame velocities + ``beta`` × KL(q(z|motion,audio) ‖
 N(0, I)) per latent element.
 
 Checkpoints (``<out>/checkpoint.safetensors``, every ``--save-every`` steps and at the end) hold the model,
-the optimiser moments, the step and both random generators, so a resumed run continues exactly; the final model is
+the optimiser moments, the step and both random generators, so a run resumed with the SAME arguments ends
+bit-identical to an uninterrupted one (tested); ``--steps`` also sets the cosine learning-rate schedule, so resuming
+with another ``--steps`` continues on a different schedule (a warning says so). The final model is
 ``<out>/audio2motion.safetensors`` (``ptalk_models.audio2motion.save_audio2motion``).
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from portraittalk.ptalk_models.audio_features import MEL_RATE, log_compress, mel_power, white_noise_mel
+from portraittalk.ptalk_models.audio_features import MEL_RATE, log_compress, mel_centres, mel_power, white_noise_mel
 from portraittalk.ptalk_models.audio2motion import Audio2Motion, Audio2MotionConfig, save_audio2motion
 from portraittalk.ptalk_models.mouth_motion import clip_offsets, face_axes
 from portraittalk.ptalk_models.weights import read_safetensors, write_safetensors
@@ -45,6 +47,10 @@ log = logging.getLogger("ptalk.train_audio2motion")
 MOTION_RATE = 25.0
 SUBNASALE = 2
 LOWER_FACE_MARGIN_IOD = 0.05    # points lower than 0.05 IOD above the subnasale are "lower face"
+
+
+NARROWBAND_P, NARROWBAND_HZ = 0.2, 4000.0
+MEL_CENTRES_HZ = mel_centres()
 
 
 class TrainError(Exception):
@@ -102,6 +108,8 @@ def window_features(c: dict, f0: int, f1: int, rng: np.random.Generator | None =
         return m.astype(np.float32)
     if rng is not None:
         m = m * 10 ** (rng.uniform(-20, 6) / 10)
+        if rng.random() < NARROWBAND_P:
+            m = m * (MEL_CENTRES_HZ < NARROWBAND_HZ)          # telephone / 8 kHz audio: nothing above 4 kHz
         if rng.random() < 0.5:
             m = m + noise_shape * 10 ** (rng.uniform(-80, -35) / 10)
     return log_compress(m)
@@ -277,7 +285,10 @@ def build(args) -> tuple[Trainer, list[dict]]:
     if args.audio_encoder:
         from .audio2motion_encoder import load_encoder
 
-        encoder = load_encoder(args.audio_encoder)
+        try:
+            encoder = load_encoder(args.audio_encoder)
+        except (OSError, ValueError) as e:
+            raise TrainError(f"--audio-encoder: {e}") from None
         spec = {"feature_kind": "audio-encoder", "feature_dim": encoder.dim, "feature_rate": encoder.rate}
     train = load_split(args.cache, "train", args.limit, encoder)
     heldout = load_split(args.cache, "heldout", encoder=encoder) if args.heldout else []
@@ -307,6 +318,11 @@ def run(args) -> dict:
         tensors, meta = read_safetensors(ckpt, TrainError)
         trainer.load_state(tensors, meta)
         log.info("resumed at step %d", trainer.step)
+        saved = json.loads(meta.get("args", "{}"))
+        changed = {k: (saved[k], v) for k, v in _run_args(args).items() if k in saved and saved[k] != v}
+        if changed:
+            log.warning("resuming with other settings than the saved run (the result will not equal an "
+                        "uninterrupted run): %s", ", ".join(f"{k} {a} → {b}" for k, (a, b) in changed.items()))
     history = []
     t_start = time.perf_counter()
     with open(out / "train_log.jsonl", "a", encoding="utf-8") as logf:
@@ -322,7 +338,7 @@ def run(args) -> dict:
                 log.info("step %d %s", trainer.step, {k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()})
             history.append(rec["loss"])
             if trainer.step % args.save_every == 0 or trainer.step == args.steps:
-                _save_ckpt(trainer, ckpt)
+                _save_ckpt(trainer, ckpt, args)
     final = out / "audio2motion.safetensors"
     save_audio2motion(trainer.model, final, {"trained_steps": trainer.step, "seed": args.seed,
                                              "speakers": ",".join(trainer.batches.speakers)})
@@ -330,8 +346,15 @@ def run(args) -> dict:
             "seconds": round(time.perf_counter() - t_start, 1)}
 
 
-def _save_ckpt(trainer: Trainer, path: Path) -> None:
+def _run_args(args) -> dict:
+    """The options that shape a run's result (compared on ``--resume``)."""
+    return {k: getattr(args, k) for k in ("steps", "batch", "window", "lr", "beta", "n_pc", "channels", "seed", "limit")}
+
+
+def _save_ckpt(trainer: Trainer, path: Path, args=None) -> None:
     tensors, meta = trainer.state()
+    if args is not None:
+        meta["args"] = json.dumps(_run_args(args))
     write_safetensors(tensors, path, meta)
 
 
