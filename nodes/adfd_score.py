@@ -15,6 +15,7 @@ from ..ptalk_models.metrics import MOTION_VECTORS, evaluate, report_json
 from ..ptalk_models.plot import report_plot
 from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
 from .glue.errors import log, node_error, node_error_from
+from .glue.preview import report_preview
 from .glue.progress import Progress
 from .glue.sockets import CATEGORY, Landmarks
 
@@ -269,6 +270,7 @@ class ADFDScore(io.ComfyNode):
         plot = numpy_to_image(report_plot(report)[None])
         preview = ui.PreviewImage(plot, cls=cls)
         return io.NodeOutput(float(report["adfd"]), report_json(report), plot,
-                             ui={"text": (_summary(report),), "images": preview.values, "animated": (False,)})
+                             ui={"text": (_summary(report),), "images": preview.values, "animated": (False,),
+                                 **(report_preview(report, node=NODE) or {})})
 
 NODES = [ADFDScore]

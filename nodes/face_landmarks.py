@@ -8,6 +8,7 @@ from ..ptalk_models.face import NoFaceError, detect_landmarks
 from .glue.convert import image_to_numpy
 from .glue.errors import node_error, node_error_from
 from .glue.folders import mediapipe_model_options, resolve_mediapipe_model
+from .glue.preview import landmark_preview
 from .glue.progress import Progress
 from .glue.sockets import CATEGORY, Landmarks
 
@@ -62,7 +63,7 @@ class FaceLandmarks(io.ComfyNode):
             raise node_error(NODE, "image", str(e)) from None
         except InputError as e:
             raise node_error_from(NODE, e, {"images": "image", "selection": "face_index"}) from None
-        return io.NodeOutput(lm)
+        return io.NodeOutput(lm, ui=landmark_preview(lm, node=NODE, image=frames[0]))
 
 
 NODES = [FaceLandmarks]

@@ -162,11 +162,13 @@ def _framed(mono: np.ndarray, sr: float, fps: float, n_frames: int, start: int, 
     """Hann-windowed frames ``[stop-start, win_len]`` centred on video frames ``start..stop-1``."""
     centres = np.round(frame_centres(n_frames, fps)[start:stop] * sr).astype(np.int64)
     first = centres - win_len // 2
-    pad = win_len
-    padded = np.pad(mono, (pad, pad))
-    idx = first[:, None] + pad + np.arange(win_len)[None, :]
-    idx = np.clip(idx, 0, len(padded) - 1)  # anything beyond the padding is zero anyway
-    return padded[idx]
+    # the samples these windows cover, zero outside the signal (only this span is copied, not the whole signal)
+    lo, hi = int(first.min()), int(first.max()) + win_len
+    span = np.zeros(hi - lo, dtype=mono.dtype)
+    a, b = max(lo, 0), min(hi, len(mono))
+    if a < b:
+        span[a - lo:b - lo] = mono[a:b]
+    return span[(first - lo)[:, None] + np.arange(win_len)[None, :]]
 
 
 def _check_features_args(mono, sr, fps, n_frames):

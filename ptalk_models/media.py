@@ -52,6 +52,32 @@ def write_wav(path, waveform: np.ndarray, sample_rate: int):
     return path
 
 
+def write_flac(path, waveform: np.ndarray, sample_rate: int, chunk: int = 1 << 16):
+    """Write float ``[C, N]`` (or ``[N]``; C = 1 or 2) samples in [-1, 1] as FLAC (PyAV), encoded ``chunk`` samples at a
+    time (memory stays at a chunk); returns ``path``. The file holds exactly N samples at ``sample_rate`` Hz.
+
+    Samples outside [-1, 1] are clipped; ValueError for NaN or more than 2 channels.
+    """
+    import av
+
+    x = np.atleast_2d(np.asarray(waveform, np.float32))
+    if x.shape[0] > 2:
+        raise ValueError(f"write_flac: 1 or 2 channels, got {x.shape[0]}")
+    if np.isnan(x).any():
+        raise ValueError("write_flac: waveform contains NaN")
+    layout = "mono" if x.shape[0] == 1 else "stereo"
+    with av.open(str(path), mode="w", format="flac") as out:
+        stream = out.add_stream("flac", rate=int(sample_rate), layout=layout)
+        for start in range(0, x.shape[1], chunk):
+            part = np.ascontiguousarray(np.clip(x[:, start:start + chunk], -1.0, 1.0).T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(part, format="flt", layout=layout)
+            frame.sample_rate = int(sample_rate)
+            frame.pts = start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
 def read_video(path) -> tuple[np.ndarray, float]:
     """Decode every frame of the first video stream (PyAV): (uint8 RGB ``[T, H, W, 3]``, average fps).
 

@@ -59,7 +59,7 @@ def face_mesh_triangles() -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def tesselation_edges() -> np.ndarray:
-    """Unique undirected edges of the face-mesh tesselation, ``int32 [E, 2]`` (E = 1278 for MediaPipe's mesh)."""
+    """Unique undirected edges of the face-mesh tesselation, ``int32 [E, 2]`` (E = 1322 for MediaPipe's mesh)."""
     e = np.sort(_edges("FACE_LANDMARKS_TESSELATION"), axis=1)
     out = np.unique(e, axis=0).astype(np.int32)
     out.setflags(write=False)

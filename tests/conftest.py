@@ -2,10 +2,13 @@
 
 * ``comfy`` (session): the real ComfyUI booted once in-process by :func:`ptalk_harness.boot` with
   temporary input/output/temp directories and this pack loaded through ``nodes.load_custom_node``.
+* ``browser`` (module): Chromium driven by Playwright for the real-frontend tests (skips without it, fails under CI).
 * ``shared_data``: ``Path`` of the shared real-media directory (``$PTALK_SHARED_DATA`` or
   ``<repo>/../shared/data``); skips when absent, but fails under CI (env ``CI`` set), where it must exist.
 * real media read once per session: ``astronaut``, ``grid_still`` (uint8 RGB photos), ``jfk``, ``beckett``
   (``(waveform, sample_rate)``), and the photos' MediaPipe landmarks ``astronaut_lm``, ``grid_still_lm``.
+* ``a2m_cache`` (session): a folder of audio→motion clips prepared by ``ptalk_harness.audio2motion_data`` from
+  the real media -- 4 GRID s1 clips, 2 retalking training speakers and 2 held-out clips (GRID lbax4n, CREMA-D NEU).
 
 The tests import the pack as ``portraittalk`` (``from portraittalk.ptalk_models.x import y``): the modules of the
 pack as ComfyUI loads it, one copy (see ``harness/ptalk_harness/pack.py``; the venv's ``portraittalk.pth``
@@ -57,6 +60,40 @@ def shared_data() -> Path:
             pytest.fail(msg + " (CI must provide it)")
         pytest.skip(msg)
     return d
+
+
+def _skip_or_fail(msg: str):
+    """Skip the test for a missing tool, or fail it under CI (env ``CI`` set), where the tool must be there."""
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (CI must provide it)")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium (the system one, ``ptalk_harness.frontend.find_chromium``, launched by Playwright), module-scoped;
+    skips without Chromium or the playwright package (fails under CI)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_or_fail("the frontend tests need the playwright Python package (pip install playwright) and Chromium "
+                      "(apt-get install chromium)")
+    from ptalk_harness import frontend
+
+    try:
+        exe = frontend.find_chromium()
+    except frontend.BrowserUnavailable as e:
+        _skip_or_fail(str(e))
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=exe, args=frontend.CHROMIUM_ARGS)
+    except Exception as e:  # noqa: BLE001 - a broken browser install
+        pw.stop()
+        _skip_or_fail(f"Chromium at {exe} does not start under Playwright ({type(e).__name__}: {e}); "
+                      f"apt-get install chromium")
+    yield b
+    b.close()
+    pw.stop()
 
 
 @pytest.fixture(scope="session")
@@ -227,3 +264,17 @@ def tiny_animatenet(tiny_sd15_loaded, tiny_identitynet):
     name = "ptalk_tiny_animatenet.safetensors"
     save_animatenet(net, tiny_identitynet.root / "portraittalk" / name)
     return namedtuple("TinyAnimateNet", "name net")(name, net)
+
+
+@pytest.fixture(scope="session")
+def a2m_cache(shared_data, tmp_path_factory) -> Path:
+    """Prepared audio→motion clips (see the module docstring); about 15 s to extract."""
+    from ptalk_harness.audio2motion_data import extract_clip, list_clips
+
+    cache = tmp_path_factory.mktemp("a2m_cache")
+    wanted = {"grid_video_lbax4n", "crema_1001_DFA_NEU_XX", "retalking_face_1", "retalking_face_2"}
+    clips = list_clips(shared_data, grid_clips=4)
+    for c in clips:
+        if c.speaker == "grid_s1" or c.name in wanted:
+            extract_clip(c, cache)
+    return cache

@@ -8,7 +8,7 @@ by Playwright.
   (``harness.workflow_to_prompt``) -- except the frontend-only inputs listed in ``FRONTEND_ONLY_INPUTS``
   (printed);
 * the layout on the canvas once the media previews have loaded and grown their nodes (Load Image's image, Load
-  Video's .mp4; after a run Save Video's mp4): no two nodes overlap (``LAYOUT_TOLERANCE`` px), and every node,
+  Video's .mp4; after a run Save Video's mp4): no two nodes overlap (``frontend.LAYOUT_TOLERANCE`` px), and every node,
   its DOM widgets and previews included, lies inside exactly one group and reaches into no other (notes: no
   group) -- after loading every workflow and after every run below (``layout.json`` in ``tmp_path``);
 * the pack's loaders (IdentityNet Loader, AnimateNet Loader) in talking_photo_diffusion.json,
@@ -29,25 +29,15 @@ Screenshots of every loaded workflow, finished run and Missing Models panel go i
 the error text, the Missing Models panel's text, layout problems).
 
 Needs Chromium (``apt-get install chromium``, or ``$PTALK_CHROMIUM``) and the ``playwright`` Python package; without
-them the tests skip (fail under CI). Playwright's own browser download is not used.
-
-Console errors that are not failures (everything else fails a test), each with its reason:
-  * ``404`` on ``/user.css``, ``/api/userdata/...`` (user.css, comfy.templates.json, saved workflows/subgraphs) and
-    ``/favicon.ico``: the frontend probes optional per-user files that a fresh user directory does not have;
-  * Content-Security-Policy refusals of requests to other hosts (``api.comfy.org`` registry look-ups of node packs,
-    ``huggingface.co`` size probes of the default graph's models): ``--disable-api-nodes`` makes the server send
-    ``connect-src 'self'``, which is what keeps the frontend off the network; the URLs are collected and printed;
-  * at start-up only, before any workflow is loaded: frontend 1.49's "ComfyApp graph accessed before initialization"
-    and frontend 1.32's "TypeError: Cannot read properties of undefined (reading 'id')" (logged by Vue from a
-    setting's onChange during the app's own start-up).
+them the tests skip (fail under CI). Playwright's own browser download is not used. The page helpers, and the
+console errors that are not failures (everything else fails a test) with their reasons, are in
+``ptalk_harness.frontend``; the ``browser`` fixture is in conftest.py.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import time
 import wave
 from pathlib import Path
@@ -56,6 +46,7 @@ import numpy as np
 import pytest
 
 import ptalk_harness as harness
+from ptalk_harness import frontend as fe
 from ptalk_harness import server as cs
 
 pytestmark = pytest.mark.frontend
@@ -63,24 +54,8 @@ pytestmark = pytest.mark.frontend
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1600, "height": 1000}
-#: frontend settings for readable screenshots: full node detail at any zoom (no low-detail rendering of nodes
-#: when a large graph is fitted into view), no minimap over the canvas, the top menu bar.
-#: The frontend's own validation of loaded workflows against its schema (zod) is on: it is the default of
-#: frontend 1.32 (which then shows an alert to the user), off by default in 1.49.
-SETTINGS = {"LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.Minimap.Visible": False, "Comfy.UseNewMenu": "Top",
-            "Comfy.Validation.Workflows": True}
 #: what the frontend says when a loaded workflow does not match its workflow schema
 _SCHEMA_ERROR = re.compile(r"Invalid workflow against zod schema|Workflow does not contain a valid version")
-#: the frontend 1.32 "Introducing Nodes 2.0" banner is dismissed through localStorage
-INIT_SCRIPT = "try { localStorage.setItem('vueNodesBannerDismissed', 'true'); } catch (e) {}"
-QUEUE_BUTTON = '[data-testid="queue-button"]'  # the Run button (frontend 1.32 and 1.49)
-#: the widget that holds the file name, per upload node type
-FILE_WIDGETS = {"LoadImage": "image", "LoadAudio": "audio", "LoadVideo": "file"}
-#: node types that are notes: they lie outside the stage groups (tests/test_workflows.py)
-NOTE_TYPES = {"Note", "MarkdownNote"}
 #: stand-ins (shared media) for file names a workflow mentions that the shared data does not have
 STAND_INS = {".png": "photos/astronaut.png", ".jpg": "photos/astronaut.png", ".wav": "audio/jfk.flac",
              ".flac": "audio/jfk.flac", ".mp4": "video/retalking_face_5.mp4", ".mpg": "video/lbax4n.mpg"}
@@ -94,45 +69,16 @@ FRONTEND_ONLY_INPUTS = {
                      "workflow but not options.serialize=false, so graphToPrompt sends it with value ''",
 }
 
-_IGNORED_404 = re.compile(r"/(api/)?userdata([/?]|$)|/user\.css(\?|$)|/favicon\.ico(\?|$)")
-_CSP = re.compile(r"violates the following Content Security Policy directive|because it violates the document's "
-                  r"Content Security Policy")
-_STARTUP_ONLY = (
-    "ComfyApp graph accessed before initialization",  # frontend 1.49
-    "Cannot read properties of undefined (reading 'id')",  # frontend 1.32
-)
-
 
 # --------------------------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------------------------
-def _skip_or_fail(msg: str):
-    if os.environ.get("CI"):
-        pytest.fail(msg + " (CI must provide it)")
-    pytest.skip(msg)
-
-
-def _chromium() -> str:
-    exe = os.environ.get("PTALK_CHROMIUM")
-    if exe:
-        if not (Path(exe).is_file() and os.access(exe, os.X_OK)):
-            _skip_or_fail(f"PTALK_CHROMIUM={exe!r} is not an executable; point it at Chromium/Chrome or unset it to "
-                          f"use the system Chromium (apt-get install chromium)")
-        return exe
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    _skip_or_fail("the frontend tests need Chromium: apt-get install chromium (or set PTALK_CHROMIUM to a "
-                  "Chromium/Chrome executable)")
-
-
 @pytest.fixture(scope="module")
 def server(comfy, shared_data, tmp_path_factory):
     """A ComfyUI server process for this pack (module-scoped; stopped, with its process group, at teardown), with
     the media the shipped workflows name uploaded under those names (so that every workflow loads without
     missing-file errors)."""
-    srv = cs.start(base_dir=tmp_path_factory.mktemp("server"), settings=SETTINGS,
+    srv = cs.start(base_dir=tmp_path_factory.mktemp("server"), settings=fe.SETTINGS,
                    required_nodes=comfy.pack_nodes)
     try:
         for name, src in sorted(_workflow_media(shared_data).items()):
@@ -148,7 +94,7 @@ def _workflow_media(shared_data: Path) -> dict[str, Path]:
     out = {}
     for path in WORKFLOWS:
         for n in json.loads(path.read_text())["nodes"]:
-            if n.get("type") in FILE_WIDGETS and isinstance(n.get("widgets_values"), list) and n["widgets_values"]:
+            if n.get("type") in fe.FILE_WIDGETS and isinstance(n.get("widgets_values"), list) and n["widgets_values"]:
                 name = n["widgets_values"][0]
                 if not isinstance(name, str) or not name:
                     continue
@@ -162,99 +108,9 @@ def _workflow_media(shared_data: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Chromium (the system one, launched by Playwright), module-scoped."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("the frontend tests need the playwright Python package (pip install playwright) and Chromium "
-                      "(apt-get install chromium)")
-    exe = _chromium()
-    pw = sync_playwright().start()
-    try:
-        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-    except Exception as e:  # noqa: BLE001 - a broken browser install
-        pw.stop()
-        _skip_or_fail(f"Chromium at {exe} does not start under Playwright ({type(e).__name__}: {e}); "
-                      f"apt-get install chromium")
-    yield b
-    b.close()
-    pw.stop()
-
-
-class Events:
-    """What a page reported: console messages, uncaught exceptions, HTTP errors, requests to other hosts."""
-
-    def __init__(self, base_url: str):
-        self.base_url = base_url
-        self.console: list[tuple[str, str, str]] = []  # (type, text, url)
-        self.page_errors: list[str] = []
-        self.http_errors: list[tuple[int, str]] = []
-        self.external: list[str] = []  # aborted by the page's route (never cleared)
-        self.blocked: set[str] = set()  # other-host URLs the server's CSP refused (never cleared)
-
-    def on_console(self, msg):
-        """Record a console message (and the URL of a CSP refusal)."""
-        text = msg.text
-        self.console.append((msg.type, text, (msg.location or {}).get("url", "")))
-        if _CSP.search(text):
-            m = re.search(r"https?://[^\s'\"]+", text)
-            if m:
-                self.blocked.add(m.group(0).rstrip("."))
-
-    def clear(self):
-        """Forget everything recorded so far."""
-        self.console.clear()
-        self.page_errors.clear()
-        self.http_errors.clear()
-
-    def unexpected_errors(self, startup: bool = False) -> list[str]:
-        """Uncaught exceptions and console errors that are not in the module docstring's list."""
-        bad = [f"uncaught exception: {e}" for e in self.page_errors]
-        for typ, text, url in self.console:
-            if typ != "error":
-                continue
-            if "404" in text and _IGNORED_404.search(url or ""):
-                continue
-            if _CSP.search(text):
-                continue
-            if startup and any(s in text for s in _STARTUP_ONLY):
-                continue
-            bad.append(f"console error: {text[:500]} (at {url})")
-        return bad
-
-
-
-def _open_page(browser, srv):
-    ctx = browser.new_context(viewport=VIEWPORT)
-    ctx.add_init_script(INIT_SCRIPT)
-    page = ctx.new_page()
-    ev = Events(srv.url)
-    page.on("console", ev.on_console)
-    page.on("pageerror", lambda e: ev.page_errors.append(f"{e}"))
-    page.on("response", lambda r: r.status >= 400 and ev.http_errors.append((r.status, r.url)))
-
-    def route(r):  # belt and braces: nothing leaves the machine even if a CSP would let it
-        u = r.request.url
-        if u.startswith(srv.url) or u.startswith(("data:", "blob:")):
-            r.continue_()
-        else:
-            ev.external.append(u)
-            r.abort()
-
-    page.route("**/*", route)
-    page.goto(srv.url)
-    page.wait_for_function("() => !!(window.app && window.app.graph && window.app.canvas && window.LiteGraph)",
-                           timeout=120_000)
-    page.locator(QUEUE_BUTTON).first.wait_for(state="visible", timeout=60_000)
-    page.wait_for_timeout(1000)  # the start-up workflow (the default graph) settles
-    return ctx, page, ev
-
-
-@pytest.fixture(scope="module")
 def ui(browser, server):
     """``(page, events, startup_errors)``: one frontend page for the module, the app ready."""
-    ctx, page, ev = _open_page(browser, server)
+    ctx, page, ev = fe.open_page(browser, server)
     startup = ev.unexpected_errors(startup=True)
     ev.clear()
     yield page, ev, startup
@@ -266,12 +122,6 @@ def ui(browser, server):
 # --------------------------------------------------------------------------------------------------------
 # helpers (page JavaScript)
 # --------------------------------------------------------------------------------------------------------
-_JS_LOAD = "async (wf) => { await window.app.loadGraphData(wf); }"
-_JS_FIT = """async () => {
-  const cmd = window.app.extensionManager && window.app.extensionManager.command;
-  if (cmd && cmd.execute) await cmd.execute('Comfy.Canvas.FitView');
-  else window.app.canvas.ds && window.app.canvas.setDirty(true, true);
-}"""
 _JS_GRAPH = """() => {
   const g = window.app.graph;
   const links = (g.links instanceof Map ? [...g.links.values()] : Object.values(g.links || {})).filter(Boolean);
@@ -292,154 +142,15 @@ _JS_GRAPH = """() => {
     links: links.length, link_ids: links.map(l => l.id), problems,
   };
 }"""
-_JS_LAYOUT = """() => {  // every node's box as drawn and its DOM widgets' boxes (graph units), and the groups
-  const app = window.app, g = app.graph, c = app.canvas, th = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
-  const ds = c.ds, cr = c.canvas.getBoundingClientRect();
-  const toGraph = r => [(r.left - cr.left) / ds.scale - ds.offset[0], (r.top - cr.top) / ds.scale - ds.offset[1],
-                        r.width / ds.scale, r.height / ds.scale];
-  const nodes = g._nodes.map(n => {
-    // pos/size, not getBounding(): the frontends refresh the cached bounding box only when they redraw the node
-    const box = [n.pos[0], n.pos[1] - th, n.size[0], n.size[1] + th];
-    const dom = [];  // a preview (video, image, audio) may reach out of its widget, and the widget out of the node
-    for (const w of n.widgets || []) {
-      const el = w.element;
-      if (!el || !el.isConnected) continue;
-      for (const e of [el, ...el.querySelectorAll('video, img, audio')]) {
-        const st = getComputedStyle(e);
-        if (st.display === 'none' || st.visibility === 'hidden') continue;
-        const r = e.getBoundingClientRect();
-        if (r.width > 0 && r.height > 0) dom.push([w.name, e.tagName.toLowerCase(), ...toGraph(r)]);
-      }
-    }
-    return {id: n.id, title: n.title, type: n.type, box, dom};
-  });
-  const groups = (g._groups || g.groups || []).map(gr => ({title: gr.title, box: [...(gr._bounding || gr.bounding)]}));
-  return {nodes, groups};
-}"""
-#: media previews the frontend has not shown yet: Load Video's of a file Chromium plays (an MPEG-1 .mpg never
-#: loads), Load Image's image
-_JS_PREVIEWS_PENDING = """() => window.app.graph._nodes.flatMap(n => {
-  const value = name => String(((n.widgets || []).find(w => w.name === name) || {}).value ?? '');
-  if (n.type === 'LoadVideo' && /\\.(mp4|webm)$/i.test(value('file'))) {
-    const w = (n.widgets || []).find(w => w.name === 'video-preview');
-    const v = w && w.element && w.element.querySelector('video');
-    return v && v.readyState >= 2 ? [] : [`${n.id} ${n.type} ${value('file')}`];
-  }
-  if (n.type === 'LoadImage' && value('image'))
-    return (n.imgs || []).length && n.imgs.every(i => i.complete) ? [] : [`${n.id} ${n.type} ${value('image')}`];
-  return [];
-})"""
-_JS_REDRAW = """async () => {  // draw now (node sizes, DOM widget positions), then let the DOM follow
-  window.app.canvas.draw(true, true);
-  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-}"""
 _JS_PROMPT = "async () => (await window.app.graphToPrompt()).output"
-_JS_SET_FILES = """(vals) => {
-  const out = [];
-  for (const n of window.app.graph._nodes) {
-    const wname = vals.widgets[n.type];
-    const v = vals.files[n.type];
-    if (!wname || v === undefined) continue;
-    const w = (n.widgets || []).find(w => w.name === wname);
-    if (!w) continue;
-    const opts = w.options && w.options.values;
-    if (Array.isArray(opts) && !opts.includes(v)) opts.push(v);  // what an upload through the UI does
-    w.value = v;
-    if (w.callback) w.callback(v, window.app.canvas, n);
-    out.push([n.id, n.type, w.name, w.value]);
-  }
-  window.app.graph.setDirtyCanvas(true, true);
-  return out;
-}"""
 _JS_OVERLAYS = """() => [...document.querySelectorAll(
     '[data-testid="error-overlay"], .p-dialog, [role="dialog"], .p-toast-message')]
   .filter(e => e.offsetParent !== null || e.getClientRects().length).map(e => e.innerText)"""
-_JS_CLOSE_TOASTS = """() => { for (const b of document.querySelectorAll(
-    '.p-toast-message button, .p-toast-close-button, [data-testid="error-overlay"] button[aria-label]')) {
-  try { if ((b.getAttribute('aria-label') || '').match(/close|dismiss/i) || b.classList.contains('p-toast-close-button')) b.click(); } catch (e) {} } }"""
 _JS_CLOSE_PANEL = """async () => {  // frontend 1.49: the Errors panel opened by "View details" (no-op on 1.32)
   try { await window.app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', false); } catch (e) {}
 }"""
 _JS_TEXT = """() => document.body.innerText + '\\n' +
   [...document.querySelectorAll('textarea, pre, code')].map(e => e.value || e.textContent || '').join('\\n')"""
-
-
-def _load(page, wf: dict):
-    page.evaluate(_JS_CLOSE_TOASTS)  # what earlier steps left on screen
-    page.evaluate(_JS_LOAD, wf)
-    page.evaluate(_JS_FIT)
-    page.wait_for_timeout(800)  # the canvas redraws after fitting
-
-
-def _wait_previews(page, timeout_ms: int = 20_000) -> list[str]:
-    """Wait until the frontend has shown every media preview of the loaded graph (and grown its node); return
-    the previews still missing after ``timeout_ms`` (empty when all loaded)."""
-    try:
-        page.wait_for_function(f"() => ({_JS_PREVIEWS_PENDING})().length === 0", timeout=timeout_ms)
-    except Exception:  # noqa: BLE001 - playwright's TimeoutError: reported by the caller
-        pass
-    page.wait_for_timeout(300)  # a loaded preview resizes its node on the next frame
-    page.evaluate(_JS_REDRAW)
-    return page.evaluate(_JS_PREVIEWS_PENDING)
-
-
-#: overlaps up to this many px (rounding of DOM boxes, frame borders) are not counted
-LAYOUT_TOLERANCE = 4
-
-
-def layout_problems(layout: dict, tolerance: float = LAYOUT_TOLERANCE) -> list[str]:
-    """What is wrong with a graph's layout on the canvas (``_JS_LAYOUT``): nodes overlapping each other, a node
-    (with its previews and other DOM widgets) not inside exactly one group or reaching into another group. Notes
-    (``NOTE_TYPES``) need no group but must not overlap one."""
-    def extent(n):
-        x, y, w, h = n["box"]
-        x0, y0, x1, y1 = x, y, x + w, y + h
-        for _name, _tag, dx, dy, dw, dh in n["dom"]:
-            x0, y0, x1, y1 = min(x0, dx), min(y0, dy), max(x1, dx + dw), max(y1, dy + dh)
-        return x0, y0, x1, y1
-
-    def overlap(a, b):
-        return min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-
-    def fmt(b):
-        return "[" + ", ".join(f"{v:.0f}" for v in b) + "]"
-
-    nodes = [(f"{n['id']} {n['title']} ({n['type']})", n["type"], extent(n)) for n in layout["nodes"]]
-    groups = [(g["title"], (g["box"][0], g["box"][1], g["box"][0] + g["box"][2], g["box"][1] + g["box"][3]))
-              for g in layout["groups"]]
-    problems = []
-    for i, (a, _, ba) in enumerate(nodes):
-        for b, _, bb in nodes[i + 1:]:
-            w, h = overlap(ba, bb)
-            if w > tolerance and h > tolerance:
-                problems.append(f"nodes {a} {fmt(ba)} and {b} {fmt(bb)} overlap by {w:.0f} x {h:.0f} px")
-    for name, typ, b in nodes:
-        inside = [t for t, g in groups if g[0] - tolerance <= b[0] and g[1] - tolerance <= b[1]
-                  and b[2] <= g[2] + tolerance and b[3] <= g[3] + tolerance]
-        touching = [f"{t} {fmt(g)}" for t, g in groups if t not in inside and min(overlap(b, g)) > tolerance]
-        if typ in NOTE_TYPES or len(inside) == 1:
-            if touching:
-                problems.append(f"node {name} {fmt(b)} reaches into group(s) it is not in: {touching}")
-        elif inside:
-            problems.append(f"node {name} {fmt(b)} lies inside {len(inside)} groups {inside}")
-        elif touching:
-            problems.append(f"node {name} {fmt(b)} sticks out of its group {touching}")
-        else:
-            problems.append(f"node {name} {fmt(b)} lies in no group")
-    return problems
-
-
-def _check_layout(page, where: str, tmp_path: Path) -> list[str]:
-    """Wait for the previews, then the layout problems of the graph on the canvas (printed as well); the layout
-    goes into ``tmp_path``."""
-    pending = _wait_previews(page)
-    layout = page.evaluate(_JS_LAYOUT)
-    (tmp_path / "layout.json").write_text(json.dumps(layout, indent=1))
-    problems = [f"{where}: media previews not shown after 20 s: {pending}"] if pending else []
-    problems += [f"{where}: {p}" for p in layout_problems(layout)]
-    for p in problems:
-        print(f"[frontend] layout: {p}")
-    return problems
 
 
 def _same(a, b) -> bool:
@@ -488,17 +199,6 @@ def prompt_diff(frontend: dict, runner: dict, object_info: dict | None = None,
             elif not _same(fi[k], ri[k]):
                 lines.append(f"node {nid} ({f.get('class_type')}) input {k!r}: frontend {fi[k]!r}, runner {ri[k]!r}")
     return lines
-
-
-def _queue_from_ui(page, timeout_ms: int = 60_000) -> str:
-    """Click the Run button; return the prompt id of the POST /prompt it makes (fails on a refused prompt)."""
-    with page.expect_response(lambda r: r.request.method == "POST" and re.search(r"/prompt/?(\?|$)", r.url),
-                              timeout=timeout_ms) as info:
-        page.locator(QUEUE_BUTTON).first.click()
-    resp = info.value
-    body = resp.json()
-    assert resp.status == 200 and not body.get("node_errors"), f"the server refused the UI's prompt: {body}"
-    return body["prompt_id"]
 
 
 def _wait_video_preview(page, filename: str, timeout_ms: int = 30_000):
@@ -565,14 +265,14 @@ def test_workflow_loads_in_the_frontend(ui, server, comfy, path, tmp_path):
     page, ev, _ = ui
     wf = json.loads(path.read_text())
     ev.clear()
-    _load(page, wf)
+    fe.load_graph(page, wf)
     g = page.evaluate(_JS_GRAPH)
     overlays = page.evaluate(_JS_OVERLAYS)
     problems: list[str] = []
     if overlays:
         print(f"[frontend] {path.name}: the UI shows: {overlays}")
     # the layout once the media previews have loaded (and grown their nodes)
-    problems += _check_layout(page, path.name, tmp_path)
+    problems += fe.check_layout(page, path.name, tmp_path)
     page.screenshot(path=str(tmp_path / f"{path.stem}.png"))
 
     # the frontend's workflow schema (an alert in frontend 1.32, and in 1.49 with Comfy.Validation.Workflows on)
@@ -639,7 +339,6 @@ CORE_LOADERS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints"}
 MODEL_WORKFLOWS = [p for p in WORKFLOWS
                    if any(n["type"] in PACK_LOADERS for n in json.loads(p.read_text())["nodes"])]
 
-_JS_FRONTEND_VERSION = "() => String(window.__COMFYUI_FRONTEND_VERSION__ || '')"
 _JS_PACK_LOADERS = """(types) => window.app.graph._nodes.filter(n => types.includes(n.type)).map(n => {
   const w = (n.widgets || []).find(w => w.name === 'weights');
   const d = Object.getOwnPropertyDescriptor(n.properties || {}, 'models');
@@ -685,10 +384,6 @@ EMPTY_WORKFLOW = {"last_node_id": 0, "last_link_id": 0, "nodes": [], "links": []
                   "extra": {}, "version": 0.4}
 
 
-def _frontend_version(page) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", page.evaluate(_JS_FRONTEND_VERSION))[:3])
-
-
 def _saved_models(saved: dict, types) -> list[str]:
     """``models`` entries of the pack's loaders in a serialized graph, and top-level ones naming their files."""
     out = []
@@ -717,9 +412,9 @@ def test_missing_models_panel_files_the_pack_weights_in_their_folder(ui, path, t
     these weights lack): there only the properties and the saved graph are checked."""
     page, ev, _ = ui
     wf = json.loads(path.read_text())
-    version = _frontend_version(page)
+    version = fe.page_frontend_version(page)
     ev.clear()
-    _load(page, wf)
+    fe.load_graph(page, wf)
     types = list(PACK_LOADERS)
     expected = {}  # file name -> folder
     for n in wf["nodes"]:
@@ -784,7 +479,7 @@ def test_missing_models_panel_files_the_pack_weights_in_their_folder(ui, path, t
               f"properties and the saved graph checked only")
 
     ev.clear()
-    _load(page, saved["graph"])
+    fe.load_graph(page, saved["graph"])
     overlays = page.evaluate(_JS_OVERLAYS)
     problems += [f"the saved graph, loaded again: {' '.join(t.split())}" for t in overlays if _SCHEMA_ERROR.search(t)]
     problems += [f"the saved graph, loaded again: console {typ}: {text}" for typ, text, _ in ev.console
@@ -804,8 +499,8 @@ def test_pack_loader_added_by_hand_follows_its_widget(ui, tmp_path):
     trip)."""
     page, ev, _ = ui
     ev.clear()
-    page.evaluate(_JS_CLOSE_TOASTS)
-    page.evaluate(_JS_LOAD, EMPTY_WORKFLOW)  # no fit view: frontend 1.49 says "Empty canvas" to that
+    page.evaluate(fe.JS_CLOSE_TOASTS)
+    page.evaluate(fe.JS_LOAD, EMPTY_WORKFLOW)  # no fit view: frontend 1.49 says "Empty canvas" to that
     steps = {"PTalkAnimateNetLoader": ["my_animatenet.safetensors", "sub/other_animatenet.safetensors"],
              "PTalkIdentityNetLoader": ["portraittalk/my_identitynet.safetensors", "ipadapter/ip-adapter-faceid_sd15.bin"]}
     added = page.evaluate(_JS_ADD_BY_HAND, steps)
@@ -830,11 +525,11 @@ def test_pack_loader_added_by_hand_follows_its_widget(ui, tmp_path):
     saved = json.loads(page.evaluate(_JS_SAVED))
     problems += _saved_models(saved, list(PACK_LOADERS))
     (tmp_path / "saved_graph.json").write_text(json.dumps(saved["graph"], indent=1))
-    page.evaluate(_JS_FIT)
+    page.evaluate(fe.JS_FIT)
     page.wait_for_timeout(500)
     page.screenshot(path=str(tmp_path / "added_by_hand.png"))
     # save / load round trip: the loaded nodes describe their (saved) widget values again, still unsaved
-    _load(page, saved["graph"])
+    fe.load_graph(page, saved["graph"])
     again = {n["type"]: n for n in page.evaluate(_JS_PACK_LOADERS, list(PACK_LOADERS))}
     for typ, values in steps.items():
         want = [{"name": values[-1], "directory": PACK_LOADERS[typ](values[-1])}]
@@ -860,11 +555,11 @@ def test_queue_from_the_ui(ui, server, shared_data, name, tmp_path):
     page, ev, _ = ui
     files = {t: cs.upload_file(server, shared_data / rel) for t, rel in UI_RUNS[name].items()}
     ev.clear()
-    _load(page, json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text()))
-    done = page.evaluate(_JS_SET_FILES, {"widgets": FILE_WIDGETS, "files": files})
+    fe.load_graph(page, json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text()))
+    done = page.evaluate(fe.JS_SET_FILES, {"widgets": fe.FILE_WIDGETS, "files": files})
     assert sorted(t for _, t, _, _ in done) == sorted(files), f"file widgets set: {done}"
     t0 = time.monotonic()
-    prompt_id = _queue_from_ui(page)
+    prompt_id = fe.queue_from_ui(page)
     entry = cs.wait_history(server, prompt_id, timeout=400)
     seconds = time.monotonic() - t0
     err = cs.execution_error(entry)
@@ -875,7 +570,7 @@ def test_queue_from_the_ui(ui, server, shared_data, name, tmp_path):
     assert len(outs) == 1, f"{name}: outputs {cs.output_entries(entry)}"
     _wait_video_preview(page, outs[0]["filename"])
     page.wait_for_timeout(1000)
-    layout = _check_layout(page, f"{name} after the run", tmp_path)  # Save Video grown by its preview
+    layout = fe.check_layout(page, f"{name} after the run", tmp_path)  # Save Video grown by its preview
     page.screenshot(path=str(tmp_path / f"{name}_finished.png"))
     mp4 = cs.fetch_output(server, outs[0], tmp_path)
     info = check_mp4(mp4, _media_duration(shared_data / UI_RUNS[name]["LoadAudio"]))
@@ -944,16 +639,16 @@ def _error_text_in_ui(page, needle: str, timeout_ms: int = 30_000) -> str:
 def test_faceless_image_error_in_the_ui(browser, server, shared_data, tmp_path):
     """A faceless image queued from the UI: the UI shows our message (node, input, fix) and the exception type
     PortraitTalk.NodeInputError; the server keeps serving and runs the next job."""
-    ctx, page, ev = _open_page(browser, server)
+    ctx, page, ev = fe.open_page(browser, server)
     try:
         wf = json.loads((REPO_ROOT / "workflows" / "talking_photo.json").read_text())
         faceless = cs.upload_file(server, _gradient_png(tmp_path / "ptalk_faceless_gradient.png"))
         speech = cs.upload_file(server, _speech_clip(shared_data / "audio" / "jfk.flac",
                                                      tmp_path / "ptalk_jfk_2s.wav", 2.0))
         ev.clear()
-        _load(page, wf)
-        page.evaluate(_JS_SET_FILES, {"widgets": FILE_WIDGETS, "files": {"LoadImage": faceless, "LoadAudio": speech}})
-        prompt_id = _queue_from_ui(page)
+        fe.load_graph(page, wf)
+        page.evaluate(fe.JS_SET_FILES, {"widgets": fe.FILE_WIDGETS, "files": {"LoadImage": faceless, "LoadAudio": speech}})
+        prompt_id = fe.queue_from_ui(page)
         entry = cs.wait_history(server, prompt_id, timeout=120)
         err = cs.execution_error(entry)
         assert entry["status"]["status_str"] == "error" and err is not None, f"expected a failed run: {entry['status']}"
@@ -984,14 +679,14 @@ def test_faceless_image_error_in_the_ui(browser, server, shared_data, tmp_path):
         for _ in range(3):
             page.keyboard.press("Escape")
         page.evaluate(_JS_CLOSE_PANEL)
-        page.evaluate(_JS_SET_FILES, {"widgets": FILE_WIDGETS, "files": {"LoadImage": "astronaut.png"}})
-        entry = cs.wait_history(server, _queue_from_ui(page), timeout=300)
+        page.evaluate(fe.JS_SET_FILES, {"widgets": fe.FILE_WIDGETS, "files": {"LoadImage": "astronaut.png"}})
+        entry = cs.wait_history(server, fe.queue_from_ui(page), timeout=300)
         assert entry["status"]["status_str"] == "success", cs.execution_error(entry)
         out = [o for o in cs.output_entries(entry) if o["filename"].endswith(".mp4")][0]
         check_mp4(cs.fetch_output(server, out, tmp_path), 2.0)
         _wait_video_preview(page, out["filename"])
         page.wait_for_timeout(1000)
-        layout = _check_layout(page, "talking_photo after the good run", tmp_path)
+        layout = fe.check_layout(page, "talking_photo after the good run", tmp_path)
         page.screenshot(path=str(tmp_path / "after_error_good_run.png"))
         assert not layout, "the layout once the mp4 preview shows:\n" + "\n".join(layout)
     finally:

@@ -20,6 +20,8 @@ Modules (one concept each):
 * :mod:`.workflow_cli` -- the command line of ``scripts/run_workflow.py``.
 * :mod:`.outputs` -- the file entries in the ui outputs of a run or a server's history entry.
 * :mod:`.server` -- a real ComfyUI server process on loopback, and an HTTP client for it.
+* :mod:`.frontend` -- the real frontend in Chromium (Playwright): a page on a server, what it reports, loading a
+  workflow, pressing Run, the layout on the canvas.
 * :mod:`.random_sd15` -- tiny random SD1.5 checkpoints and ControlNets of the real architectures.
 * :mod:`.data_prep`, :mod:`.identity_data`, :mod:`.animatenet_data` -- training-data preparation.
 * :mod:`.training_cli` -- the trainers' shared options, ``main()`` wrapper, device/precision and ComfyUI boot.
