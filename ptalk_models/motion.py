@@ -407,10 +407,50 @@ def animate(rig: FaceRig, mouth: np.ndarray, blink: np.ndarray | None = None, he
     if blink is not None:
         coef[:, FIELDS.index("blink")] = np.clip(np.asarray(blink, np.float64), 0.0, 1.0)
     pts = rig.ref_px[None] + np.einsum("tf,fnc->tnc", coef, rig.fields)
+    return _posed(rig, pts, head, e)
+
+
+def animate_offsets(rig: FaceRig, offsets_px: np.ndarray, blink: np.ndarray | None = None,
+                    head: np.ndarray | None = None, expressiveness: float = 1.0,
+                    indices: np.ndarray | None = None) -> np.ndarray:
+    """Deformed points in pixels, float64 ``[T, 478, 3]``, from per-landmark displacements (the neural
+    audio→motion backend, :mod:`ptalk_models.audio2motion`).
+
+    The reference's own lip gap is closed first (the ``close`` field, scaled by ``min(expressiveness, 1)``), since
+    the displacements are relative to a closed neutral mouth; then ``expressiveness × offsets_px`` is added, the
+    blink field and the head motion applied as in :func:`animate`.
+
+    Args:
+        offsets_px: float ``[T, 478, 3]`` pixel displacements (x, y, z·width) in the reference's frame
+            (:func:`ptalk_models.mouth_motion.offsets_to_pixels` with ``rig.axes`` and ``rig.iod``), or
+            ``[T, K, 3]`` for the landmarks ``indices`` only (the others do not move).
+        blink, head, expressiveness: as :func:`animate` (expressiveness 0 keeps the reference mouth and pose).
+        indices: int ``[K]`` landmark indices of ``offsets_px``'s second axis, or None (all 478).
+    """
+    e = float(expressiveness)
+    o = np.asarray(offsets_px, np.float64)
+    base = rig.ref_px.copy()
+    if rig.gap0 > 0.01:
+        base += min(e, 1.0) * rig.fields[FIELDS.index("close")]
+    pts = np.repeat(base[None], len(o), axis=0)
+    if indices is None:
+        pts += e * o
+    else:
+        pts[:, indices] += e * o
+    if blink is not None:
+        b = np.clip(np.asarray(blink, np.float64), 0.0, 1.0)
+        field = rig.fields[FIELDS.index("blink")]
+        moving = np.flatnonzero(np.abs(field).sum(1) > 0)
+        pts[:, moving] += b[:, None, None] * field[moving][None]
+    return _posed(rig, pts, head, e)
+
+
+def _posed(rig: FaceRig, pts: np.ndarray, head: np.ndarray | None, e: float) -> np.ndarray:
+    """``pts`` ``[T, 478, 3]`` turned and shifted by the head motion ``head`` ``[T, 5]`` × ``e`` (None: unchanged)."""
     if head is not None:
         h = np.asarray(head, np.float64) * e
         R = _rotation(h[:, 0], h[:, 1], h[:, 2])
-        pts = np.einsum("tij,tnj->tni", R, pts - rig.pivot) + rig.pivot
+        pts = np.matmul(pts - rig.pivot, R.transpose(0, 2, 1)) + rig.pivot
         shift = rig.iod * (h[:, 3:4] * np.array([1.0, 0.0]) + h[:, 4:5] * np.array([0.0, 1.0]))
         pts[..., :2] += shift[:, None, :]
     return pts

@@ -130,3 +130,30 @@ def resolve_portraittalk(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name!r} is not in ComfyUI/models/portraittalk")
     return path
+
+
+AUDIO2MOTION_FOLDER = "audio2motion"
+EMBEDDED_AUDIO2MOTION = "embedded (log-mel)"
+
+
+def audio2motion_options() -> list[str]:
+    """Combo options for the neural audio→motion model: the embedded one, then every ``*.safetensors`` in
+    ``models/audio2motion`` (models trained with ``scripts/train_audio2motion.py``)."""
+    import folder_paths
+
+    _register_folder(AUDIO2MOTION_FOLDER, ".safetensors")
+    return [EMBEDDED_AUDIO2MOTION] + folder_paths.get_filename_list(AUDIO2MOTION_FOLDER)
+
+
+def resolve_audio2motion(choice: str) -> str | None:
+    """Path of the chosen audio→motion file; None for the embedded model. Raises FileNotFoundError when the file
+    is not in ``models/audio2motion``."""
+    import folder_paths
+
+    if not choice or choice == EMBEDDED_AUDIO2MOTION:
+        return None
+    _register_folder(AUDIO2MOTION_FOLDER, ".safetensors")
+    path = folder_paths.get_full_path(AUDIO2MOTION_FOLDER, choice)
+    if path is None:
+        raise FileNotFoundError(f"{choice} is not in ComfyUI/models/{AUDIO2MOTION_FOLDER}")
+    return path
