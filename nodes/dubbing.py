@@ -11,20 +11,27 @@ from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS
 from ..ptalk_models.dub_render import render_dub
-from ..ptalk_models.dubbing import (DEFAULT_LENGTH_POLICY, LENGTH_POLICIES, LENGTH_POLICY_HELP, check_dub_inputs,
-                                    plan_dub)
+from ..ptalk_models.dubbing import (DEFAULT_LENGTH_POLICY, DEFAULT_VAD_THRESHOLD, LENGTH_POLICIES,
+                                    LENGTH_POLICY_HELP, check_dub_inputs, plan_dub)
 from ..ptalk_models.errors import InputError
+from ..ptalk_models.active_speaker import MIN_SPEAKER_CORR
 from ..ptalk_models.face import NoFaceError, track_landmarks
+from ..ptalk_models.face_tracks import track_faces
 from ..ptalk_models.landmarks import FaceLandmarks
-from ..ptalk_models.media import constant_rate_index, iter_video, video_info
+from ..ptalk_models.media import constant_rate_index, frames_at, iter_video, video_info
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
+from ..ptalk_models.mouth_texture import build_mouth_bank
 from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
 from .glue.errors import log, node_error, node_error_from
+from .glue.preview import landmark_preview
 from .glue.progress import Progress
 from .glue.sockets import CATEGORY, DubPlan, Landmarks
 from .glue.video import StreamedDubVideo
 
 DUB, RENDER, VIDEO = "Audio → Dub Landmarks", "Dub Render", "Dub Video"
+
+#: Dub Video's ``face`` choices: the largest face, the face_index-th from the left, or the active speaker per shot.
+FACE_CHOICES = ("largest", "by index", "auto")
 
 #: :func:`ptalk_models.dubbing.check_dub_inputs`'s arguments -> Dub Render's inputs (``plan`` keeps its name).
 RENDER_INPUTS = {"n_frames": "images", "frame_size": "images"}
@@ -54,6 +61,21 @@ def _motion_inputs() -> list:
     ]
 
 
+def _silence_inputs() -> list:
+    """Inputs shared by Audio → Dub Landmarks and Dub Video (last, so that saved workflows keep their widget
+    positions): voice-activity detection on the new speech."""
+    return [
+        io.Boolean.Input("close_in_silence", default=True, optional=True,
+                         tooltip="Where the voice-activity detector (Silero VAD) finds no speech in the new audio, "
+                                 "the mouth rests closed in the speaker's own closed-mouth shape from the video "
+                                 "(no chatter on breaths or noise)."),
+        io.Float.Input("vad_threshold", default=DEFAULT_VAD_THRESHOLD, min=0.05, max=0.95, step=0.05,
+                       optional=True,
+                       tooltip="Silero VAD speech probability above which audio counts as speech (0.5 = "
+                               "Silero's default; higher = stricter, lower = quiet speech kept)."),
+    ]
+
+
 def _render_inputs() -> list:
     """Inputs shared by Dub Render and Dub Video: the CPU preview paste-back."""
     return [
@@ -61,7 +83,33 @@ def _render_inputs() -> list:
                        tooltip="Width of the blend band, in inter-ocular distances."),
         io.Boolean.Input("color_match", default=True,
                          tooltip="Match the warped region's colour statistics to the surrounding skin."),
+        io.Combo.Input("mouth_source", options=list(MOUTH_SOURCES), default=MOUTH_SOURCES_DEFAULT,
+                       tooltip="Where the dubbed mouth's lips, teeth and inside come from. own frames: the "
+                               "speaker's own mouth from the video frames whose mouth shape best matches (chosen "
+                               "so the texture does not flicker), warped into the new shape — real teeth, and "
+                               "the original mouth does not show through; a synthetic cavity only where no frame "
+                               "opens wide enough. warp: each frame's own mouth squeezed or stretched, with a "
+                               "synthetic dark cavity and teeth where it opens wider (the older renderer)."),
     ]
+
+
+#: Dub Render / Dub Video ``mouth_source`` options -> :func:`ptalk_models.dub_render.iter_dub`'s.
+MOUTH_SOURCES = {"own frames": "own_frames", "warp": "warp"}
+MOUTH_SOURCES_DEFAULT = "own frames"
+
+
+def _mouth_bank(node, mouth_source, plan, fetch, fetch_input):
+    """The :class:`ptalk_models.mouth_texture.MouthBank` for ``mouth_source`` "own frames" (None for "warp"):
+    ``fetch(ids)`` yields the source frames ``ids`` (ascending), read from node input ``fetch_input``."""
+    if mouth_source not in MOUTH_SOURCES:
+        raise node_error(node, "mouth_source", f"unknown mouth source {mouth_source!r}; choose one of "
+                                               f"{list(MOUTH_SOURCES)}")
+    if MOUTH_SOURCES[mouth_source] != "own_frames":
+        return None
+    try:
+        return build_mouth_bank(plan.source, fetch, plan.source_index)
+    except InputError as e:
+        raise node_error_from(node, e, {"source": "plan", "source_index": "plan", "fetch": fetch_input}) from None
 
 
 class DubLandmarks(io.ComfyNode):
@@ -86,6 +134,7 @@ class DubLandmarks(io.ComfyNode):
                                                      "frames pass through)."),
                 io.Audio.Input("audio", tooltip="The new speech."),
                 *_motion_inputs(),
+                *_silence_inputs(),
             ],
             outputs=[
                 DubPlan.Output("plan", tooltip=PLAN_TOOLTIP),
@@ -101,25 +150,28 @@ class DubLandmarks(io.ComfyNode):
 
     @classmethod
     def execute(cls, landmarks, audio, length_policy, smoothing, persona, expressiveness, backend,
-                transcript="") -> io.NodeOutput:
+                transcript="", close_in_silence=True, vad_threshold=DEFAULT_VAD_THRESHOLD) -> io.NodeOutput:
         wav, sr = audio_to_numpy(audio, DUB, "audio")
         plan = _plan(DUB, "landmarks", landmarks, wav, sr, length_policy, smoothing, persona, expressiveness,
-                     backend, transcript)
-        return io.NodeOutput(plan, plan.target, plan.source, plan.fps)
+                     backend, transcript, close_in_silence, vad_threshold)
+        return io.NodeOutput(plan, plan.target, plan.source, plan.fps,
+                             ui=landmark_preview(plan.target, node=DUB, audio=(wav, sr), backdrop_input="landmarks"))
 
 
 def _plan(node, landmarks_input, landmarks, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
-          transcript):
+          transcript, close_in_silence=True, vad_threshold=DEFAULT_VAD_THRESHOLD, speaker_labels=None):
     """:func:`ptalk_models.dubbing.plan_dub` with its errors as node errors (``landmarks_input``: the node input
     the source landmarks came from, which also give the dub's frame rate and the closed-mouth reference); the
     plan's warnings are logged. ``plan_dub``'s other arguments have the names of the node inputs they come
-    from (``length_policy``, ``smoothing``, ``expressiveness``, ``backend``, ``transcript``)."""
+    from (``length_policy``, ``smoothing``, ``expressiveness``, ``backend``, ``transcript``, ``vad_threshold``;
+    ``vad`` is ``close_in_silence``); ``speaker_labels``: per source frame, which person is dubbed (face = auto)."""
     try:
         plan = plan_dub(landmarks, wav, sr, length_policy, smoothing, bool(persona), expressiveness, backend,
-                        transcript or "")
+                        transcript or "", vad=bool(close_in_silence), vad_threshold=float(vad_threshold),
+                        speaker_labels=speaker_labels)
     except InputError as e:
-        raise node_error_from(node, e, {"source": landmarks_input, "waveform": "audio",
-                                        "sample_rate": "audio"}) from None
+        raise node_error_from(node, e, {"source": landmarks_input, "waveform": "audio", "sample_rate": "audio",
+                                        "vad": "close_in_silence", "speaker_labels": landmarks_input}) from None
     for w in plan.warnings:
         log.warning("%s: %s", node, w)
     return plan
@@ -154,7 +206,7 @@ class DubRender(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, plan, feather, color_match) -> io.NodeOutput:
+    def execute(cls, images, plan, feather, color_match, mouth_source=MOUTH_SOURCES_DEFAULT) -> io.NodeOutput:
         if not hasattr(images, "ndim") or images.ndim not in (3, 4) or images.shape[0] == 0:
             image_to_numpy(images, RENDER, "images")  # raises the node error for a malformed input
         n_in, h, w = (int(x) for x in images.shape[:3])
@@ -173,8 +225,11 @@ class DubRender(io.ComfyNode):
             raise node_error(RENDER, "plan", problem)
         # source frames converted to uint8 one at a time as they are used (not the whole clip at once)
         frames = (image_to_numpy(images[int(i):int(i) + 1], RENDER, "images")[0] for i in idx)
+        bank = _mouth_bank(RENDER, mouth_source, plan, lambda ids: (
+            image_to_numpy(images[int(i):int(i) + 1], RENDER, "images")[0] for i in ids), "images")
         out = render_dub(frames, plan.source, plan.target, progress=Progress(len(idx)),
-                         feather=feather, color_match=bool(color_match))
+                         feather=feather, color_match=bool(color_match),
+                         mouth_source=MOUTH_SOURCES[mouth_source], bank=bank)
         return io.NodeOutput(numpy_to_image(out))
 
 
@@ -196,13 +251,17 @@ class DubVideo(io.ComfyNode):
             inputs=[
                 io.Video.Input("video", tooltip="The source video (core Load Video: mp4/mov/mkv/webm/flv/mpg …)."),
                 io.Audio.Input("audio", tooltip="The new speech."),
-                io.Combo.Input("face", options=["largest", "by index"], default="largest",
+                io.Combo.Input("face", options=list(FACE_CHOICES), default="largest",
                                tooltip="Which face to dub when several are visible: the largest in the first "
-                                       "frame with a face, or the face_index-th from the left; then tracked."),
+                                       "frame with a face, or the face_index-th from the left, then tracked; or "
+                                       "auto: in each shot (scene cuts by PySceneDetect) the face whose mouth moves "
+                                       "with the video's own audio (the active speaker; shots where no face "
+                                       f"reaches a lip-sync correlation of {MIN_SPEAKER_CORR} stay undubbed)."),
                 io.Int.Input("face_index", default=0, min=0, max=63,
                              tooltip="Used when face = 'by index': 0 = leftmost face."),
                 *_motion_inputs(),
                 *_render_inputs(),
+                *_silence_inputs(),
             ],
             outputs=[
                 io.Video.Output("dubbed_video", display_name="video",
@@ -217,7 +276,8 @@ class DubVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, video, audio, face, face_index, length_policy, smoothing, persona, expressiveness, backend,
-                feather, color_match, transcript="") -> io.NodeOutput:
+                feather, color_match, transcript="", mouth_source=MOUTH_SOURCES_DEFAULT, close_in_silence=True,
+                vad_threshold=DEFAULT_VAD_THRESHOLD) -> io.NodeOutput:
         import av
 
         wav, sr = audio_to_numpy(audio, VIDEO, "audio")
@@ -231,9 +291,15 @@ class DubVideo(io.ComfyNode):
 
         try:
             w, h, fps, total = video_info(source)  # total: a metadata estimate, for the progress bar only
-            lm = track_landmarks(frames(), total, on_missing="keep", fps=fps,
-                                 selection="largest" if face == "largest" else int(face_index),
-                                 progress=Progress(total))
+            if face == "auto":
+                # every face, tracked through occlusions and restarted at cuts, in the same single decode pass
+                tracked = track_faces(frames(), fps, total, progress=Progress(total))
+                if not tracked.tracks:
+                    raise NoFaceError(f"no face found in any of the {tracked.n_frames} frame(s) ({w}x{h})", 0)
+            else:
+                lm = track_landmarks(frames(), total, on_missing="keep", fps=fps,
+                                     selection="largest" if face == "largest" else int(face_index),
+                                     progress=Progress(total))
         except (IndexError, av.error.FFmpegError) as e:  # FFmpeg's errors may also be ValueErrors: first
             raise node_error(VIDEO, "video", f"cannot decode its video stream ({e}); re-encode it (e.g. to "
                                              "H.264 mp4)") from None
@@ -242,14 +308,48 @@ class DubVideo(io.ComfyNode):
         except InputError as e:
             raise node_error_from(VIDEO, e, {"frames": "video", "selection": "face_index"}) from None
         cfr = constant_rate_index(times, fps)
-        lm = FaceLandmarks.from_points(lm.points[cfr], lm.image_size, fps, lm.present[cfr], lm.meta)
+        labels = None
+        if face == "auto":
+            lm, labels = _active_speaker(source, tracked, cfr)
+        else:
+            lm = FaceLandmarks.from_points(lm.points[cfr], lm.image_size, fps, lm.present[cfr], lm.meta)
         # planned on the constant-rate timeline, then mapped to decode-order frames of the stream
         plan = _plan(VIDEO, "video", lm, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
-                     transcript)
+                     transcript, close_in_silence, vad_threshold, labels)
         plan = plan.with_source_index(cfr[plan.source_index], len(times))
+        # the mouth bank: a first pass decoding only its few frames (memory: the bank's mouth crops)
+        bank = _mouth_bank(VIDEO, mouth_source, plan, lambda ids: frames_at(source, ids), "video")
         out = StreamedDubVideo(source, plan.source_index, plan.source, plan.target, (w, h), plan.fps, (wav, sr),
-                               {"feather": feather, "color_match": bool(color_match)})
+                               {"feather": feather, "color_match": bool(color_match),
+                                "mouth_source": MOUTH_SOURCES[mouth_source], "bank": bank})
         return io.NodeOutput(out, plan, plan.target, plan.source)
+
+
+def _active_speaker(source, tracked, cfr):
+    """face = auto: the active speaker's landmarks on the constant-rate timeline ``cfr`` and the per-frame person
+    labels (:func:`ptalk_models.active_speaker.active_speaker` on the VIDEO's own soundtrack); its warnings are
+    logged."""
+    import av
+
+    from ..ptalk_models.active_speaker import active_speaker
+    from ..ptalk_models.media import read_audio
+
+    try:
+        own_wav, own_sr = read_audio(source)
+    except (IndexError, ValueError, av.error.FFmpegError):
+        raise node_error(VIDEO, "face", "face = auto picks the face whose mouth moves with the video's own audio, "
+                                        "but this video has no readable audio track; choose face = largest or by "
+                                        "index") from None
+    try:
+        choice = active_speaker(tracked, own_wav, own_sr, cfr)
+    except InputError as e:
+        raise node_error_from(VIDEO, e, {"waveform": "face", "tracks": "video"}) from None
+    for s, (a, b) in enumerate(choice.shots):
+        log.info("%s: shot %d (frames %d-%d): speaker track %s, lip-sync scores %s", VIDEO, s + 1, a, b - 1,
+                 choice.speaker[s], {k: round(v, 2) for k, v in choice.scores[s].items()})
+    for w in choice.warnings:
+        log.warning("%s: %s", VIDEO, w)
+    return choice.landmarks, choice.labels
 
 
 NODES = [DubLandmarks, DubRender, DubVideo]

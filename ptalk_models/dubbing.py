@@ -14,7 +14,10 @@ Pipeline (landmark level; rendering the frames is a separate step):
    frame): the *driven* sequence;
 3. make the lengths agree: :func:`apply_length_policy` gives, per output frame, the source frame to use
    (``source.points[idx]``) -- the driven sequence defines the output length;
-4. :func:`dub_landmarks`: mouth and jaw from the driven sequence, everything else from the source.
+4. :func:`dub_landmarks`: mouth and jaw from the driven sequence, everything else from the source; where Silero
+   VAD finds no speech in the new audio (:mod:`ptalk_models.vad`) the mouth rests in the rest frame's shape
+   (:func:`silence_gain`). With ``speaker_labels`` (several people, e.g. the active speaker of each shot,
+   :mod:`ptalk_models.active_speaker`) each person has their own rest frame and persona scale.
 
 Conventions: landmarks are :class:`~ptalk_models.landmarks.FaceLandmarks` (``[T, 478, 3]``, x / width,
 y / height, MediaPipe z with the scale of x). Geometry is done in pixels (x * W, y * H, z * W of each
@@ -32,6 +35,8 @@ from .errors import InputError
 from .head_pose import STABLE_POINTS, similarity
 from .images import ASPECT_TOLERANCE, aspect_ratio, same_aspect
 from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, inner_lip_aperture
+from .vad import DEFAULT_THRESHOLD as DEFAULT_VAD_THRESHOLD
+from .vad import speech_frames
 
 LENGTH_POLICIES = ("trim", "loop", "ping-pong", "hold")
 
@@ -205,7 +210,7 @@ def persona_scale(source: FaceLandmarks, driven: FaceLandmarks) -> float:
 
 # ------------------------------------------------------------------------------------------ dubbing
 def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandmarks | None = None,
-                  persona: bool = True) -> FaceLandmarks:
+                  persona: bool = True, mouth_gain=None, driven_rest: FaceLandmarks | None = None) -> FaceLandmarks:
     """Replace the source's mouth/jaw motion by the driven sequence's, keeping the source's head and upper face.
 
     Args:
@@ -218,13 +223,19 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
             ``driven`` was generated on that frame.
         persona: scale the driven mouth displacement by :func:`persona_scale` (the speaker's own aperture
             range in the source vs the driven one); False -> scale 1.
+        mouth_gain: optional float ``[T]`` in [0, 1] multiplying the driven displacement per frame: 0 = the
+            mouth and jaw rest in ``rest``'s shape (silence, :func:`silence_gain`), 1 = as driven; None = all 1.
+        driven_rest: the face ``driven`` was generated on when it is not ``rest`` (another person of the same
+            video, e.g. the speaker of another shot): the displacement is measured from ``driven_rest`` and
+            carried onto ``rest`` by the similarity between their stable points (scale and rotation). None =
+            ``rest``.
 
     Per frame t (pixels of each sequence's own grid):
 
     * ``D_t = S_t(driven[t]) - rest`` : the driven mouth/jaw displacement in the rest face's frame, where
       ``S_t`` is the 3D similarity taking driven[t]'s :data:`STABLE_POINTS` onto rest's (removes the driven
       head motion);
-    * ``target_t = H_t(rest + k * D_t)``, ``H_t`` the similarity from rest's stable points to source[t]'s
+    * ``target_t = H_t(rest + g_t * k * D_t)``, ``g_t`` = ``mouth_gain[t]``, ``H_t`` the similarity from rest's stable points to source[t]'s
       (the source's head pose), ``k`` the persona scale;
     * ``out_t = source_t + w * (target_t - source_t)`` with ``w`` = :func:`mouth_weights` (1 on lips and jaw,
       0 on the upper face, which therefore stays bit-identical to the source).
@@ -233,7 +244,8 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
     ``dubbing`` = {persona_scale, rest_frame (or None), weights_nonzero}.
 
     Raises:
-        ValueError: different lengths (apply a length policy first), or ``rest`` / ``driven`` without a face.
+        ValueError: different lengths (apply a length policy first), ``rest`` / ``driven`` without a face, or
+            a ``mouth_gain`` of another length or outside [0, 1].
     """
     if not isinstance(source, FaceLandmarks) or not isinstance(driven, FaceLandmarks):
         raise ValueError("source and driven must be FaceLandmarks (PTALK_LANDMARKS)")
@@ -241,6 +253,10 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
     if len(driven) != T:
         raise ValueError(f"source has {T} frames but driven has {len(driven)}; apply a length policy first "
                          f"(apply_length_policy)")
+    gain = np.ones(T) if mouth_gain is None else np.asarray(mouth_gain, np.float64).reshape(-1)
+    if len(gain) != T or not np.all((gain >= 0) & (gain <= 1)):
+        raise ValueError(f"mouth_gain must be {T} values in [0, 1], got {len(gain)} "
+                         f"(range {np.nanmin(gain) if len(gain) else 0:g}..{np.nanmax(gain) if len(gain) else 0:g})")
     rest_frame = None
     if rest is None:
         if not source.present.any():
@@ -251,6 +267,10 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
         raise ValueError("rest (frame 0) has no detected face")
     stable = list(STABLE_POINTS)
     rest_px = _to_px(rest.points[0], rest.image_size)
+    base_px, s_r, R_r = rest_px, 1.0, np.eye(3)
+    if driven_rest is not None:
+        base_px = _to_px(driven_rest.points[0], driven_rest.image_size)
+        s_r, R_r, _ = similarity(base_px[stable], rest_px[stable])
     drv_px = _to_px(driven.points, driven.image_size)
     src_px = _to_px(source.points, source.image_size)
     w = mouth_weights(rest)
@@ -261,18 +281,44 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
         if not source.present[t]:
             continue
         if driven.present[t]:
-            s, R, tr = similarity(drv_px[t, stable], rest_px[stable])
-            disp = s * drv_px[t, sel] @ R.T + tr - rest_px[sel]
+            s, R, tr = similarity(drv_px[t, stable], base_px[stable])
+            disp = s_r * (s * drv_px[t, sel] @ R.T + tr - base_px[sel]) @ R_r.T
         else:
             disp = np.zeros((len(sel), 3))
         s, R, tr = similarity(rest_px[stable], src_px[t, stable])
-        target = s * (rest_px[sel] + k * disp) @ R.T + tr
+        target = s * (rest_px[sel] + gain[t] * k * disp) @ R.T + tr
         mixed = src_px[t, sel] + w[sel, None] * (target - src_px[t, sel])
         out[t, sel] = _from_px(mixed, source.image_size).astype(np.float32)
     meta = dict(source.meta)
-    meta["dubbing"] = {"persona_scale": float(k), "rest_frame": rest_frame, "weights_nonzero": int(len(sel))}
+    meta["dubbing"] = {"persona_scale": float(k), "rest_frame": rest_frame, "weights_nonzero": int(len(sel)),
+                       "resting_frames": int((gain == 0).sum())}
     return FaceLandmarks(points=out, image_size=source.image_size, fps=driven.fps or source.fps,
                          present=source.present.copy(), meta=meta)
+
+
+#: Seconds over which the mouth eases between resting (silence) and the driven motion (speech) in
+#: :func:`silence_gain`: a moving average of the speech mask over ``2 * round(SILENCE_RAMP_S * fps) + 1`` frames.
+SILENCE_RAMP_S = 0.04
+
+
+def silence_gain(speech, fps: float) -> np.ndarray:
+    """Per-frame mouth gain for :func:`dub_landmarks` from a speech mask: float64 ``[T]`` in [0, 1].
+
+    ``speech``: bool ``[T]`` (:func:`ptalk_models.vad.speech_frames`). The mask's moving average over
+    ``2 r + 1`` frames, ``r = max(1, round(SILENCE_RAMP_S * fps))`` (3 frames at 25 fps), edges padded with
+    their own value: 0 inside silences longer than ``2 r`` frames (the mouth rests exactly in the rest shape),
+    1 inside speech, a short ramp at each boundary instead of a jump. Raises ValueError for fps <= 0.
+    """
+    m = np.asarray(speech, bool).astype(np.float64).reshape(-1)
+    fps = float(fps)
+    if not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if m.size == 0:
+        return m
+    r = max(1, int(round(SILENCE_RAMP_S * fps)))
+    padded = np.concatenate([np.full(r, m[0]), m, np.full(r, m[-1])])
+    g = np.convolve(padded, np.ones(2 * r + 1) / (2 * r + 1), mode="valid")
+    return np.clip(np.where(g < 1e-9, 0.0, g), 0.0, 1.0)
 
 
 @dataclass
@@ -295,6 +341,9 @@ class DubPlan:
         source_frames: ``T``, the number of frames of the source video the plan was made from.
         source_size: ``(width, height)`` in pixels of the source video's frames (the landmarks' ``image_size``).
         warnings: things the user should know (audio problems, faceless frames), in plain words; may be empty.
+        speech: bool ``[N]`` or None: per output frame, whether the voice-activity detector found speech in the
+            new audio there (:func:`ptalk_models.vad.speech_frames`); None when it was not run. Where False, the
+            target mouth rests in the source's closed-mouth shape.
 
     ``meta`` of ``target`` / ``source`` is provenance only; nothing here is read from it.
     Raises ValueError on construction when the fields disagree (lengths, sizes, an index out of range, fps <= 0).
@@ -307,6 +356,7 @@ class DubPlan:
     source_frames: int
     source_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
+    speech: np.ndarray | None = None
 
     def __post_init__(self):
         if not isinstance(self.target, FaceLandmarks) or not isinstance(self.source, FaceLandmarks):
@@ -335,6 +385,11 @@ class DubPlan:
         self.target = self.target.with_points(self.target.points, fps=self.fps, present=self.target.present)
         self.source = self.source.with_points(self.source.points, fps=self.fps, present=self.source.present)
         self.warnings = [str(w) for w in self.warnings]
+        if self.speech is not None:
+            sp = np.asarray(self.speech).reshape(-1).astype(bool)
+            if len(sp) != n:
+                raise ValueError(f"DubPlan.speech has {len(sp)} entries for {n} output frames")
+            self.speech = sp
 
     def __len__(self) -> int:
         """The number of output frames ``N``."""
@@ -350,7 +405,7 @@ class DubPlan:
         decoded frames of a variable-frame-rate stream instead of its constant-rate timeline): int ``[N]``
         indices in ``[0, source_frames)``."""
         return DubPlan(self.target, self.source, source_index, self.fps, source_frames, self.source_size,
-                       list(self.warnings))
+                       list(self.warnings), self.speech)
 
 
 def check_dub_inputs(plan, n_frames: int, frame_size: tuple[int, int]) -> None:
@@ -400,7 +455,8 @@ _GENERATE_ARGS = {"reference": "source", "fps": "source"}
 def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
              length_policy: str = DEFAULT_LENGTH_POLICY,
              smoothing: float = 1.0, persona: bool = True, expressiveness: float = 1.0,
-             backend: str | None = None, transcript: str = "") -> DubPlan:
+             backend: str | None = None, transcript: str = "", vad: bool = True,
+             vad_threshold: float = DEFAULT_VAD_THRESHOLD, speaker_labels=None) -> DubPlan:
     """Steps 2-4 of the module pipeline for a detected source video: the :class:`DubPlan` of the dub.
 
     Args:
@@ -414,6 +470,17 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
         smoothing: :func:`smooth_landmarks` sigma in frames (0 = none).
         persona, expressiveness, backend, transcript: see :func:`dub_landmarks` and
             :func:`ptalk_models.audio2landmarks.generate_landmarks` (backend None = its default).
+        vad: run voice-activity detection on the new speech (:func:`ptalk_models.vad.speech_frames`, Silero VAD):
+            where it finds no speech the mouth and jaw rest in the source's closed-mouth shape
+            (:func:`closed_mouth_frame`), easing in and out over :data:`SILENCE_RAMP_S` (:func:`silence_gain`),
+            so breaths, clicks and background noise do not move the lips. False: the audio model alone drives
+            every frame (``plan.speech`` None).
+        vad_threshold: Silero's speech probability threshold in (0, 1) (default 0.5; higher = stricter).
+        speaker_labels: optional int ``[T]`` per source frame: which person ``source`` shows there (e.g.
+            :attr:`ptalk_models.active_speaker.SpeakerChoice.labels`: the speaker of each shot), -1 = nobody
+            (treated as faceless). Each person gets their own closed-mouth rest frame and persona scale; the
+            speech is generated once, on the rest frame of the person with the most frames, and carried onto the
+            others' rest shapes (:func:`dub_landmarks`' ``driven_rest``). None: one person throughout.
 
     The plan has ``round(audio seconds * fps)`` output frames (``"trim"``: at most the video's); its ``source``
     is the (smoothed) source at the frames ``source_index``, its ``target`` the same with the new mouth/jaw;
@@ -422,7 +489,7 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
     Raises:
         InputError: ``argument`` = ``"source"`` (not FaceLandmarks, no face in any frame, no frame rate, a frame
             rate outside :data:`ptalk_models.audio2landmarks.FPS_RANGE`, a closed-mouth frame the audio model
-            cannot use), ``"length_policy"``, ``"smoothing"``, ``"waveform"`` / ``"sample_rate"`` (audio the
+            cannot use), ``"length_policy"``, ``"smoothing"``, ``"vad_threshold"``, ``"waveform"`` / ``"sample_rate"`` (audio the
             audio model cannot use), ``"expressiveness"``, ``"backend"`` or ``"transcript"``: the errors of
             :func:`ptalk_models.audio2landmarks.generate_landmarks` with its arguments renamed to this
             function's (:data:`_GENERATE_ARGS`).
@@ -438,11 +505,28 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
     if length_policy not in LENGTH_POLICIES:
         raise InputError("length_policy", f"unknown length policy {length_policy!r};",
                          f"choose one of {LENGTH_POLICIES}")
+    labels = None
+    if speaker_labels is not None:
+        labels = np.asarray(speaker_labels).reshape(-1)
+        if len(labels) != len(source) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+            raise InputError("speaker_labels", f"expected {len(source)} integer labels (one per source frame), got "
+                                               f"{labels.dtype} [{len(labels)}]")
+        source = source.with_points(source.points, present=np.asarray(source.present) & (labels >= 0))
+        if not source.present.any():
+            raise InputError("source", "no frame of the video has a labelled face; nothing to dub")
     try:
         src = smooth_landmarks(source, smoothing)
     except ValueError as e:
         raise InputError("smoothing", str(e)) from None
-    rest = src.frame(closed_mouth_frame(src))
+    people = [None]
+    if labels is not None:
+        ids, counts = np.unique(labels[src.present], return_counts=True)
+        people = [int(i) for i in ids[np.argsort(-counts, kind="stable")]]
+    rests = {}
+    for p in people:
+        sub = src if p is None else src.with_points(src.points, present=src.present & (labels == p))
+        rests[p] = src.frame(closed_mouth_frame(sub))
+    rest = rests[people[0]]
     try:
         driven = generate_landmarks(waveform, sample_rate, rest, fps=fps, expressiveness=expressiveness,
                                     transcript=transcript or "", backend=backend or DEFAULT_BACKEND, blink=False,
@@ -453,18 +537,43 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
         raise err from None
     idx = apply_length_policy(len(src), len(driven), length_policy)
     driven = driven.frames(0, len(idx))
+    speech = gain = None
+    if vad:
+        try:
+            speech = speech_frames(waveform, sample_rate, fps, len(idx), vad_threshold)
+        except InputError as e:
+            if e.argument == "threshold":
+                raise InputError("vad_threshold", str(e)) from None
+            raise
+        gain = silence_gain(speech, fps)
     aligned = FaceLandmarks.from_points(src.points[idx], src.image_size, fps, src.present[idx], src.meta)
-    dubbed = dub_landmarks(aligned, driven, rest=rest, persona=bool(persona))
+    if labels is None:
+        dubbed = dub_landmarks(aligned, driven, rest=rest, persona=bool(persona), mouth_gain=gain)
+    else:
+        out_pts, lab = aligned.points.copy(), labels[idx]
+        for p in people:
+            part = aligned.with_points(aligned.points, present=aligned.present & (lab == p))
+            if not part.present.any():
+                continue
+            d = dub_landmarks(part, driven, rest=rests[p], persona=bool(persona), mouth_gain=gain,
+                              driven_rest=None if p == people[0] else rest)
+            out_pts[part.present] = d.points[part.present]
+        dubbed = aligned.with_points(out_pts, present=aligned.present)
+        dubbed.meta["dubbing"] = {"people": people}
     warnings = list(driven.meta.get("warnings", []))
+    if speech is not None and not speech.any():
+        warnings.append("the voice-activity detector (Silero VAD) found no speech in the new audio: the mouth "
+                        "stays closed throughout (set vad off to let the audio model drive it anyway)")
     faceless = int((~aligned.present).sum())
     if faceless:
         warnings.append(f"{faceless} of {len(aligned)} output frames show a source frame without a face; they "
                         "pass through unchanged")
     return DubPlan(target=dubbed, source=aligned, source_index=idx, fps=fps, source_frames=len(source),
-                   source_size=source.image_size, warnings=warnings)
+                   source_size=source.image_size, warnings=warnings, speech=speech)
 
 
 __all__ = ["LENGTH_POLICIES", "DEFAULT_LENGTH_POLICY", "LENGTH_POLICY_HELP", "STABLE_POINTS",
            "apply_length_policy", "smooth_landmarks", "similarity",
-           "mouth_weights", "closed_mouth_frame", "persona_scale", "dub_landmarks",
+           "mouth_weights", "closed_mouth_frame", "persona_scale", "dub_landmarks", "SILENCE_RAMP_S",
+           "silence_gain", "DEFAULT_VAD_THRESHOLD",
            "DubPlan", "check_dub_inputs", "plan_dub"]

