@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -232,6 +232,26 @@ def detect_landmarks(images: np.ndarray, model_path: str | None = None, selectio
         raise InputError("images", str(e)) from None  # track_landmarks' frames are this function's images
 
 
+
+def rgb_frames(frames: Iterable) -> Iterator[np.ndarray]:
+    """Each frame of ``frames`` (anything :func:`as_rgb_uint8` accepts) as uint8 RGB ``[H, W, 3]``, one at a time.
+
+    Raises:
+        InputError: ``argument="frames"``: a frame that is not an image, or one of another size than frame 0.
+    """
+    size = None
+    for t, frame in enumerate(frames):
+        try:
+            rgb = as_rgb_uint8(frame, f"frame {t}")
+        except ValueError as e:
+            raise InputError("frames", str(e)) from None
+        if size is None:
+            size = rgb.shape[:2]
+        elif rgb.shape[:2] != size:
+            raise InputError("frames", f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 {size[1]}x{size[0]}: "
+                                       "all frames must have one size")
+        yield rgb
+
 def track_landmarks(frames: Iterable[np.ndarray], total: int | None = None, model_path: str | None = None,
                     selection: str | int = "largest", on_missing: str = "error", fps: float = 0.0,
                     min_confidence: float = 0.5, previous: np.ndarray | None = None,
@@ -246,16 +266,9 @@ def track_landmarks(frames: Iterable[np.ndarray], total: int | None = None, mode
     points, present, counts = [], [], []
     W = H = None
     of = f" of {total}" if total else ""
-    for t, frame in enumerate(frames):
-        try:
-            rgb = as_rgb_uint8(frame, f"frame {t}")
-        except ValueError as e:
-            raise InputError("frames", str(e)) from None
+    for t, rgb in enumerate(rgb_frames(frames)):
         if W is None:
             H, W = rgb.shape[:2]
-        elif rgb.shape[:2] != (H, W):
-            raise InputError("frames", f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 {W}x{H}: all frames "
-                                       "must have one size")
         faces = det.detect(rgb, tiles=tiles)
         counts.append(len(faces))
         present.append(bool(faces))

@@ -156,24 +156,16 @@ def track_faces(frames: Iterable[np.ndarray], fps: float, total: int | None = No
         ValueError: fps <= 0. FileNotFoundError: no landmarker model.
     """
     from .errors import InputError
-    from .face import FaceLandmarkDetector
-    from .images import as_rgb_uint8
+    from .face import FaceLandmarkDetector, rgb_frames
     from .scene_cuts import DEFAULT_THRESHOLD, CutDetector
 
     det = FaceLandmarkDetector.shared(model_path, max_faces=max_faces, min_confidence=min_confidence)
     cuts = CutDetector(fps, DEFAULT_THRESHOLD if cut_threshold is None else cut_threshold)
     detected: list[list[np.ndarray]] = []
     size = None
-    for t, frame in enumerate(frames):
-        try:
-            rgb = as_rgb_uint8(frame, f"frame {t}")
-        except ValueError as e:
-            raise InputError("frames", str(e)) from None
+    for t, rgb in enumerate(rgb_frames(frames)):
         if size is None:
             size = (rgb.shape[1], rgb.shape[0])
-        elif (rgb.shape[1], rgb.shape[0]) != size:
-            raise InputError("frames", f"frame {t} is {rgb.shape[1]}x{rgb.shape[0]}, frame 0 {size[0]}x{size[1]}: "
-                                       "all frames must have one size")
         cuts.push(rgb)
         detected.append(det.detect(rgb))
         if progress is not None:
