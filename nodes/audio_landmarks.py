@@ -1,6 +1,8 @@
 """Audio → Landmarks node: speech AUDIO + reference PTALK_LANDMARKS → PTALK_LANDMARKS sequence."""
 from __future__ import annotations
 
+import os
+
 from comfy_api.latest import io
 
 from ..ptalk_models.audio2landmarks import BACKENDS, generate_landmarks
@@ -65,6 +67,17 @@ class AudioToLandmarks(io.ComfyNode):
                 io.Float.Output("fps_out", display_name="fps", tooltip="The frame rate, for Create Video."),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, neural_model=None, **kwargs):
+        """ComfyUI re-runs the node when this changes: the chosen audio→motion file's size and modification time,
+        so a model retrained under the same name is used (the other inputs are compared by ComfyUI itself)."""
+        try:
+            path = resolve_audio2motion(neural_model)
+            st = os.stat(path) if path else None
+        except (FileNotFoundError, OSError):
+            return str(neural_model)
+        return f"{neural_model}|{st.st_size}|{st.st_mtime_ns}" if st else str(neural_model)
 
     @classmethod
     def execute(cls, audio, reference, backend, fps, seed, expressiveness, blink, head_motion,

@@ -35,6 +35,7 @@ from .errors import InputError
 from .weights import check_state_dict, config_from_metadata, load_fp32, read_safetensors, save_module
 
 FORMAT = "portraittalk.audio2motion/1"
+SILENCE_LOG_MEL = float(np.log(1e-6))  # log-mel of digital silence (audio_features.LOG_EPS)
 EMBEDDED_WEIGHTS = Path(__file__).with_name("weights") / "audio2motion_logmel.safetensors"
 
 
@@ -194,8 +195,10 @@ def predict_offsets(model: Audio2Motion, feats: np.ndarray, n_frames: int, seed:
         # features of motion frames [a, b): frame t uses feature frames around t*s (stem padding handles edges)
         fa = a * s
         seg = f[fa:b * s][None]
-        if seg.shape[1] == 0:
-            seg = torch.zeros((1, 1, c.feature_dim)) + model.feat_mean
+        if seg.shape[1] < 2 * s:  # under ~80 ms of audio: too short for the stem's kernel; pad with silence
+            pad = torch.full((1, 2 * s - seg.shape[1], c.feature_dim), SILENCE_LOG_MEL) \
+                if c.feature_kind == "log-mel" else model.feat_mean.expand(1, 2 * s - seg.shape[1], -1)
+            seg = torch.cat([seg, pad], dim=1)
         h = model.audio_context(seg, b - a)
         z = z_all[..., a // c.latent_stride:]
         y = model.decode(h, z)[0, t0 - a:t1 - a]
@@ -229,8 +232,13 @@ def load_audio2motion(path: str | os.PathLike = EMBEDDED_WEIGHTS) -> Audio2Motio
         raise Audio2MotionFormatError(f"{name}: its config cannot build the model ({e})") from None
     check_state_dict(model.state_dict(), sd, name, Audio2MotionFormatError, "does not match its config",
                      " for its config", allow_unexpected=False)
+    idx = sd["indices"].long()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= 478 or len(torch.unique(idx)) != len(idx)):
+        raise Audio2MotionFormatError(f"{name}: its landmark indices are not distinct MediaPipe indices 0..477")
+    if not all(torch.isfinite(v).all() for k, v in sd.items() if v.is_floating_point()):
+        raise Audio2MotionFormatError(f"{name}: it holds NaN/Inf weights")
     load_fp32(model, sd)
-    model.indices = sd["indices"].long()
+    model.indices = idx
     model.source = name
     model.metadata = dict(meta)
     return model.eval().requires_grad_(False)
@@ -285,8 +293,13 @@ def model_features(model: Audio2Motion, mono16k: np.ndarray, audio_features=None
         raise InputError("audio_features", str(e)) from None
     n_samples = len(mono16k)
     expected = n_samples * c.feature_rate / 16000.0
-    if feats.shape[1] != c.feature_dim or abs(len(feats) - expected) > max(2.0, 0.05 * expected):
+    if feats.shape[1] != c.feature_dim:
         raise InputError("audio_features", f"the features have {feats.shape[1]} channels at {rate:.1f} Hz; the "
                                            f"model was trained on {c.feature_dim} channels at {c.feature_rate:g} Hz",
                          "use the audio encoder the model was trained with")
+    if abs(len(feats) - expected) > max(2.0, 0.05 * expected):
+        raise InputError("audio_features", f"the features have {len(feats)} frames, but {len(mono16k) / 16000:.2f} s "
+                                           f"of audio at {c.feature_rate:g} Hz is ~{expected:.0f}: they were encoded "
+                                           "from other audio (or another encoder)",
+                         "encode the same AUDIO that goes into this node")
     return feats

@@ -1,6 +1,6 @@
 """Speech features for the neural audio→motion model (:mod:`ptalk_models.audio2motion`).
 
-Two kinds, named by :attr:`FeatureSpec.kind`:
+Two kinds, named by ``Audio2MotionConfig.feature_kind``:
 
 * ``"log-mel"`` (the embedded default): 80-band log-mel power spectrogram of 16 kHz mono speech, 25 ms Hann
   window (400 samples, FFT 512), 10 ms hop, 50–7600 Hz, HTK mel scale -- ``torchaudio.transforms.MelSpectrogram``
@@ -11,8 +11,6 @@ Two kinds, named by :attr:`FeatureSpec.kind`:
   50 Hz). :func:`encoder_features` converts it; a model trained on such features records ``dim`` and ``rate``.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,18 +25,6 @@ LOG_EPS = 1e-6             # added to the mel power before the log (digital sile
 MEL_RATE = SAMPLE_RATE / HOP_LENGTH
 WHISPER_FRAMES, WHISPER_HOP = 1500, 320   # ComfyUI's whisper: 30 s at 50 frames/s (320 samples per frame)
 
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What a model's input features are: ``kind`` ("log-mel" or "audio-encoder"), ``dim`` (channels) and
-    ``rate`` (frames per second; frame ``j`` is centred on ``j / rate`` s)."""
-
-    kind: str = "log-mel"
-    dim: int = N_MELS
-    rate: float = MEL_RATE
-
-
-LOG_MEL = FeatureSpec()
 
 _MEL = {}
 
@@ -56,7 +42,8 @@ def _mel_transform():
 def mel_power(mono16k: np.ndarray, chunk_s: float = 60.0) -> np.ndarray:
     """Mel power spectrogram, float32 ``[1 + N // 160, 80]`` (frames at 100 Hz) of float mono 16 kHz samples
     ``[N]`` in [-1, 1]. Computed in chunks of ``chunk_s`` seconds (with a window's overlap), so 10 minutes of
-    audio needs a few MB of temporaries; the result equals the unchunked transform up to float rounding."""
+    audio needs a few MB of temporaries; the chunks give the same frames as one pass. The signal's ends are
+    zero-padded (torchaudio's own ``MelSpectrogram`` reflects them: its first and last ~2 frames differ)."""
     x = torch.from_numpy(np.ascontiguousarray(np.asarray(mono16k, np.float32)))
     n_frames = 1 + len(x) // HOP_LENGTH
     step = max(1, int(chunk_s * MEL_RATE))

@@ -111,14 +111,16 @@ def _segments(present: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)))
 
 
-def smooth_landmarks(seq: FaceLandmarks, strength: float) -> FaceLandmarks:
+def smooth_landmarks(seq: FaceLandmarks, strength: float, labels: np.ndarray | None = None) -> FaceLandmarks:
     """Temporal smoothing of a detected landmark sequence (removes detector jitter).
 
     A centred Gaussian filter over time on every coordinate, ``sigma = strength`` frames (kernel truncated at
     3 sigma, edges reflected), applied separately to each run of consecutive frames with a face: frames
     without a face (``present`` False) are returned unchanged and stay flagged, and no run is blended with
-    another across a gap. ``strength`` 0 returns a copy; 1-2 suits 25-30 fps detections (a larger sigma
-    also blurs fast lip closures). Raises ValueError for a negative/non-finite strength.
+    another across a gap. ``labels`` (int ``[T]``, e.g. which person each frame shows) also ends a run where
+    the label changes, so two people are never blended across a cut. ``strength`` 0 returns a copy; 1-2 suits
+    25-30 fps detections (a larger sigma also blurs fast lip closures). Raises ValueError for a
+    negative/non-finite strength.
     """
     s = float(strength)
     if not np.isfinite(s) or s < 0:
@@ -129,7 +131,13 @@ def smooth_landmarks(seq: FaceLandmarks, strength: float) -> FaceLandmarks:
         r = max(1, int(np.ceil(3.0 * s)))
         k = np.exp(-0.5 * (np.arange(-r, r + 1) / s) ** 2)
         k /= k.sum()
-        for a, b in _segments(seq.present):
+        runs = _segments(seq.present)
+        if labels is not None:
+            lab = np.asarray(labels).reshape(-1)
+            runs = [(lo, hi) for a, b in runs
+                    for lo, hi in zip([a] + [t for t in range(a + 1, b) if lab[t] != lab[t - 1]],
+                                      [t for t in range(a + 1, b) if lab[t] != lab[t - 1]] + [b])]
+        for a, b in runs:
             n = b - a
             if n < 3:
                 continue
@@ -515,7 +523,7 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
         if not source.present.any():
             raise InputError("source", "no frame of the video has a labelled face; nothing to dub")
     try:
-        src = smooth_landmarks(source, smoothing)
+        src = smooth_landmarks(source, smoothing, labels)
     except ValueError as e:
         raise InputError("smoothing", str(e)) from None
     people = [None]

@@ -15,7 +15,8 @@ import numpy as np
 
 
 def read_audio(path) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream of any file PyAV/FFmpeg reads (wav, flac, mp3, mp4, flv …).
+    """Decode the first audio stream of any file PyAV/FFmpeg reads (wav, flac, mp3, mp4, flv …): a path, or a
+    seekable binary file object (rewound first).
 
     Returns float32 ``[channels, samples]`` in [-1, 1] at the file's own rate (Hz), no resampling.
     Raises FileNotFoundError (no such file), IndexError (no audio stream), ValueError (a stream without
@@ -23,7 +24,7 @@ def read_audio(path) -> tuple[np.ndarray, int]:
     """
     import av
 
-    with av.open(str(path)) as c:
+    with av.open(_source(path)) as c:
         s = c.streams.audio[0]
         rs = av.AudioResampler(format="fltp", layout=s.layout.name, rate=s.rate)
         chunks = []

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 #: PySceneDetect's default content threshold (``ContentDetector(threshold=27.0)``): the weighted mean
 #: change per pixel (0-255 scale) that starts a new shot.
 DEFAULT_THRESHOLD = 27.0
@@ -30,7 +32,12 @@ class CutDetector:
     first (sorted). ``fps`` (> 0) converts :data:`MIN_SHOT_S` to frames. Raises ValueError for fps <= 0."""
 
     def __init__(self, fps: float, threshold: float = DEFAULT_THRESHOLD, min_shot_s: float = MIN_SHOT_S):
-        from scenedetect.detectors import ContentDetector
+        try:
+            from scenedetect.detectors import ContentDetector
+        except ImportError as e:  # the pack updated without re-installing its requirements
+            raise InputError("face", f"face = auto needs the scenedetect package ({e})",
+                             "pip install -r requirements.txt in ComfyUI's Python, or choose the face by "
+                             "largest / index") from None
 
         fps = float(fps)
         if not np.isfinite(fps) or fps <= 0:

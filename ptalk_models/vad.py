@@ -42,6 +42,9 @@ def _silero():
     n = torch.get_num_threads()
     try:
         import silero_vad
+    except ImportError as e:  # e.g. the pack updated without re-installing its requirements
+        raise InputError("vad", f"voice-activity detection needs the silero-vad package ({e})",
+                         "pip install -r requirements.txt in ComfyUI's Python, or turn close_in_silence off") from None
     finally:
         torch.set_num_threads(n)
     return silero_vad
@@ -52,7 +55,11 @@ def _model():
     execution provider, one thread)."""
     global _MODEL
     if _MODEL is None:
-        _MODEL = _silero().load_silero_vad(onnx=True)
+        try:
+            _MODEL = _silero().load_silero_vad(onnx=True)
+        except ImportError as e:  # onnxruntime missing
+            raise InputError("vad", f"voice-activity detection needs onnxruntime ({e})",
+                             "pip install -r requirements.txt in ComfyUI's Python, or turn close_in_silence off") from None
     return _MODEL
 
 
@@ -70,7 +77,8 @@ def speech_segments(waveform, sample_rate, threshold: float = DEFAULT_THRESHOLD)
 
     Raises:
         InputError: ``argument="threshold"`` outside (0, 1); ``"waveform"`` / ``"sample_rate"`` for audio
-            :func:`ptalk_models.audio.prepare_audio` rejects.
+            :func:`ptalk_models.audio.prepare_audio` rejects; ``"vad"`` when silero-vad or onnxruntime is not
+            installed.
     """
     th = float(threshold)
     if not np.isfinite(th) or not 0.0 < th < 1.0:

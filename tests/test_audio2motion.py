@@ -210,6 +210,17 @@ def test_silence_keeps_the_mouth_closed(kind, reference):
         assert ap.max() <= 0.02, (seed, ap.max())
 
 
+@pytest.mark.parametrize("n_samples", [1, 3, 320, 1200])
+def test_very_short_audio_gives_landmarks(n_samples, beckett, reference):
+    """Under the stem's kernel (a few ms of audio, down to one sample) the features are padded with silence: one
+    or a few frames, no torch error."""
+    x, sr = beckett
+    clip = x[..., int(1.0 * sr):int(1.0 * sr) + n_samples]
+    lm = generate_landmarks(clip, sr, reference, fps=FPS, seed=0, backend=NEURAL, **STILL)
+    assert len(lm) == n_video_frames(clip.shape[-1], sr, FPS) >= 1
+    assert np.isfinite(lm.points).all()
+
+
 def test_speech_then_silence_closes_the_mouth(beckett, reference):
     x, sr = beckett
     speech_s = 3

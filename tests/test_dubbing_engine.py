@@ -268,3 +268,22 @@ def test_plan_dub_names_its_own_arguments_for_the_audio_models_errors(clip, shar
         with pytest.raises(InputError, match=text) as e:
             D.plan_dub(*args, **kwargs)
         assert e.value.argument == argument, kwargs
+
+
+def test_smoothing_never_blends_two_labelled_people(grid_still_lm):
+    """face = auto: frames of two people meet at a cut with a face on both sides; with their labels the smoothing
+    ends the run at the label change, so the last frame before the cut keeps its own person's points."""
+    from portraittalk.ptalk_models.dubbing import smooth_landmarks
+    from portraittalk.ptalk_models.landmarks import FaceLandmarks
+
+    a = grid_still_lm.points[0]
+    b = a.copy()
+    b[:, 0] += 0.4  # the other person, further right
+    pts = np.stack([a] * 10 + [b] * 10)
+    seq = FaceLandmarks.from_points(pts, grid_still_lm.image_size, fps=25.0)
+    labels = np.r_[np.zeros(10, int), np.ones(10, int)]
+    mixed = smooth_landmarks(seq, 1.0).points
+    apart = smooth_landmarks(seq, 1.0, labels).points
+    assert np.abs(mixed[9] - a).max() > 0.05               # without labels the cut is blended
+    np.testing.assert_allclose(apart[:10], pts[:10], atol=1e-6)
+    np.testing.assert_allclose(apart[10:], pts[10:], atol=1e-6)

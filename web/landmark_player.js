@@ -511,11 +511,11 @@ function fitNode(node, shrink) {
 async function showPreview(node, payload) {
   if (!payload || payload.format !== "ptalk-preview" || payload.version !== 1) return;
   if (typeof node.addDOMWidget !== "function" || !supported()) return; // an older / other frontend: no player
+  // one player per node, set before the await: two "executed" events close together share it
   let player = node.__ptalkPlayer;
-  const fresh = !player;
-  if (fresh) player = new Player(node);
+  if (!player) player = node.__ptalkPlayer = new Player(node);
   if (!(await player.load(payload))) return;
-  if (fresh) {
+  if (!player.widget) { // the DOM widget is added once, by the first load that succeeds (no await in between)
     const widget = node.addDOMWidget(WIDGET_NAME, "ptalk-player", player.root, {
       serialize: false,
       hideOnZoom: true,
@@ -526,9 +526,9 @@ async function showPreview(node, payload) {
       getMaxHeight: () => player.height() + 2 * MARGIN_PX,
     });
     if (!widget) return;
+    player.widget = widget;
     widget.serialize = false; // neither in the saved workflow nor in the API prompt
     if (widget.options) widget.options.serialize = false;
-    node.__ptalkPlayer = player;
     const onRemoved = node.onRemoved;
     node.onRemoved = function () {
       player.pause();
