@@ -36,9 +36,9 @@ from _common import REPO, require_shared_data
 
 from portraittalk.ptalk_models.audio import TARGET_SR, band_log_energy
 from portraittalk.ptalk_models.audio2landmarks import NeuralBackend, PhonemeBackend, generate_landmarks
-from portraittalk.ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture, inter_ocular_px
+from portraittalk.ptalk_models.landmarks import FaceLandmarks, inner_lip_aperture, inter_ocular_px, to_pixels
 from portraittalk.ptalk_models.metrics import MOUTH, adfd, sync_proxy
-from portraittalk.ptalk_models.mouth_motion import align, to_pixels
+from portraittalk.ptalk_models.mouth_motion import align
 
 NEURAL, PHONEMES = NeuralBackend.name, PhonemeBackend.name
 

@@ -54,6 +54,24 @@ class Audio2LandmarksBackend(Protocol):
         ...
 
 
+def _audio_and_rig(waveform, sample_rate, reference: FaceLandmarks, fps: float):
+    """What every backend starts from: (16 kHz mono :class:`~ptalk_models.audio.PreparedAudio`, the number of
+    video frames ``T``, the reference's :class:`~ptalk_models.motion.FaceRig`). Raises InputError naming
+    ``waveform`` / ``sample_rate`` (:func:`prepare_audio`) or ``reference`` (:func:`build_rig` rejects only it)."""
+    audio = prepare_audio(waveform, sample_rate)
+    T = n_video_frames(audio.n_input_samples, audio.source_rate, fps)
+    try:
+        rig = build_rig(reference)
+    except ValueError as e:
+        raise InputError("reference", str(e)) from None
+    return audio, T, rig
+
+
+def _audio_warnings(audio) -> list[str]:
+    """The warnings every backend reports about its audio (NaN/Inf samples replaced by silence)."""
+    return [f"{audio.n_nonfinite} NaN/Inf audio samples were replaced by silence"] if audio.n_nonfinite else []
+
+
 class PhonemeBackend:
     """Phones (pocketsphinx) -> visemes -> mouth/jaw deformation of the reference mesh, + blinks + head motion."""
 
@@ -61,19 +79,12 @@ class PhonemeBackend:
 
     def generate(self, waveform, sample_rate, reference: FaceLandmarks, *, fps: float, seed: int,
                  expressiveness: float, transcript: str, blink: bool, head_motion: bool) -> FaceLandmarks:
-        audio = prepare_audio(waveform, sample_rate)
-        T = n_video_frames(audio.n_input_samples, audio.source_rate, fps)
-        try:
-            rig = build_rig(reference)
-        except ValueError as e:  # build_rig rejects only its one argument, the reference face
-            raise InputError("reference", str(e)) from None
+        audio, T, rig = _audio_and_rig(waveform, sample_rate, reference, fps)
         phones = phones_from_audio(audio.samples, transcript)
         mouth = mouth_parameters(phones.segments, audio.samples, T, fps)
         blinks = blink_curve(T, fps, seed) if blink else None
         head = head_motion_curve(T, fps, seed, speech=mouth.gain) if head_motion else None
-        warnings = list(phones.warnings)
-        if audio.n_nonfinite:
-            warnings.insert(0, f"{audio.n_nonfinite} NaN/Inf audio samples were replaced by silence")
+        warnings = _audio_warnings(audio) + list(phones.warnings)
         loudest = float(np.percentile(mouth.level_db, 95))
         if DB_FLOOR < loudest < SILENCE_GATE_DB[1]:
             warnings.append(f"the audio is very quiet (95th-percentile level {loudest:.0f} dBFS); below "
@@ -130,12 +141,7 @@ class NeuralBackend:
     def generate(self, waveform, sample_rate, reference: FaceLandmarks, *, fps: float, seed: int,
                  expressiveness: float, transcript: str, blink: bool, head_motion: bool,
                  audio_features=None) -> FaceLandmarks:
-        audio = prepare_audio(waveform, sample_rate)
-        T = n_video_frames(audio.n_input_samples, audio.source_rate, fps)
-        try:
-            rig = build_rig(reference)
-        except ValueError as e:
-            raise InputError("reference", str(e)) from None
+        audio, T, rig = _audio_and_rig(waveform, sample_rate, reference, fps)
         model = audio2motion_model(self.weights)
         feats = model_features(model, audio.samples, audio_features)
         c = model.config
@@ -161,9 +167,7 @@ class NeuralBackend:
             out[s:e] = rig.to_normalised(animate_offsets(rig, px, None if blinks is None else blinks[s:e],
                                                          None if head is None else head[s:e], expressiveness,
                                                          indices=idx))
-        warnings = []
-        if audio.n_nonfinite:
-            warnings.append(f"{audio.n_nonfinite} NaN/Inf audio samples were replaced by silence")
+        warnings = _audio_warnings(audio)
         if transcript.strip():
             warnings.append("the neural backend does not use the transcript (it reads the speech itself)")
         meta = dict(reference.meta)

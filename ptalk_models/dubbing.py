@@ -34,7 +34,7 @@ from .audio2landmarks import DEFAULT_BACKEND, generate_landmarks
 from .errors import InputError
 from .head_pose import STABLE_POINTS, similarity
 from .images import ASPECT_TOLERANCE, aspect_ratio, same_aspect
-from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, inner_lip_aperture
+from .landmarks import CHIN, LIPS_OUTER, NOSE_TIP, FaceLandmarks, from_pixels, inner_lip_aperture, to_pixels
 from .vad import DEFAULT_THRESHOLD as DEFAULT_VAD_THRESHOLD
 from .vad import speech_frames
 
@@ -156,16 +156,6 @@ def smooth_landmarks(seq: FaceLandmarks, strength: float, labels: np.ndarray | N
 
 
 # ------------------------------------------------------------------------------------------ geometry
-def _to_px(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    return points.astype(np.float64) * np.array([w, h, w], np.float64)
-
-
-def _from_px(px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    return px / np.array([w, h, w], np.float64)
-
-
 def mouth_weights(rest: FaceLandmarks) -> np.ndarray:
     """Per-landmark weight of the driven mouth/jaw, float64 ``[478]`` in [0, 1], from the rest pose (frame 0).
 
@@ -174,7 +164,7 @@ def mouth_weights(rest: FaceLandmarks) -> np.ndarray:
     outer lip contour (the cupid's bow). So all lip points, chin, jaw line and lower cheeks are 1, the nose base is partial, and the
     eyes, irises, brows, nose bridge and forehead are exactly 0 (copied bit-for-bit from the source).
     """
-    px = _to_px(rest.points[0], rest.image_size)[:, :2]
+    px = to_pixels(rest.points[0], rest.image_size)[:, :2]
     eye = px[263] - px[33]
     a = eye / max(np.linalg.norm(eye), 1e-9)
     b = np.array([-a[1], a[0]])
@@ -274,13 +264,13 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
     if not bool(rest.present[0]):
         raise ValueError("rest (frame 0) has no detected face")
     stable = list(STABLE_POINTS)
-    rest_px = _to_px(rest.points[0], rest.image_size)
+    rest_px = to_pixels(rest.points[0], rest.image_size)
     base_px, s_r, R_r = rest_px, 1.0, np.eye(3)
     if driven_rest is not None:
-        base_px = _to_px(driven_rest.points[0], driven_rest.image_size)
+        base_px = to_pixels(driven_rest.points[0], driven_rest.image_size)
         s_r, R_r, _ = similarity(base_px[stable], rest_px[stable])
-    drv_px = _to_px(driven.points, driven.image_size)
-    src_px = _to_px(source.points, source.image_size)
+    drv_px = to_pixels(driven.points, driven.image_size)
+    src_px = to_pixels(source.points, source.image_size)
     w = mouth_weights(rest)
     k = persona_scale(source, driven) if persona else 1.0
     sel = np.flatnonzero(w > 0)
@@ -296,7 +286,7 @@ def dub_landmarks(source: FaceLandmarks, driven: FaceLandmarks, rest: FaceLandma
         s, R, tr = similarity(rest_px[stable], src_px[t, stable])
         target = s * (rest_px[sel] + gain[t] * k * disp) @ R.T + tr
         mixed = src_px[t, sel] + w[sel, None] * (target - src_px[t, sel])
-        out[t, sel] = _from_px(mixed, source.image_size).astype(np.float32)
+        out[t, sel] = from_pixels(mixed, source.image_size).astype(np.float32)
     meta = dict(source.meta)
     meta["dubbing"] = {"persona_scale": float(k), "rest_frame": rest_frame, "weights_nonzero": int(len(sel)),
                        "resting_frames": int((gain == 0).sum())}

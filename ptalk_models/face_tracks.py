@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .landmarks import NOSE_TIP, FaceLandmarks
+from .landmarks import NOSE_TIP, FaceLandmarks, inter_ocular_px
 
 #: A track survives this many seconds without a detection (occlusion, missed frames), then it is closed.
 MAX_GAP_S = 0.5
@@ -77,7 +77,7 @@ class FaceTrack:
 def _nose_iod(points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
     w, h = size
     px = points[:, :2] * (w, h)
-    return px[NOSE_TIP], max(float(np.linalg.norm(px[263] - px[33])), 1.0)
+    return px[NOSE_TIP], max(float(inter_ocular_px(px)), 1.0)
 
 
 class FaceTracker:

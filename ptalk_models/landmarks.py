@@ -135,6 +135,19 @@ class FaceLandmarks:
                              fps=self.fps if fps is None else fps, present=present, meta=m)
 
 
+def to_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Normalised MediaPipe points ``[..., 478, 3]`` → pixels (x·W, y·H, z·W; MediaPipe's z has the scale of x),
+    float64; ``size`` = (W, H)."""
+    w, h = size
+    return np.asarray(points, np.float64) * np.array([w, h, w], np.float64)
+
+
+def from_pixels(px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The inverse of :func:`to_pixels`: pixels (x·W, y·H, z·W) ``[..., 478, 3]`` → normalised, float64."""
+    w, h = size
+    return np.asarray(px, np.float64) / np.array([w, h, w], np.float64)
+
+
 def inter_ocular_px(pts_px: np.ndarray) -> np.ndarray:
     """Distance in pixels between the outer eye corners (33, 263); ``pts_px`` is ``[..., 478, 2]``."""
     return np.linalg.norm(pts_px[..., LEFT_EYE_OUTER, :2] - pts_px[..., RIGHT_EYE_OUTER, :2], axis=-1)

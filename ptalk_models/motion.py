@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .easing import smoothstep
-from .landmarks import (CHIN, FACE_OVAL, LEFT_EYE, LEFT_EYE_OUTER, LEFT_EYEBROW, LEFT_IRIS, LIPS_INNER_LOWER,
+from .landmarks import (CHIN, FACE_OVAL, LEFT_EYE, LEFT_EYEBROW, LEFT_IRIS, LIPS_INNER_LOWER,
                         LIPS_INNER_UPPER, LIPS_OUTER, MOUTH_CORNER_LEFT, MOUTH_CORNER_RIGHT, NUM_LANDMARKS,
-                        RIGHT_EYE, RIGHT_EYE_OUTER, RIGHT_EYEBROW, RIGHT_IRIS, FaceLandmarks, inner_lip_aperture)
+                        RIGHT_EYE, RIGHT_EYEBROW, RIGHT_IRIS, FaceLandmarks, inner_lip_aperture)
+from .mouth_motion import face_axes
 from .topology import eye_halves, tesselation_edges
 from .visemes import WIDE_OPEN_IOD
 
@@ -136,13 +137,10 @@ def build_rig(reference: FaceLandmarks) -> FaceRig:
     if not np.isfinite(p).all():
         raise ValueError("reference landmarks contain NaN/Inf; re-run face detection")
     ref = np.c_[p[:, 0] * W, p[:, 1] * H, p[:, 2] * W]
-    eye_vec = ref[LEFT_EYE_OUTER, :2] - ref[RIGHT_EYE_OUTER, :2]
-    iod = float(np.linalg.norm(eye_vec))
+    ua, ub, iod = face_axes(ref)
     mouth_w = float(np.linalg.norm(ref[MOUTH_CORNER_LEFT, :2] - ref[MOUTH_CORNER_RIGHT, :2]))
     if iod < 2.0 or mouth_w < 1.0:
         raise ValueError(f"reference face is degenerate (inter-ocular {iod:.1f} px, mouth width {mouth_w:.1f} px)")
-    ua = eye_vec / iod
-    ub = np.array([-ua[1], ua[0]])
     origin = 0.5 * (ref[MOUTH_CORNER_LEFT, :2] + ref[MOUTH_CORNER_RIGHT, :2])
     a = (ref[:, :2] - origin) @ ua / iod
     b = (ref[:, :2] - origin) @ ub / iod

@@ -17,7 +17,7 @@ import numpy as np
 
 from .head_pose import STABLE_POINTS, similarity
 from .landmarks import (LEFT_EYE_OUTER, LOWER_LIP_INNER_MID, NUM_LANDMARKS, RIGHT_EYE_OUTER,
-                        UPPER_LIP_INNER_MID)
+                        UPPER_LIP_INNER_MID, to_pixels)
 
 NEUTRAL_QUANTILE = 0.10
 
@@ -40,12 +40,6 @@ def face_axes(points_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     iod = float(np.linalg.norm(eye))
     ua = eye / max(iod, 1e-9)
     return ua, np.array([-ua[1], ua[0]]), iod
-
-
-def to_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Normalised MediaPipe points ``[..., 478, 3]`` → pixels (x·W, y·H, z·W), float64."""
-    W, H = size
-    return np.asarray(points, np.float64) * np.array([W, H, W], np.float64)
 
 
 def clip_offsets(points: np.ndarray, present: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -82,15 +82,6 @@ _SUB = float(1 << _SHIFT)
 
 
 # ------------------------------------------------------------------------------------------------ shapes
-def _px3(lm: FaceLandmarks) -> np.ndarray:
-    w, h = lm.image_size
-    return lm.points.astype(np.float64) * np.array([w, h, w], np.float64)
-
-
-def _iod(px) -> np.ndarray:
-    return np.linalg.norm(px[..., L.LEFT_EYE_OUTER, :2] - px[..., L.RIGHT_EYE_OUTER, :2], axis=-1)
-
-
 def mouth_descriptors(px: np.ndarray, canon: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pose-normalised mouth shapes of frames.
 
@@ -103,7 +94,7 @@ def mouth_descriptors(px: np.ndarray, canon: np.ndarray) -> tuple[np.ndarray, np
         similarity onto the canonical face (its head pose relative to the reference).
     """
     stable = list(STABLE_POINTS)
-    ci = float(max(_iod(canon), 1e-6))
+    ci = float(max(L.inter_ocular_px(canon), 1e-6))
     n = len(px)
     desc = np.zeros((n, len(LIP_POINTS) * 2), np.float32)
     rot = np.zeros((n, 3, 3), np.float32)
@@ -112,7 +103,7 @@ def mouth_descriptors(px: np.ndarray, canon: np.ndarray) -> tuple[np.ndarray, np
         q = s * px[t, LIP_POINTS] @ R.T + tr
         desc[t] = (q[:, :2] / ci).reshape(-1)
         rot[t] = R
-    gap = (L.inner_lip_gap_px(px[..., :2]) / np.maximum(_iod(px), 1e-6)).astype(np.float32)
+    gap = (L.inner_lip_gap_px(px[..., :2]) / np.maximum(L.inter_ocular_px(px), 1e-6)).astype(np.float32)
     return desc, gap, rot
 
 
@@ -175,7 +166,7 @@ class MouthBank:
 def _warp_triangles(canon_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Face-mesh triangles whose vertices all lie within :data:`_VERTEX_RADIUS` IOD of the mouth centre, plus the
     three mouth-opening strips (upper inner lip -> upper mid-line copy -> lower mid-line copy -> lower inner lip)."""
-    io = float(max(_iod(canon_px), 1e-6))
+    io = float(max(L.inter_ocular_px(canon_px), 1e-6))
     centre = 0.5 * (canon_px[L.MOUTH_CORNER_LEFT, :2] + canon_px[L.MOUTH_CORNER_RIGHT, :2])
     near = np.linalg.norm(canon_px[:, :2] - centre, axis=1) < _VERTEX_RADIUS * io
     near[LIP_POINTS] = True
@@ -209,7 +200,7 @@ def select_bank_frames(px: np.ndarray, present: np.ndarray, capacity: int = DEFA
     cand = np.sort(first[present[first]])
     if len(cand) == 0:
         raise InputError("source", "no frame of the video has a face; there is no mouth to take texture from")
-    gap = L.inner_lip_gap_px(px[cand, :, :2]) / np.maximum(_iod(px[cand]), 1e-6)
+    gap = L.inner_lip_gap_px(px[cand, :, :2]) / np.maximum(L.inter_ocular_px(px[cand]), 1e-6)
     ref = int(cand[int(np.argmin(gap))])
     desc, g, rot = mouth_descriptors(px[cand], px[ref])
     chosen = [int(np.argmin(g))]
@@ -228,7 +219,7 @@ def select_bank_frames(px: np.ndarray, present: np.ndarray, capacity: int = DEFA
 
 def _crop_box(pts: np.ndarray, vertices: np.ndarray, shape_hw) -> tuple[int, int, int, int]:
     H, W = shape_hw
-    io = float(max(_iod(pts), 1e-6))
+    io = float(max(L.inter_ocular_px(pts), 1e-6))
     p = pts[vertices, :2]
     m = _CROP_MARGIN * io + 2
     x0, y0 = (int(max(0, np.floor(v))) for v in p.min(0) - m)
@@ -258,7 +249,7 @@ def build_mouth_bank(source: FaceLandmarks, fetch: Callable[[np.ndarray], Iterab
         raise InputError("source", f"expected FaceLandmarks, got {type(source).__name__}")
     if int(capacity) < 1:
         raise InputError("capacity", f"capacity must be >= 1 candidate, got {capacity}")
-    px = _px3(source)
+    px = L.to_pixels(source.points, source.image_size)
     keys = np.arange(len(source)) if source_index is None else np.asarray(source_index, np.int64)
     if len(keys) != len(source):
         raise InputError("source_index", f"source_index has {len(keys)} entries for {len(source)} landmark frames")
@@ -311,7 +302,7 @@ def select_candidates(bank: MouthBank, target: FaceLandmarks, top_k: int = DEFAU
     if n == 0 or len(bank) == 0:
         return out
     desc_c, gap_c, rot_c = bank.arrays()
-    px = _px3(target)
+    px = L.to_pixels(target.points, target.image_size)
     k = max(1, min(int(top_k), len(bank)))
     present = np.asarray(target.present, bool)
     p = np.concatenate([[False], present, [False]]).astype(np.int8)
@@ -420,7 +411,7 @@ def mouth_region(shape_hw, src_px: np.ndarray, dst_px: np.ndarray, dilate: float
     import cv2
 
     H, W = shape_hw
-    io = float(max(_iod(src_px), 1e-6))
+    io = float(max(L.inter_ocular_px(src_px), 1e-6))
     dil, fea = max(1.0, dilate * io), max(1.0, feather * io)
     polys = [src_px[L.LIPS_OUTER, :2], dst_px[L.LIPS_OUTER, :2]]
     allp = np.concatenate(polys)

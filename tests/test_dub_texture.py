@@ -37,9 +37,10 @@ def bank(grid):
 
 
 def _costs(bank, target):
-    from portraittalk.ptalk_models.mouth_texture import _px3, mouth_descriptors, shape_costs
+    from portraittalk.ptalk_models.landmarks import to_pixels
+    from portraittalk.ptalk_models.mouth_texture import mouth_descriptors, shape_costs
 
-    desc, gap, rot = mouth_descriptors(_px3(target), bank.canon)
+    desc, gap, rot = mouth_descriptors(to_pixels(target.points, target.image_size), bank.canon)
     return shape_costs(desc, gap, rot, *bank.arrays()), gap
 
 
