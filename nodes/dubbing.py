@@ -20,7 +20,7 @@ from ..ptalk_models.face_tracks import track_faces
 from ..ptalk_models.landmarks import FaceLandmarks
 from ..ptalk_models.media import constant_rate_index, frames_at, iter_video, video_info
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
-from ..ptalk_models.mouth_texture import build_mouth_bank
+from ..ptalk_models.mouth_texture import build_mouth_banks
 from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
 from .glue.errors import log, node_error, node_error_from
 from .glue.preview import landmark_preview
@@ -28,7 +28,7 @@ from .glue.progress import Progress
 from .glue.sockets import CATEGORY, DubPlan, Landmarks
 from .glue.video import StreamedDubVideo
 
-DUB, RENDER, VIDEO = "Audio → Dub Landmarks", "Dub Render", "Dub Video"
+DUB, RENDER, VIDEO, DIALOGUE = "Audio → Dub Landmarks", "Dub Render", "Dub Video", "Dub Dialogue"
 
 #: Dub Video's ``face`` choices: the largest face, the face_index-th from the left, or the active speaker per shot.
 FACE_CHOICES = ("largest", "by index", "auto")
@@ -41,8 +41,9 @@ PLAN_TOOLTIP = ("PTALK_DUB_PLAN: the dubbing plan — dubbed and source landmark
                 "with the frames of the same video.")
 
 
-def _motion_inputs() -> list:
-    """Inputs shared by Audio → Dub Landmarks and Dub Video: how the new speech drives the mouth."""
+def _motion_inputs(transcript: bool = True) -> list:
+    """Inputs shared by Audio → Dub Landmarks, Dub Video and Dub Dialogue: how the new speech drives the mouth
+    (``transcript``: with the optional transcript input, for nodes with one speech track)."""
     return [
         io.Combo.Input("length_policy", options=list(LENGTH_POLICIES), default=DEFAULT_LENGTH_POLICY,
                        tooltip="When the new speech outlasts the video (output length = the speech's; trim: the "
@@ -56,9 +57,9 @@ def _motion_inputs() -> list:
                        tooltip="Mouth amplitude of the audio-driven motion (1 = natural)."),
         io.Combo.Input("backend", options=list(BACKENDS), default=next(iter(BACKENDS)),
                        tooltip="Audio→motion model (the embedded pocketsphinx phoneme backend)."),
-        io.String.Input("transcript", default="", multiline=True, optional=True,
-                        tooltip="Optional English text of the new speech (forced alignment)."),
-    ]
+    ] + ([io.String.Input("transcript", default="", multiline=True, optional=True,
+                          tooltip="Optional English text of the new speech (forced alignment).")]
+         if transcript else [])
 
 
 def _silence_inputs() -> list:
@@ -99,17 +100,19 @@ MOUTH_SOURCES_DEFAULT = "own frames"
 
 
 def _mouth_bank(node, mouth_source, plan, fetch, fetch_input):
-    """The :class:`ptalk_models.mouth_texture.MouthBank` for ``mouth_source`` "own frames" (None for "warp"):
-    ``fetch(ids)`` yields the source frames ``ids`` (ascending), read from node input ``fetch_input``."""
+    """The mouth banks for ``mouth_source`` "own frames", one per person of the plan
+    (:func:`ptalk_models.mouth_texture.build_mouth_banks`; None for "warp"): ``fetch(ids)`` yields the source
+    frames ``ids`` (ascending), read from node input ``fetch_input``."""
     if mouth_source not in MOUTH_SOURCES:
         raise node_error(node, "mouth_source", f"unknown mouth source {mouth_source!r}; choose one of "
                                                f"{list(MOUTH_SOURCES)}")
     if MOUTH_SOURCES[mouth_source] != "own_frames":
         return None
     try:
-        return build_mouth_bank(plan.source, fetch, plan.source_index)
+        return build_mouth_banks(plan.source, fetch, plan.source_index, plan.person)
     except InputError as e:
-        raise node_error_from(node, e, {"source": "plan", "source_index": "plan", "fetch": fetch_input}) from None
+        raise node_error_from(node, e, {"source": "plan", "source_index": "plan", "person": "plan",
+                                        "fetch": fetch_input}) from None
 
 
 class DubLandmarks(io.ComfyNode):
@@ -159,18 +162,20 @@ class DubLandmarks(io.ComfyNode):
 
 
 def _plan(node, landmarks_input, landmarks, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
-          transcript, close_in_silence=True, vad_threshold=DEFAULT_VAD_THRESHOLD, speaker_labels=None):
+          transcript, close_in_silence=True, vad_threshold=DEFAULT_VAD_THRESHOLD, speaker_labels=None,
+          audio_input="audio"):
     """:func:`ptalk_models.dubbing.plan_dub` with its errors as node errors (``landmarks_input``: the node input
     the source landmarks came from, which also give the dub's frame rate and the closed-mouth reference); the
     plan's warnings are logged. ``plan_dub``'s other arguments have the names of the node inputs they come
     from (``length_policy``, ``smoothing``, ``expressiveness``, ``backend``, ``transcript``, ``vad_threshold``;
-    ``vad`` is ``close_in_silence``); ``speaker_labels``: per source frame, which person is dubbed (face = auto)."""
+    ``vad`` is ``close_in_silence``); ``speaker_labels``: per source frame, which person is dubbed (face = auto);
+    ``audio_input``: the node input the speech came from."""
     try:
         plan = plan_dub(landmarks, wav, sr, length_policy, smoothing, bool(persona), expressiveness, backend,
                         transcript or "", vad=bool(close_in_silence), vad_threshold=float(vad_threshold),
                         speaker_labels=speaker_labels)
     except InputError as e:
-        raise node_error_from(node, e, {"source": landmarks_input, "waveform": "audio", "sample_rate": "audio",
+        raise node_error_from(node, e, {"source": landmarks_input, "waveform": audio_input, "sample_rate": audio_input,
                                         "vad": "close_in_silence", "speaker_labels": landmarks_input}) from None
     for w in plan.warnings:
         log.warning("%s: %s", node, w)
@@ -229,7 +234,7 @@ class DubRender(io.ComfyNode):
             image_to_numpy(images[int(i):int(i) + 1], RENDER, "images")[0] for i in ids), "images")
         out = render_dub(frames, plan.source, plan.target, progress=Progress(len(idx)),
                          feather=feather, color_match=bool(color_match),
-                         mouth_source=MOUTH_SOURCES[mouth_source], bank=bank)
+                         mouth_source=MOUTH_SOURCES[mouth_source], bank=bank, person=plan.person)
         return io.NodeOutput(numpy_to_image(out))
 
 
@@ -278,51 +283,142 @@ class DubVideo(io.ComfyNode):
     def execute(cls, video, audio, face, face_index, length_policy, smoothing, persona, expressiveness, backend,
                 feather, color_match, transcript="", mouth_source=MOUTH_SOURCES_DEFAULT, close_in_silence=True,
                 vad_threshold=DEFAULT_VAD_THRESHOLD) -> io.NodeOutput:
-        import av
-
         wav, sr = audio_to_numpy(audio, VIDEO, "audio")
         source = video.get_stream_source()
-        times = []
-
-        def frames():
-            for frame, t in iter_video(source):
-                times.append(t)
-                yield frame
-
-        try:
-            w, h, fps, total = video_info(source)  # total: a metadata estimate, for the progress bar only
-            if face == "auto":
-                # every face, tracked through occlusions and restarted at cuts, in the same single decode pass
-                tracked = track_faces(frames(), fps, total, progress=Progress(total))
-                if not tracked.tracks:
-                    raise NoFaceError(f"no face found in any of the {tracked.n_frames} frame(s) ({w}x{h})", 0)
-            else:
-                lm = track_landmarks(frames(), total, on_missing="keep", fps=fps,
-                                     selection="largest" if face == "largest" else int(face_index),
-                                     progress=Progress(total))
-        except (IndexError, av.error.FFmpegError) as e:  # FFmpeg's errors may also be ValueErrors: first
-            raise node_error(VIDEO, "video", f"cannot decode its video stream ({e}); re-encode it (e.g. to "
-                                             "H.264 mp4)") from None
-        except NoFaceError as e:
-            raise node_error(VIDEO, "video", str(e)) from None
-        except InputError as e:
-            raise node_error_from(VIDEO, e, {"frames": "video", "selection": "face_index"}) from None
+        selection = "all" if face == "auto" else "largest" if face == "largest" else int(face_index)
+        (w, h), fps, times, found = _detect(VIDEO, source, selection)
         cfr = constant_rate_index(times, fps)
         labels = None
         if face == "auto":
-            lm, labels = _active_speaker(source, tracked, cfr)
+            lm, labels = _active_speaker(source, found, cfr)
         else:
-            lm = FaceLandmarks.from_points(lm.points[cfr], lm.image_size, fps, lm.present[cfr], lm.meta)
+            lm = FaceLandmarks.from_points(found.points[cfr], found.image_size, fps, found.present[cfr], found.meta)
         # planned on the constant-rate timeline, then mapped to decode-order frames of the stream
         plan = _plan(VIDEO, "video", lm, wav, sr, length_policy, smoothing, persona, expressiveness, backend,
                      transcript, close_in_silence, vad_threshold, labels)
         plan = plan.with_source_index(cfr[plan.source_index], len(times))
         # the mouth bank: a first pass decoding only its few frames (memory: the bank's mouth crops)
         bank = _mouth_bank(VIDEO, mouth_source, plan, lambda ids: frames_at(source, ids), "video")
-        out = StreamedDubVideo(source, plan.source_index, plan.source, plan.target, (w, h), plan.fps, (wav, sr),
-                               {"feather": feather, "color_match": bool(color_match),
-                                "mouth_source": MOUTH_SOURCES[mouth_source], "bank": bank})
+        out = StreamedDubVideo(source, plan.source_index, [(plan.source, plan.target, {
+            "feather": feather, "color_match": bool(color_match), "mouth_source": MOUTH_SOURCES[mouth_source],
+            "bank": bank, "person": plan.person})], (w, h), plan.fps, (wav, sr), VIDEO)
         return io.NodeOutput(out, plan, plan.target, plan.source)
+
+
+class DubDialogue(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PTalkDubDialogue",
+            display_name="Dub Dialogue (streamed) (PortraitTalk)",
+            category=CATEGORY,
+            description=(
+                "Visual dubbing of a dialogue: two faces of one VIDEO, each driven by its own speech — two speech "
+                "tracks (audio = face 1, audio_2 = face 2), or one track with each face's turns in seconds. Face 1 "
+                "is the left face, face 2 the right one: in shots showing both, split at the widest horizontal gap "
+                "between the faces; in shots showing one person, by the half of the frame the face is in (each "
+                "person keeps their side of the frame across shot / reverse-shot cuts, the 180-degree rule; scene "
+                "cuts by PySceneDetect). Where a face's speech is silent (Silero VAD) its mouth rests closed in "
+                "its own closed shape. Streamed like Dub Video: one decode pass to track the faces, then the "
+                "frames are dubbed (face 1, then face 2) while Save Video encodes, with the two tracks mixed "
+                "(or the one track) as the soundtrack. Faceless frames pass through unchanged."),
+            inputs=[
+                io.Video.Input("video", tooltip="The source video with the two people (core Load Video)."),
+                io.Audio.Input("audio", tooltip="Face 1's (left) speech; or the whole dialogue when audio_2 is not "
+                                                "connected (then write the turns)."),
+                io.Audio.Input("audio_2", optional=True,
+                               tooltip="Face 2's (right) speech, from the same start time as face 1's (pad it with "
+                                       "silence where face 1 speaks first). The two are mixed for the soundtrack."),
+                io.String.Input("turns", default="", multiline=True, optional=True,
+                                tooltip="Who speaks when, in seconds from the start of the speech: one line per "
+                                        "face, e.g. '1: 0-3.2, 6.5-9' and '2: 3.2-6.5'. Needed with one speech "
+                                        "track (each face hears it only in its turns); with two tracks, cuts "
+                                        "each to its face's turns. Empty: two tracks, each face its own."),
+                *_motion_inputs(transcript=False),
+                *_render_inputs(),
+                *_silence_inputs(),
+            ],
+            outputs=[
+                io.Video.Output("dubbed_video", display_name="video",
+                                tooltip="The dubbed video with the dialogue's soundtrack, at the source's fps "
+                                        "(Save Video)."),
+                DubPlan.Output("plan", display_name="plan_1", tooltip="Face 1's dubbing plan. " + PLAN_TOOLTIP),
+                DubPlan.Output("plan_2", tooltip="Face 2's dubbing plan (same output frames as plan_1)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, video, audio, length_policy, smoothing, persona, expressiveness, backend, feather,
+                color_match, audio_2=None, turns="", mouth_source=MOUTH_SOURCES_DEFAULT, close_in_silence=True,
+                vad_threshold=DEFAULT_VAD_THRESHOLD) -> io.NodeOutput:
+        from ..ptalk_models.active_speaker import timeline_landmarks
+        from ..ptalk_models.dialogue import DIALOGUE_FACES, assign_faces, parse_turns, speech_for_faces
+
+        tracks = [audio_to_numpy(audio, DIALOGUE, "audio")]
+        if audio_2 is not None:
+            tracks.append(audio_to_numpy(audio_2, DIALOGUE, "audio_2"))
+        try:
+            speech, mix = speech_for_faces(tracks, parse_turns(turns, DIALOGUE_FACES))
+        except InputError as e:
+            raise node_error_from(DIALOGUE, e, {"turns": "turns"}) from None
+        source = video.get_stream_source()
+        (w, h), fps, times, tracked = _detect(DIALOGUE, source, "all")
+        cfr = constant_rate_index(times, fps)
+        picks = assign_faces(tracked, cfr, DIALOGUE_FACES)
+        plans, layers = [], []
+        for s in range(DIALOGUE_FACES):
+            if not (picks[s] >= 0).any():
+                side = ("left", "right")[s] if DIALOGUE_FACES == 2 else f"number {s + 1} from the left"
+                raise node_error(DIALOGUE, "video", f"face {s + 1} (the {side} one) is not in any shot of this "
+                                                    f"video ({len(tracked.tracks)} face track(s) found); a "
+                                                    "dialogue needs two people, side by side or each on their "
+                                                    "own side of the frame; for one face use Dub Video")
+            lm = timeline_landmarks(tracked, cfr, picks[s], fps, {"source": "dialogue", "face": s + 1})
+            wav, sr = speech[s]
+            plan = _plan(DIALOGUE, "video", lm, wav, sr, length_policy, smoothing, persona, expressiveness,
+                         backend, "", close_in_silence, vad_threshold,
+                         audio_input="audio" if s == 0 or len(tracks) == 1 else "audio_2")
+            plan = plan.with_source_index(cfr[plan.source_index], len(times))
+            bank = _mouth_bank(DIALOGUE, mouth_source, plan, lambda ids: frames_at(source, ids), "video")
+            plans.append(plan)
+            layers.append((plan.source, plan.target, {"feather": feather, "color_match": bool(color_match),
+                                                      "mouth_source": MOUTH_SOURCES[mouth_source], "bank": bank}))
+        out = StreamedDubVideo(source, plans[0].source_index, layers, (w, h), fps, mix, DIALOGUE)
+        return io.NodeOutput(out, *plans)
+
+
+def _detect(node, source, selection):
+    """One decode pass of a VIDEO's stream ``source``: ``((w, h), fps, decode timestamps, found)``; ``found`` is
+    every face tracked through occlusions and restarted at cuts (``selection`` "all":
+    :func:`ptalk_models.face_tracks.track_faces`) or one face's landmarks in decode order (``"largest"`` or an
+    index from the left: :func:`ptalk_models.face.track_landmarks`). Decode errors and faceless videos raise the
+    node error on ``video``."""
+    import av
+
+    times = []
+
+    def frames():
+        for frame, t in iter_video(source):
+            times.append(t)
+            yield frame
+
+    try:
+        w, h, fps, total = video_info(source)  # total: a metadata estimate, for the progress bar only
+        if selection == "all":
+            found = track_faces(frames(), fps, total, progress=Progress(total))
+            if not found.tracks:
+                raise NoFaceError(f"no face found in any of the {found.n_frames} frame(s) ({w}x{h})", 0)
+        else:
+            found = track_landmarks(frames(), total, on_missing="keep", fps=fps, selection=selection,
+                                    progress=Progress(total))
+    except (IndexError, av.error.FFmpegError) as e:  # FFmpeg's errors may also be ValueErrors: first
+        raise node_error(node, "video", f"cannot decode its video stream ({e}); re-encode it (e.g. to "
+                                        "H.264 mp4)") from None
+    except NoFaceError as e:
+        raise node_error(node, "video", str(e)) from None
+    except InputError as e:
+        raise node_error_from(node, e, {"frames": "video", "selection": "face_index"}) from None
+    return (w, h), fps, times, found
 
 
 def _active_speaker(source, tracked, cfr):
@@ -352,4 +448,4 @@ def _active_speaker(source, tracked, cfr):
     return choice.landmarks, choice.labels
 
 
-NODES = [DubLandmarks, DubRender, DubVideo]
+NODES = [DubLandmarks, DubRender, DubVideo, DubDialogue]

@@ -65,6 +65,41 @@ def _shot_score(aperture, energy, present, a, b) -> float:
     return max(vals) if vals else float("nan")
 
 
+def _choose(apertures: dict, present: dict, energy: np.ndarray, shots: list, min_corr: float):
+    """The rule of :func:`choose_speakers` on per-track aperture / presence curves ``[T]``: (labels, speaker,
+    scores, warnings)."""
+    keys = list(apertures)
+    labels = np.full(len(energy), -1, np.int64)
+    speaker, scores, warnings = [], [], []
+    for s, (a, b) in enumerate(shots):
+        sc = {k: _shot_score(apertures[k], energy, present[k], a, b) for k in keys}
+        sc = {k: v for k, v in sc.items() if np.isfinite(v)}
+        scores.append(sc)
+        best = max(sc, key=sc.get) if sc else None
+        if best is None or sc[best] < min_corr:
+            speaker.append(None)
+            what = (f"the best face scored {sc[best]:.2f}" if best is not None
+                    else f"no face was detected in {SYNC_MIN_FRAMES} or more of its frames")
+            warnings.append(f"shot {s + 1} (frames {a}-{b - 1}): no face's mouth moves with the video's own audio "
+                            f"({what}; a speaker needs a lip-sync correlation of at least {min_corr:.2f}); this "
+                            "shot is left undubbed")
+            continue
+        speaker.append(best)
+        labels[a:b] = keys.index(best)
+    if all(s is None for s in speaker):
+        best = max((v for sc in scores for v in sc.values()), default=float("nan"))
+        raise InputError("waveform", "face = auto found no speaker: in no shot does a face's mouth move with the "
+                                     f"video's own audio (best lip-sync correlation {best:.2f}, at least "
+                                     f"{min_corr:.2f} needed; is the person on screen the one speaking?);",
+                         "choose the face to dub with face = largest or by index")
+    return labels, speaker, scores, warnings
+
+
+def _soundtrack_energy(waveform, sample_rate, fps: float, T: int) -> np.ndarray:
+    mono = prepare_audio(waveform, sample_rate).samples
+    return band_log_energy(mono, TARGET_SR, fps, T, band=AUDIO_BAND).astype(np.float64)
+
+
 def choose_speakers(tracks: dict, shots: list, waveform, sample_rate, fps: float,
                     min_corr: float = MIN_SPEAKER_CORR) -> SpeakerChoice:
     """The speaking face of each shot.
@@ -86,32 +121,10 @@ def choose_speakers(tracks: dict, shots: list, waveform, sample_rate, fps: float
         raise InputError("tracks", "no face was found in the video;", "use a video with a visible face")
     first = tracks[keys[0]]
     T = len(first)
-    mono = prepare_audio(waveform, sample_rate).samples
-    energy = band_log_energy(mono, TARGET_SR, fps, T, band=AUDIO_BAND).astype(np.float64)
+    energy = _soundtrack_energy(waveform, sample_rate, fps, T)
     apertures = {k: inner_lip_aperture(tracks[k]).astype(np.float64) for k in keys}
-    labels = np.full(T, -1, np.int64)
-    speaker, scores, warnings = [], [], []
-    for s, (a, b) in enumerate(shots):
-        sc = {k: _shot_score(apertures[k], energy, tracks[k].present, a, b) for k in keys}
-        sc = {k: v for k, v in sc.items() if np.isfinite(v)}
-        scores.append(sc)
-        best = max(sc, key=sc.get) if sc else None
-        if best is None or sc[best] < min_corr:
-            speaker.append(None)
-            what = (f"the best face scored {sc[best]:.2f}" if best is not None
-                    else f"no face was detected in {SYNC_MIN_FRAMES} or more of its frames")
-            warnings.append(f"shot {s + 1} (frames {a}-{b - 1}): no face's mouth moves with the video's own audio "
-                            f"({what}; a speaker needs a lip-sync correlation of at least {min_corr:.2f}); this "
-                            "shot is left undubbed")
-            continue
-        speaker.append(best)
-        labels[a:b] = keys.index(best)
-    if all(s is None for s in speaker):
-        best = max((v for sc in scores for v in sc.values()), default=float("nan"))
-        raise InputError("waveform", "face = auto found no speaker: in no shot does a face's mouth move with the "
-                                     f"video's own audio (best lip-sync correlation {best:.2f}, at least "
-                                     f"{min_corr:.2f} needed; is the person on screen the one speaking?);",
-                         "choose the face to dub with face = largest or by index")
+    labels, speaker, scores, warnings = _choose(apertures, {k: tracks[k].present for k in keys}, energy, shots,
+                                                min_corr)
     pts = first.points.copy()
     present = np.zeros(T, bool)
     for j, k in enumerate(keys):
@@ -123,6 +136,42 @@ def choose_speakers(tracks: dict, shots: list, waveform, sample_rate, fps: float
     return SpeakerChoice(list(shots), speaker, scores, labels, keys, lm, warnings)
 
 
+def track_positions(track, frame_index: np.ndarray) -> np.ndarray:
+    """Where a :class:`ptalk_models.face_tracks.FaceTrack` is detected on a timeline: int64 ``[N]``, for each
+    timeline frame (showing decode-order frame ``frame_index[i]``) the index into ``track.frames`` /
+    ``track.points`` of that frame's detection, -1 where the track has none."""
+    frames = np.asarray(track.frames, np.int64)
+    idx = np.asarray(frame_index, np.int64)
+    j = np.clip(np.searchsorted(frames, idx), 0, len(frames) - 1)
+    return np.where(frames[j] == idx, j, -1)
+
+
+def timeline_landmarks(tracked, frame_index: np.ndarray, pick: np.ndarray, fps: float, meta=None) -> FaceLandmarks:
+    """One person's landmarks on a timeline, assembled from the sparse tracks of
+    :func:`ptalk_models.face_tracks.track_faces` (memory: this one ``[N, 478, 3]`` array, not one per track).
+
+    ``pick``: int ``[N]``, the index into ``tracked.tracks`` shown at each timeline frame, -1 = nobody;
+    ``present`` is True where the picked track was detected in that frame. Absent frames carry the first
+    present frame's points (never read: renderers pass absent frames through)."""
+    idx = np.asarray(frame_index, np.int64)
+    pick = np.asarray(pick, np.int64)
+    pts = np.zeros((len(idx), 478, 3), np.float32)
+    present = np.zeros(len(idx), bool)
+    for j, k in enumerate(tracked.tracks):
+        m = np.flatnonzero(pick == j)
+        if not len(m):
+            continue
+        pos = track_positions(k, idx[m])
+        ok = pos >= 0
+        if ok.any():
+            pts[m[ok]] = np.asarray(k.points, np.float32)[pos[ok]]
+            present[m[ok]] = True
+    if present.any():
+        pts[~present] = pts[np.argmax(present)]
+    return FaceLandmarks(points=pts, image_size=tuple(tracked.image_size), fps=fps, present=present,
+                         meta=dict(meta or {}))
+
+
 def active_speaker(tracked, waveform, sample_rate, frame_index=None,
                    min_corr: float = MIN_SPEAKER_CORR) -> SpeakerChoice:
     """:func:`choose_speakers` for the result of :func:`ptalk_models.face_tracks.track_faces`.
@@ -130,19 +179,31 @@ def active_speaker(tracked, waveform, sample_rate, frame_index=None,
     ``frame_index``: optional int ``[N]``, the decode-order frame shown at each frame of a constant-rate timeline
     (:func:`ptalk_models.media.constant_rate_index`); the tracks, the cuts (a shot starts at the first timeline
     frame showing a frame at or after its cut) and the result are put on that timeline. None: decode order.
-    Raises as :func:`choose_speakers`.
+    Scored on each track's own detections (an aperture curve ``[N]`` per track); only the chosen speakers'
+    landmarks become one ``[N, 478, 3]`` array. Raises as :func:`choose_speakers`.
     """
+    from .landmarks import inner_lip_gap_px, inter_ocular_px
     from .scene_cuts import shots
 
     n, size, fps = tracked.n_frames, tracked.image_size, tracked.fps
+    if not tracked.tracks:
+        raise InputError("tracks", "no face was found in the video;", "use a video with a visible face")
     idx = np.arange(n) if frame_index is None else np.asarray(frame_index, np.int64)
-    tracks = {}
+    energy = _soundtrack_energy(waveform, sample_rate, fps, len(idx))
+    apertures, present, keys = {}, {}, [k.track_id for k in tracked.tracks]
     for k in tracked.tracks:
-        lm = k.landmarks(n, size, fps)
-        tracks[k.track_id] = FaceLandmarks(points=lm.points[idx], image_size=size, fps=fps,
-                                           present=lm.present[idx], meta=lm.meta)
+        px = np.asarray(k.points, np.float64) * (size[0], size[1], size[0])
+        ap = inner_lip_gap_px(px) / np.maximum(inter_ocular_px(px), 1e-6)
+        pos = track_positions(k, idx)
+        present[k.track_id] = pos >= 0
+        apertures[k.track_id] = np.where(pos >= 0, ap[np.maximum(pos, 0)], 0.0)
     cuts = [int(np.searchsorted(idx, c, side="left")) for c in tracked.cuts]
-    return choose_speakers(tracks, shots(cuts, len(idx)), waveform, sample_rate, fps, min_corr)
+    sh = shots(cuts, len(idx))
+    labels, speaker, scores, warnings = _choose(apertures, present, energy, sh, min_corr)
+    lm = timeline_landmarks(tracked, idx, labels, fps,
+                            {"source": "active speaker", "speakers": [None if s is None else str(s) for s in speaker]})
+    return SpeakerChoice(list(sh), speaker, scores, labels, keys, lm, warnings)
 
 
-__all__ = ["MIN_SPEAKER_CORR", "MAX_LAG", "SpeakerChoice", "choose_speakers", "active_speaker"]
+__all__ = ["MIN_SPEAKER_CORR", "MAX_LAG", "SpeakerChoice", "choose_speakers", "active_speaker",
+           "track_positions", "timeline_landmarks"]

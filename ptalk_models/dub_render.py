@@ -54,7 +54,7 @@ Cost is dominated by the warp of the face crop: see the tests for measured per-f
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -271,7 +271,7 @@ def render_dub_frame(frame: np.ndarray, src_lm_px: np.ndarray, dst_lm_px: np.nda
 
 
 def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLandmarks,
-             mouth_source: str = "warp", bank=None, **kwargs) -> Iterator[np.ndarray]:
+             mouth_source: str = "warp", bank=None, person=None, **kwargs) -> Iterator[np.ndarray]:
     """Yield dubbed frames (fresh ``uint8 [H, W, 3]`` arrays), one per input frame, streaming.
 
     ``frames``: ``uint8 [T, H, W, 3]`` or any iterable of ``[H, W, 3]`` frames; ``source``: the frames' own
@@ -286,6 +286,9 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
     otherwise it must be given (a streamed caller builds it with a first pass that decodes only the bank
     frames). The candidate of every frame is chosen up front from the landmarks alone
     (:func:`ptalk_models.mouth_texture.select_candidates`), so the frames still stream one at a time.
+    Several people (``person``: int ``[T]`` label per frame, :attr:`ptalk_models.dubbing.DubPlan.person`):
+    ``bank`` is ``{label: MouthBank}`` (:func:`ptalk_models.mouth_texture.build_mouth_banks`) and each frame
+    takes its mouth only from its own person's bank; frames whose label has no bank are warped.
 
     Raises ValueError for non-FaceLandmarks, aspect-ratio mismatches, or more frames than landmarks;
     :class:`~ptalk_models.errors.InputError` (``"mouth_source"``, ``"bank"``) for an unknown mouth source or an
@@ -297,18 +300,27 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
     if mouth_source not in MOUTH_SOURCES:
         raise InputError("mouth_source", f"mouth_source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
     n = min(len(source), len(target))
-    choice = None
+    choice = owner = None
     if mouth_source == "own_frames" and source.present.any():
-        from .mouth_texture import build_mouth_bank, select_candidates
+        from .mouth_texture import build_mouth_banks, select_candidates
 
         if bank is None:
             if not isinstance(frames, np.ndarray):
                 raise InputError("bank", "mouth_source 'own_frames' on an iterator of frames needs a mouth bank;",
                                  "pass bank=build_mouth_bank(source, fetch) or the frames as an array")
             arr = frames
-            bank = build_mouth_bank(source.frames(0, min(len(source), len(arr))), lambda ids: (arr[i] for i in ids))
-        tgt = target.with_points(target.points[:n], present=target.present[:n] & source.present[:n])
-        choice = select_candidates(bank, tgt)
+            m = min(len(source), len(arr))
+            bank = build_mouth_banks(source.frames(0, m), lambda ids: (arr[i] for i in ids),
+                                     person=None if person is None else np.asarray(person)[:m])
+        banks = bank if isinstance(bank, Mapping) else {None: bank}
+        both = target.present[:n] & source.present[:n]
+        labels = None if person is None else np.asarray(person, np.int64)[:n]
+        choice, owner = np.full(n, -1, np.int64), [None] * n
+        for p, b in banks.items():
+            mask = both if p is None or labels is None else both & (labels == p)
+            ch = select_candidates(b, target.with_points(target.points[:n], present=mask))
+            for t in np.flatnonzero(mask & (ch >= 0)):
+                choice[t], owner[t] = ch[t], b
     for t, frame in enumerate(frames):
         f = _frame(frame)
         H, W = f.shape[:2]
@@ -322,7 +334,7 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
             continue
         sp = source.points[t].astype(np.float64) * np.array([W, H, 1.0])
         tp = target.points[t].astype(np.float64) * np.array([W, H, 1.0])
-        mouth = (bank, choice[t]) if choice is not None and choice[t] >= 0 else None
+        mouth = (owner[t], choice[t]) if choice is not None and choice[t] >= 0 else None
         yield render_dub_frame(f, sp, tp, mouth=mouth, **kwargs)
 
 

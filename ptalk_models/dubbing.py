@@ -342,6 +342,9 @@ class DubPlan:
         speech: bool ``[N]`` or None: per output frame, whether the voice-activity detector found speech in the
             new audio there (:func:`ptalk_models.vad.speech_frames`); None when it was not run. Where False, the
             target mouth rests in the source's closed-mouth shape.
+        person: int64 ``[N]`` or None: per output frame, which person the landmarks are (``speaker_labels`` of
+            :func:`plan_dub`, e.g. the active speaker's track per shot; -1 = nobody); None = one person
+            throughout. Renderers that take texture from the video (own-frames mouth) keep each person's apart.
 
     ``meta`` of ``target`` / ``source`` is provenance only; nothing here is read from it.
     Raises ValueError on construction when the fields disagree (lengths, sizes, an index out of range, fps <= 0).
@@ -355,6 +358,7 @@ class DubPlan:
     source_size: tuple[int, int]
     warnings: list[str] = field(default_factory=list)
     speech: np.ndarray | None = None
+    person: np.ndarray | None = None
 
     def __post_init__(self):
         if not isinstance(self.target, FaceLandmarks) or not isinstance(self.source, FaceLandmarks):
@@ -388,6 +392,11 @@ class DubPlan:
             if len(sp) != n:
                 raise ValueError(f"DubPlan.speech has {len(sp)} entries for {n} output frames")
             self.speech = sp
+        if self.person is not None:
+            pp = np.asarray(self.person).reshape(-1)
+            if len(pp) != n or (pp.size and not np.issubdtype(pp.dtype, np.integer)):
+                raise ValueError(f"DubPlan.person must be {n} integer labels, got {pp.dtype} [{len(pp)}]")
+            self.person = pp.astype(np.int64)
 
     def __len__(self) -> int:
         """The number of output frames ``N``."""
@@ -403,7 +412,7 @@ class DubPlan:
         decoded frames of a variable-frame-rate stream instead of its constant-rate timeline): int ``[N]``
         indices in ``[0, source_frames)``."""
         return DubPlan(self.target, self.source, source_index, self.fps, source_frames, self.source_size,
-                       list(self.warnings), self.speech)
+                       list(self.warnings), self.speech, self.person)
 
 
 def check_dub_inputs(plan, n_frames: int, frame_size: tuple[int, int]) -> None:
@@ -567,7 +576,8 @@ def plan_dub(source: FaceLandmarks, waveform, sample_rate: int,
         warnings.append(f"{faceless} of {len(aligned)} output frames show a source frame without a face; they "
                         "pass through unchanged")
     return DubPlan(target=dubbed, source=aligned, source_index=idx, fps=fps, source_frames=len(source),
-                   source_size=source.image_size, warnings=warnings, speech=speech)
+                   source_size=source.image_size, warnings=warnings, speech=speech,
+                   person=None if labels is None else labels[idx])
 
 
 __all__ = ["LENGTH_POLICIES", "DEFAULT_LENGTH_POLICY", "LENGTH_POLICY_HELP", "STABLE_POINTS",

@@ -286,6 +286,27 @@ def build_mouth_bank(source: FaceLandmarks, fetch: Callable[[np.ndarray], Iterab
     return MouthBank(canon=canon, candidates=cands, tris=tris, vertices=vertices)
 
 
+def build_mouth_banks(source: FaceLandmarks, fetch: Callable[[np.ndarray], Iterable[np.ndarray]],
+                      source_index=None, person=None, capacity: int = DEFAULT_CAPACITY) -> dict:
+    """One mouth bank per person of a video: ``{label: MouthBank}`` (:func:`build_mouth_bank` on each person's
+    frames only, so one person's mouth is never pasted onto another's face).
+
+    ``person``: int ``[N]`` label per position (:attr:`ptalk_models.dubbing.DubPlan.person`; -1 = nobody, no
+    bank), or None: one person, ``{None: bank}``. Labels without a detected face get no bank. Each bank decodes
+    its own frames (``fetch`` is called once per person). Raises as :func:`build_mouth_bank`.
+    """
+    if person is None:
+        return {None: build_mouth_bank(source, fetch, source_index, capacity)}
+    labels = np.asarray(person, np.int64).reshape(-1)
+    if len(labels) != len(source):
+        raise InputError("person", f"person has {len(labels)} labels for {len(source)} landmark frames")
+    banks = {}
+    for p in np.unique(labels[(labels >= 0) & np.asarray(source.present, bool)]):
+        sub = source.with_points(source.points, present=np.asarray(source.present, bool) & (labels == p))
+        banks[int(p)] = build_mouth_bank(sub, fetch, source_index, capacity)
+    return banks
+
+
 # ------------------------------------------------------------------------------------------------ selection
 def select_candidates(bank: MouthBank, target: FaceLandmarks, top_k: int = DEFAULT_TOP_K,
                       switch_cost: float = DEFAULT_SWITCH_COST, greedy: bool = False) -> np.ndarray:
@@ -484,6 +505,7 @@ def paste_mouth(frame: np.ndarray, bank: MouthBank, cand: int, src_px: np.ndarra
     return out
 
 
-__all__ = ["LIP_POINTS", "MouthBank", "MouthCandidate", "build_mouth_bank", "mouth_descriptors", "shape_costs",
+__all__ = ["LIP_POINTS", "MouthBank", "MouthCandidate", "build_mouth_bank", "build_mouth_banks", "mouth_descriptors",
+           "shape_costs",
            "select_bank_frames", "select_candidates", "warp_triangles", "mouth_region", "render_mouth",
            "paste_mouth"]

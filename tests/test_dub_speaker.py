@@ -130,3 +130,28 @@ def test_dub_video_auto_in_the_executor(comfy, two_faces):
     changed = np.any(got[:, :, :360] != src[idx][:, :, :360], axis=(1, 2, 3))
     assert changed[aligned.present].mean() > 0.9 and not changed[~aligned.present].any()
     assert (~aligned.present).sum() >= 6  # the occluded frames pass through
+
+
+def test_auto_own_frames_mouth_stays_with_its_person(two_faces):
+    """face = auto with the own-frames mouth: the plan carries each output frame's person (DubPlan.person) and
+    the mouth bank is one per person, every candidate taken from a frame of that same person (shot 1's speaker
+    is lbax4n, shot 2's lwbsza: without this, one's mouth was pasted on the other's face)."""
+    from portraittalk.ptalk_models.active_speaker import active_speaker
+    from portraittalk.ptalk_models.dub_render import render_dub
+    from portraittalk.ptalk_models.dubbing import plan_dub
+    from portraittalk.ptalk_models.face_tracks import track_faces
+    from portraittalk.ptalk_models.mouth_texture import build_mouth_banks
+
+    frames, audio, sr, _ = two_faces
+    choice = active_speaker(track_faces(iter(frames), 25.0), audio, sr)
+    plan = plan_dub(choice.landmarks, audio, sr, "hold", speaker_labels=choice.labels, vad=False)
+    assert plan.person is not None and set(np.unique(plan.person[plan.source.present])) == {
+        int(choice.labels[0]), int(choice.labels[-1])}
+    banks = build_mouth_banks(plan.source, lambda ids: (frames[i] for i in ids), plan.source_index, plan.person)
+    assert set(banks) == set(np.unique(plan.person[plan.source.present]).tolist())
+    for p, bank in banks.items():
+        assert len(bank) > 3 and all(choice.labels[c.frame] == p for c in bank.candidates), p
+    out = render_dub(frames[plan.source_index], plan.source, plan.target, mouth_source="own_frames", bank=banks,
+                     person=plan.person)
+    src = frames[plan.source_index]
+    assert out.shape == src.shape and np.array_equal(out[:, :, 360:], src[:, :, 360:])
