@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..ptalk_models.errors import InputError
 from ..ptalk_models.face import NoFaceError, detect_landmarks
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
+from ..ptalk_models.mouth_texture import paste_mouths
 from ..ptalk_models.render import MOUTH_FILLS, WarpRenderer, check_aspect, even_dims, iter_render
 from .glue.convert import audio_to_numpy, image_to_numpy
 from .glue.errors import node_error, node_error_from
@@ -46,6 +47,19 @@ def _inputs():
     ]
 
 
+def _mouth_input():
+    """The optional reference photos for the talking photo's own mouth (last input: saved workflows keep their
+    slots)."""
+    return (
+        io.Image.Input("mouth_references", optional=True,
+                       tooltip="Optional photos of the same person with other mouth shapes (open, teeth showing, "
+                               "rounded lips: an IMAGE batch, e.g. a few frames of a video of the person, or photos joined with Image Batch): each "
+                               "frame's mouth — lips, real teeth, inside — is taken from the photo (or the "
+                               "portrait) whose mouth shape best matches it, warped into shape and blended in, "
+                               "chosen so the texture does not flicker; the painted mouth_fill remains only where "
+                               "no photo opens wide enough. Not connected: mouth_fill paints the opened mouth."))
+
+
 #: The node input each rejected :mod:`ptalk_models.render` argument came from (``WarpRenderer``'s
 #: ``reference_image`` / ``reference`` / ``mouth_fill``, ``iter_render``'s ``sequence``, ``render_patch``'s
 #: ``points``: one frame of the sequence).
@@ -59,6 +73,29 @@ def _render_error(node: str, e: ValueError):
     if isinstance(e, InputError):
         return node_error_from(node, e, RENDER_INPUTS)
     return node_error(node, "landmarks", str(e))
+
+
+def _mouth_bank(node, ref, ref_lm, mouth_references):
+    """The talking photo's mouth bank (:func:`ptalk_models.mouth_texture.build_photo_bank`) from the portrait and
+    the ``mouth_references`` photos (None when not connected): each photo's landmarks detected, keeping the face
+    most like the portrait's."""
+    if mouth_references is None:
+        return None
+    from ..ptalk_models.mouth_texture import build_photo_bank
+
+    photos = [ref] + list(image_to_numpy(mouth_references, node, "mouth_references"))
+    lms = [ref_lm]
+    for i, photo in enumerate(photos[1:]):
+        try:
+            lms.append(detect_landmarks(photo))
+        except NoFaceError:
+            raise node_error(node, "mouth_references", f"no face found in photo {i + 1} of {len(photos) - 1} "
+                                                       f"({photo.shape[1]}x{photo.shape[0]}); use photos where "
+                                                       "the face is clearly visible, or leave it out") from None
+    try:
+        return build_photo_bank(photos, lms)
+    except InputError as e:
+        raise node_error_from(node, e, {"photos": "mouth_references", "landmarks": "mouth_references"}) from None
 
 
 def _prepare(node, reference_image, landmarks, reference_landmarks):
@@ -90,14 +127,16 @@ class LandmarkWarpRender(io.ComfyNode):
                         "minute six times that. The node checks the estimate against the free memory first and "
                         "stops with an error naming it; for long speech or large photos use Landmark Warp "
                         "Render → Video (one frame of memory).",
-            inputs=_inputs(),
+            inputs=_inputs() + [_mouth_input()],
             outputs=[io.Image.Output("images", tooltip="One frame per landmark frame (float32 IMAGE batch: "
                                                        "frames x H x W x 3 x 4 bytes of memory).")],
         )
 
     @classmethod
-    def execute(cls, reference_image, landmarks, mouth_fill, even_size, reference_landmarks=None) -> io.NodeOutput:
+    def execute(cls, reference_image, landmarks, mouth_fill, even_size, reference_landmarks=None,
+                mouth_references=None) -> io.NodeOutput:
         ref, ref_lm = _prepare(NODE, reference_image, landmarks, reference_landmarks)
+        bank = _mouth_bank(NODE, ref, ref_lm, mouth_references)
         T = len(landmarks)
         h, w = even_dims(*ref.shape[:2]) if even_size else ref.shape[:2]
         # pre-flight: the float32 batch plus one uint8 and one float32 frame of scratch
@@ -109,6 +148,8 @@ class LandmarkWarpRender(io.ComfyNode):
         try:
             renderer = WarpRenderer(ref, ref_lm, mouth_fill=mouth_fill)
             frames = iter_render(renderer, landmarks, even_size=even_size, patches=True)
+            if bank is not None:
+                frames = paste_mouths(frames, landmarks, bank, (renderer.width, renderer.height))
             # filled frame by frame straight into the float32 batch (no uint8 copy of the whole video): the
             # unchanged photo, then the rendered face crop (the same values as converting whole frames)
             images = torch.empty((T, h, w, 3), dtype=torch.float32)
@@ -140,14 +181,16 @@ class LandmarkWarpRenderVideo(io.ComfyNode):
                         "talking photo; use Landmark Warp Render (IMAGE batch) only to feed upscalers or VHS.",
             inputs=_inputs() + [
                 io.Audio.Input("audio", optional=True, tooltip="Soundtrack muxed into the video (trimmed to it)."),
+                _mouth_input(),
             ],
             outputs=[io.Video.Output("video", tooltip="Streamed talking-face video (H.264 + AAC when saved).")],
         )
 
     @classmethod
     def execute(cls, reference_image, landmarks, mouth_fill, even_size, reference_landmarks=None,
-                audio=None) -> io.NodeOutput:
+                mouth_references=None, audio=None) -> io.NodeOutput:
         ref, ref_lm = _prepare(NODE_VIDEO, reference_image, landmarks, reference_landmarks)
+        bank = _mouth_bank(NODE_VIDEO, ref, ref_lm, mouth_references)
         if landmarks.fps <= 0:
             raise node_error(NODE_VIDEO, "landmarks", "has no frame rate (a still's landmarks); connect the "
                              "output of Audio → Landmarks")
@@ -156,7 +199,7 @@ class LandmarkWarpRenderVideo(io.ComfyNode):
             renderer = WarpRenderer(ref, ref_lm, mouth_fill=mouth_fill)
         except ValueError as e:
             raise _render_error(NODE_VIDEO, e) from None
-        return io.NodeOutput(StreamedTalkingVideo(renderer, landmarks, even_size, wav))
+        return io.NodeOutput(StreamedTalkingVideo(renderer, landmarks, even_size, wav, bank))
 
 
 NODES = [LandmarkWarpRender, LandmarkWarpRenderVideo]

@@ -47,8 +47,11 @@ corners 33-263) of a canonical, pose-normalised frame.
    inside that edge, Lab colour-matched in the feather ring (:func:`ptalk_models.dub_render.blend_region`).
    Outside that region the frame is untouched.
 
-Limits: a candidate's texture is a 2-D warp (a head turned far from every candidate's pose stretches it); the
-bank is built from the video being dubbed only (no extra reference photos yet).
+A talking photo has no video to take mouths from: :func:`build_photo_bank` makes the bank from the reference
+portrait plus further photos of the person (other mouth shapes), and :func:`paste_mouths` pastes the chosen one
+into each rendered frame (Landmark Warp Render's ``mouth_references``).
+
+Limits: a candidate's texture is a 2-D warp (a head turned far from every candidate's pose stretches it).
 """
 from __future__ import annotations
 
@@ -228,6 +231,23 @@ def _crop_box(pts: np.ndarray, vertices: np.ndarray, shape_hw) -> tuple[int, int
     return x0, y0, x1, y1
 
 
+def _candidate(frame: np.ndarray, p: np.ndarray, vertices: np.ndarray, frame_id: int, desc, gap, rot
+               ) -> MouthCandidate:
+    """A bank entry: the mouth box of ``frame`` (uint8 ``[H, W, 3]``) around ``vertices`` of its pixel
+    landmarks ``p [478, 2]``, longest side at most :data:`_MAX_CROP` px."""
+    H, W = frame.shape[:2]
+    x0, y0, x1, y1 = _crop_box(p, vertices, (H, W))
+    crop = np.ascontiguousarray(frame[y0:y1, x0:x1])
+    pts = p - (x0, y0)
+    scale = _MAX_CROP / max(crop.shape[:2])
+    if scale < 1:
+        import cv2
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+        pts = pts * scale
+    return MouthCandidate(int(frame_id), crop, pts, desc, float(gap), rot)
+
+
 def build_mouth_bank(source: FaceLandmarks, fetch: Callable[[np.ndarray], Iterable[np.ndarray]],
                      source_index=None, capacity: int = DEFAULT_CAPACITY) -> MouthBank:
     """Build the mouth bank of a video (module docstring, step 2).
@@ -270,16 +290,7 @@ def build_mouth_bank(source: FaceLandmarks, fetch: Callable[[np.ndarray], Iterab
         if abs(W / H - sw / sh) > 0.01 * (sw / sh):
             raise InputError("fetch", f"bank frame is {W}x{H} but the landmarks are for {sw}x{sh} frames")
         p = source.points[pos[k], :, :2].astype(np.float64) * (W, H)
-        x0, y0, x1, y1 = _crop_box(p, vertices, (H, W))
-        crop = np.ascontiguousarray(f[y0:y1, x0:x1])
-        pts = p - (x0, y0)
-        scale = _MAX_CROP / max(crop.shape[:2])
-        if scale < 1:
-            import cv2
-            crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
-                              interpolation=cv2.INTER_AREA)
-            pts = pts * scale
-        cands[k] = MouthCandidate(int(ids[k]), crop, pts, desc[k], float(gap[k]), rot[k])
+        cands[k] = _candidate(f, p, vertices, int(ids[k]), desc[k], gap[k], rot[k])
         got += 1
     if got != len(pos):
         raise InputError("fetch", f"fetch yielded {got} frames for {len(pos)} requested")
@@ -305,6 +316,73 @@ def build_mouth_banks(source: FaceLandmarks, fetch: Callable[[np.ndarray], Itera
         sub = source.with_points(source.points, present=np.asarray(source.present, bool) & (labels == p))
         banks[int(p)] = build_mouth_bank(sub, fetch, source_index, capacity)
     return banks
+
+
+def build_photo_bank(photos, landmarks) -> MouthBank:
+    """A mouth bank from still photos of one person (a talking photo's reference portrait and further reference
+    photos showing other mouth shapes: open, teeth, rounded lips): every photo is a candidate.
+
+    Args:
+        photos: list of uint8 ``[H_i, W_i, 3]`` RGB photos, any sizes.
+        landmarks: list of the same length: each photo's :class:`FaceLandmarks` (first frame used, e.g.
+            :func:`ptalk_models.face.detect_landmarks` of it).
+    Returns:
+        a :class:`MouthBank` whose canonical face is the photo with the least-open mouth; candidate ``frame`` =
+        the photo's index in ``photos``.
+    Raises:
+        InputError: ``"photos"`` (none, a bad array, a count other than the landmarks'), ``"landmarks"`` (not
+        FaceLandmarks, no face, another aspect ratio than its photo).
+    """
+    if len(photos) == 0 or len(photos) != len(landmarks):
+        raise InputError("photos", f"expected one landmark set per photo, got {len(photos)} photos and "
+                                   f"{len(landmarks)} landmark sets")
+    px = []
+    for i, (f, lm) in enumerate(zip(photos, landmarks)):
+        f = np.asarray(f)
+        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+            raise InputError("photos", f"photo {i} must be uint8 [H, W, 3], got {f.dtype} {f.shape}")
+        if not isinstance(lm, FaceLandmarks) or not bool(lm.present[0]):
+            raise InputError("landmarks", f"photo {i} has no detected face")
+        sw, sh = lm.image_size
+        H, W = f.shape[:2]
+        if abs(W / H - sw / sh) > 0.01 * (sw / sh):
+            raise InputError("landmarks", f"photo {i} is {W}x{H} but its landmarks are for {sw}x{sh}")
+        px.append(L.to_pixels(lm.points[0], (W, H)))
+    px = np.stack(px)
+    gaps = L.inner_lip_gap_px(px[..., :2]) / np.maximum(L.inter_ocular_px(px), 1e-6)
+    canon = px[int(np.argmin(gaps))]
+    tris, vertices = _warp_triangles(canon)
+    desc, gap, rot = mouth_descriptors(px, canon)
+    cands = [_candidate(np.asarray(f), px[i, :, :2], vertices, i, desc[i], gap[i], rot[i])
+             for i, f in enumerate(photos)]
+    return MouthBank(canon=canon, candidates=cands, tris=tris, vertices=vertices)
+
+
+def paste_mouths(frames, sequence: FaceLandmarks, bank: MouthBank, size_wh: tuple[int, int],
+                 color_match: bool = True, mouth_fill: str = "cavity_and_teeth"):
+    """Give rendered talking-photo frames the bank's real mouths: a generator over ``frames`` (uint8
+    ``[H, W, 3]`` arrays, or :class:`ptalk_models.media.PatchedFrame` face crops), one per frame of
+    ``sequence`` (the landmarks they were rendered to). Each frame's candidate is chosen up front from the
+    landmarks (:func:`select_candidates`: Viterbi over the bank with a switching cost) and pasted over the
+    rendered mouth (:func:`paste_mouth` with the rendered lips = the target lips); faceless frames and frames
+    whose mouth region falls outside a patch are unchanged. ``size_wh``: the full frame size in pixels the
+    normalised landmarks refer to (a patch is placed inside it)."""
+    from .media import PatchedFrame
+
+    choice = select_candidates(bank, sequence)
+    W, H = size_wh
+    for t, f in enumerate(frames):
+        if t >= len(sequence) or choice[t] < 0:
+            yield f
+            continue
+        px = L.to_pixels(sequence.points[t], (W, H))
+        if isinstance(f, PatchedFrame):
+            if f.patch.shape[0] and f.patch.shape[1]:
+                shifted = px - (f.x, f.y, 0)
+                paste_mouth(f.patch, bank, int(choice[t]), shifted, shifted, color_match, mouth_fill, out=f.patch)
+            yield f
+        else:
+            yield paste_mouth(np.asarray(f), bank, int(choice[t]), px, px, color_match, mouth_fill)
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -505,7 +583,7 @@ def paste_mouth(frame: np.ndarray, bank: MouthBank, cand: int, src_px: np.ndarra
     return out
 
 
-__all__ = ["LIP_POINTS", "MouthBank", "MouthCandidate", "build_mouth_bank", "build_mouth_banks", "mouth_descriptors",
-           "shape_costs",
+__all__ = ["LIP_POINTS", "MouthBank", "MouthCandidate", "build_mouth_bank", "build_mouth_banks", "build_photo_bank",
+           "paste_mouths", "mouth_descriptors", "shape_costs",
            "select_bank_frames", "select_candidates", "warp_triangles", "mouth_region", "render_mouth",
            "paste_mouth"]

@@ -4,6 +4,7 @@ encodes them frame by frame, so memory stays at about one frame for any length.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import torch
@@ -40,7 +41,9 @@ class _StreamedVideo(_video_types()[0]):
 
     def save_to(self, path, format="auto", codec="auto", metadata=None, bit_depth=None, crf=None,
                 color_space=None):
-        """Encode to H.264 + AAC mp4 (:func:`ptalk_models.media.write_mp4`), one frame in memory at a time.
+        """Encode to H.264 + AAC mp4 (:func:`ptalk_models.media.write_mp4`), one frame in memory at a time,
+        into a hidden ``.<name>.<pid>.partial`` next to ``path`` that is renamed to ``path`` once complete and
+        removed otherwise (an interrupted or failed save leaves no partial file under the output name).
 
         The signature is ``VideoInput.save_to``'s in ComfyUI 0.33 (``bit_depth``, ``crf``, ``color_space`` are
         passed by its Save Video; 0.3.75 passes only the first four): ``format`` auto/mp4, ``codec`` auto/h264,
@@ -62,7 +65,21 @@ class _StreamedVideo(_video_types()[0]):
         wav, sr = self._audio if self._audio is not None else (None, None)
         meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
         extra = {} if crf is None else {"crf": int(round(crf))}
-        write_mp4(path, self._progress_frames(), self._fps, self._w, self._h, wav, sr, metadata=meta, **extra)
+        if not isinstance(path, (str, os.PathLike)):  # a file object: the caller owns it
+            write_mp4(path, self._progress_frames(), self._fps, self._w, self._h, wav, sr, metadata=meta, **extra)
+            return
+        # Encode into a hidden sibling and rename it when complete: a Cancel (ComfyUI's interrupt, raised from
+        # the frame loop) or an error mid-video leaves no truncated mp4 under the output name.
+        final = os.fspath(path)
+        head, tail = os.path.split(final)
+        partial = os.path.join(head, f".{tail}.{os.getpid()}.partial")
+        try:
+            write_mp4(partial, self._progress_frames(), self._fps, self._w, self._h, wav, sr, metadata=meta,
+                      **extra)
+            os.replace(partial, final)
+        finally:
+            if os.path.lexists(partial):
+                os.unlink(partial)
 
     def as_trimmed(self, start_time=0.0, duration=0.0, strict_duration=False):
         """``VideoInput.as_trimmed`` (core Trim Video): the frames from ``start_time`` (seconds; negative counts
@@ -133,13 +150,16 @@ class StreamedTalkingVideo(_StreamedVideo):
 
     _node = "Landmark Warp Render → Video"
 
-    def __init__(self, renderer, sequence, even_size, audio=None):
+    def __init__(self, renderer, sequence, even_size, audio=None, mouth_bank=None):
         """``renderer``: a built :class:`ptalk_models.render.WarpRenderer` (so bad references fail in the
         render node, not later inside Save Video); ``sequence``: the FaceLandmarks to render at its fps;
-        ``audio``: (float32 ``[C, N]``, Hz) or None."""
+        ``audio``: (float32 ``[C, N]``, Hz) or None; ``mouth_bank``: a
+        :class:`ptalk_models.mouth_texture.MouthBank` of reference photos whose mouths are pasted into the
+        frames (:func:`ptalk_models.mouth_texture.paste_mouths`), or None."""
         from ...ptalk_models.render import even_dims
 
         self._renderer, self._sequence, self._even_size = renderer, sequence, even_size
+        self._bank = mouth_bank
         self._audio = audio
         self._h, self._w = even_dims(renderer.height, renderer.width) if even_size else (renderer.height,
                                                                                            renderer.width)
@@ -149,35 +169,47 @@ class StreamedTalkingVideo(_StreamedVideo):
         self._sequence = self._sequence.frames(first, last)
 
     def _frames(self):
+        from ...ptalk_models.mouth_texture import paste_mouths
         from ...ptalk_models.render import iter_render
 
-        return iter_render(self._renderer, self._sequence, self._even_size, patches=True)
+        r = self._renderer
+        frames = iter_render(r, self._sequence, self._even_size, patches=True)
+        return frames if self._bank is None else paste_mouths(frames, self._sequence, self._bank, (r.width, r.height))
 
 
 class StreamedDubVideo(_StreamedVideo):
-    """Dub Video's output: each frame decoded from the source VIDEO again and dubbed (CPU preview render) on
-    demand, muxed with the new speech. Memory stays at one frame except with ping-pong, which holds the
-    source frames it revisits, at most 512 MiB of them, then a window decoded again
+    """Dub Video's and Dub Dialogue's output: each frame decoded from the source VIDEO again and dubbed (CPU
+    preview render) on demand, muxed with the new speech. Memory stays at one frame except with ping-pong, which
+    holds the source frames it revisits, at most 512 MiB of them, then a window decoded again
     (:func:`ptalk_models.media.frames_at`)."""
 
     _node = "Dub Video"
 
-    def __init__(self, source, frame_index, source_landmarks, landmarks, size_wh, fps, audio, render_kwargs):
+    def __init__(self, source, frame_index, layers, size_wh, fps, audio, node=None):
         """``source``: the VIDEO's stream source (path or BytesIO); ``frame_index``: int ``[N]`` decode-order
-        source frame per output frame; ``source_landmarks`` / ``landmarks``: FaceLandmarks ``[N]`` (aligned
-        source, dubbed); ``size_wh``: frame size in pixels; ``audio``: (float32 ``[C, S]``, Hz);
-        ``render_kwargs``: for :func:`ptalk_models.dub_render.iter_dub`."""
+        source frame per output frame; ``layers``: one per dubbed face, ``(source_landmarks, landmarks,
+        render_kwargs)`` with FaceLandmarks ``[N]`` (aligned source, dubbed) and the keyword arguments of
+        :func:`ptalk_models.dub_render.iter_dub` (an ``"person"`` array ``[N]`` among them is trimmed with the
+        frames); each layer dubs the previous one's output; ``size_wh``: frame size in pixels; ``audio``:
+        (float32 ``[C, S]``, Hz); ``node``: the node's name for messages."""
         self._source, self._index = source, np.asarray(frame_index, np.int64)
-        self._src_lm, self._lm, self._kwargs = source_landmarks, landmarks, dict(render_kwargs)
+        self._layers = [(s, t, dict(k)) for s, t, k in layers]
         (self._w, self._h), self._fps, self._audio = size_wh, float(fps), audio
         self._count = len(self._index)
+        if node:
+            self._node = node
 
     def _trim(self, first, last):
         self._index = self._index[first:last]
-        self._src_lm, self._lm = self._src_lm.frames(first, last), self._lm.frames(first, last)
+        self._layers = [(s.frames(first, last), t.frames(first, last),
+                         {**k, **({"person": k["person"][first:last]} if k.get("person") is not None else {})})
+                        for s, t, k in self._layers]
 
     def _frames(self):
         from ...ptalk_models.dub_render import iter_dub
         from ...ptalk_models.media import frames_at
 
-        return iter_dub(frames_at(self._source, self._index), self._src_lm, self._lm, **self._kwargs)
+        frames = frames_at(self._source, self._index)
+        for src, tgt, kwargs in self._layers:
+            frames = iter_dub(frames, src, tgt, **kwargs)
+        return frames
