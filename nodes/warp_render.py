@@ -53,9 +53,9 @@ def _mouth_input():
     return (
         io.Image.Input("mouth_references", optional=True,
                        tooltip="Optional photos of the same person with other mouth shapes (open, teeth showing, "
-                               "rounded lips: an IMAGE batch, e.g. a few frames of a video of the person, or photos joined with Image Batch): each "
-                               "frame's mouth — lips, real teeth, inside — is taken from the photo (or the "
-                               "portrait) whose mouth shape best matches it, warped into shape and blended in, "
+                               "rounded lips: an IMAGE batch, e.g. a few frames of a video of the person, or "
+                               "photos joined with Image Batch): each frame's mouth — lips, real teeth, inside "
+                               "— is taken from the photo (or the portrait) whose mouth shape best matches it, warped into shape and blended in, "
                                "chosen so the texture does not flicker; the painted mouth_fill remains only where "
                                "no photo opens wide enough. Not connected: mouth_fill paints the opened mouth."))
 
@@ -77,8 +77,8 @@ def _render_error(node: str, e: ValueError):
 
 def _mouth_bank(node, ref, ref_lm, mouth_references):
     """The talking photo's mouth bank (:func:`ptalk_models.mouth_texture.build_photo_bank`) from the portrait and
-    the ``mouth_references`` photos (None when not connected): each photo's landmarks detected, keeping the face
-    most like the portrait's."""
+    the ``mouth_references`` photos (None when not connected): each photo's landmarks detected (its largest
+    face); a photo without a face is a node error on ``mouth_references``."""
     if mouth_references is None:
         return None
     from ..ptalk_models.mouth_texture import build_photo_bank
