@@ -55,9 +55,10 @@ def _mouth_input():
                        tooltip="Optional photos of the same person with other mouth shapes (open, teeth showing, "
                                "rounded lips: an IMAGE batch, e.g. a few frames of a video of the person, or "
                                "photos joined with Image Batch): each frame's mouth — lips, real teeth, inside "
-                               "— is taken from the photo (or the portrait) whose mouth shape best matches it, warped into shape and blended in, "
-                               "chosen so the texture does not flicker; the painted mouth_fill remains only where "
-                               "no photo opens wide enough. Not connected: mouth_fill paints the opened mouth."))
+                               "— is taken from the photo (or the portrait) whose mouth shape best matches it, "
+                               "warped into shape and blended in, chosen so the texture does not flicker; the "
+                               "painted mouth_fill remains only where no photo opens wide enough. Not connected: "
+                               "mouth_fill paints the opened mouth."))
 
 
 #: The node input each rejected :mod:`ptalk_models.render` argument came from (``WarpRenderer``'s
