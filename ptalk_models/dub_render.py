@@ -54,6 +54,7 @@ Cost is dominated by the warp of the face crop: see the tests for measured per-f
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -271,7 +272,8 @@ def render_dub_frame(frame: np.ndarray, src_lm_px: np.ndarray, dst_lm_px: np.nda
 
 
 def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLandmarks,
-             mouth_source: str = "warp", bank=None, person=None, **kwargs) -> Iterator[np.ndarray]:
+             mouth_source: str = "warp", bank=None, person=None, workers: int | None = None,
+             **kwargs) -> Iterator[np.ndarray]:
     """Yield dubbed frames (fresh ``uint8 [H, W, 3]`` arrays), one per input frame, streaming.
 
     ``frames``: ``uint8 [T, H, W, 3]`` or any iterable of ``[H, W, 3]`` frames; ``source``: the frames' own
@@ -289,6 +291,11 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
     Several people (``person``: int ``[T]`` label per frame, :attr:`ptalk_models.dubbing.DubPlan.person`):
     ``bank`` is ``{label: MouthBank}`` (:func:`ptalk_models.mouth_texture.build_mouth_banks`) and each frame
     takes its mouth only from its own person's bank; frames whose label has no bank are warped.
+
+    ``workers``: frames rendered at once in a thread pool (OpenCV and most of NumPy release the GIL; frames are
+    independent, so the output is the same for any count), at most ``2 * workers`` frames ahead of the consumer;
+    None = :data:`RENDER_WORKERS`, 1 = in the calling thread. On the 2-core test machine 2 workers render a
+    512x512 clip ~1.6x as fast as one.
 
     Raises ValueError for non-FaceLandmarks, aspect-ratio mismatches, or more frames than landmarks;
     :class:`~ptalk_models.errors.InputError` (``"mouth_source"``, ``"bank"``) for an unknown mouth source or an
@@ -321,21 +328,58 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
             ch = select_candidates(b, target.with_points(target.points[:n], present=mask))
             for t in np.flatnonzero(mask & (ch >= 0)):
                 choice[t], owner[t] = ch[t], b
-    for t, frame in enumerate(frames):
-        f = _frame(frame)
-        H, W = f.shape[:2]
-        if t == 0:
-            check_aspect((W, H), source.image_size, "frames", "source landmarks")
-            check_aspect((W, H), target.image_size, "frames", "target landmarks")
-        if t >= n:
-            raise ValueError(f"frame {t} has no landmarks (source has {len(source)}, target {len(target)} frames)")
+    def render(t: int, f: np.ndarray) -> np.ndarray:
         if not (source.present[t] and target.present[t]):
-            yield f.copy()
-            continue
+            return f.copy()
+        H, W = f.shape[:2]
         sp = source.points[t].astype(np.float64) * np.array([W, H, 1.0])
         tp = target.points[t].astype(np.float64) * np.array([W, H, 1.0])
         mouth = (owner[t], choice[t]) if choice is not None and choice[t] >= 0 else None
-        yield render_dub_frame(f, sp, tp, mouth=mouth, **kwargs)
+        return render_dub_frame(f, sp, tp, mouth=mouth, **kwargs)
+
+    def checked():
+        for t, frame in enumerate(frames):
+            f = _frame(frame)
+            if t == 0:
+                H, W = f.shape[:2]
+                check_aspect((W, H), source.image_size, "frames", "source landmarks")
+                check_aspect((W, H), target.image_size, "frames", "target landmarks")
+            if t >= n:
+                raise ValueError(f"frame {t} has no landmarks (source has {len(source)}, target {len(target)} "
+                                 "frames)")
+            yield t, f
+
+    yield from ordered_map(render, checked(), RENDER_WORKERS if workers is None else workers)
+
+
+#: Default thread count of :func:`iter_dub` (at most 2: the CPU preview shares the machine with ComfyUI).
+RENDER_WORKERS = max(1, min(2, os.cpu_count() or 1))
+
+
+def ordered_map(fn, items: Iterable[tuple], workers: int) -> Iterator:
+    """``fn(*item)`` for each item, in order, computed by ``workers`` threads at most ``2 * workers`` items
+    ahead of the consumer (bounded memory); ``workers`` <= 1: lazily in the calling thread. An exception of
+    ``fn`` or of ``items`` is raised at its place in the order; closing the generator waits for the items
+    already started."""
+    if int(workers) <= 1:
+        for item in items:
+            yield fn(*item)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(int(workers), thread_name_prefix="ptalk-dub") as ex:
+        try:
+            for item in items:
+                pending.append(ex.submit(fn, *item))
+                if len(pending) >= 2 * int(workers):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def render_dub(frames, source: FaceLandmarks, target: FaceLandmarks,

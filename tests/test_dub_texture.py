@@ -189,10 +189,16 @@ def test_bank_and_memory_bounded_and_streamed(grid):
             taken.append(t)
             yield frames[plan.source_index[t]]
 
-    it = iter_dub(gen(), plan.source, plan.target, mouth_source="own_frames", bank=b)
+    it = iter_dub(gen(), plan.source, plan.target, mouth_source="own_frames", bank=b, workers=1)
     next(it)
     next(it)
     assert len(taken) == 2
+    taken.clear()  # with a thread pool: at most 2 x workers frames decoded ahead
+    it = iter_dub(gen(), plan.source, plan.target, mouth_source="own_frames", bank=b, workers=2)
+    next(it)
+    next(it)
+    assert len(taken) <= 2 + 4, len(taken)
+    it.close()
     from portraittalk.ptalk_models.errors import InputError
 
     with pytest.raises(InputError, match="bank"):
@@ -242,3 +248,26 @@ def test_dub_render_node_option_directly(comfy, grid):
     own = node.execute(images, plan, 0.25, True).result[0]  # the default: own frames
     d = (own - warp).abs().amax(-1)
     assert d[:, :100].max() == 0 and d.mean() > 0
+
+
+def test_thread_pool_gives_the_same_frames(grid):
+    """iter_dub renders frames in a thread pool (workers=2, the default on 2+ cores): bit-identical to one thread,
+    in order; an error in the frame source surfaces at its place."""
+    from portraittalk.ptalk_models.dub_render import iter_dub, render_dub
+
+    frames, fps, _, plan = grid
+    src = frames[plan.source_index]
+    one = render_dub(src, plan.source, plan.target, mouth_source="own_frames", workers=1)
+    two = render_dub(src, plan.source, plan.target, mouth_source="own_frames", workers=2)
+    assert np.array_equal(one, two) and not np.array_equal(one, src)
+
+    def broken():
+        yield from src[:5]
+        raise RuntimeError("decoder died at frame 5")
+
+    got = []
+    with pytest.raises(RuntimeError, match="frame 5"):
+        for f in iter_dub(broken(), plan.source, plan.target, mouth_source="warp", workers=2):
+            got.append(f)
+    assert len(got) <= 5 and all(np.array_equal(g, o) for g, o in zip(got, render_dub(
+        src[:len(got)], plan.source.frames(0, len(got)), plan.target.frames(0, len(got)), workers=1)))
