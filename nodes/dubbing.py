@@ -21,6 +21,7 @@ from ..ptalk_models.landmarks import FaceLandmarks
 from ..ptalk_models.media import constant_rate_index, frames_at, iter_video, video_info
 from ..ptalk_models.memory import batch_fit_problem, image_batch_bytes
 from ..ptalk_models.mouth_texture import build_mouth_banks
+from ..ptalk_models.threads import prefetch
 from .glue.convert import audio_to_numpy, image_to_numpy, numpy_to_image
 from .glue.errors import log, node_error, node_error_from
 from .glue.preview import landmark_preview
@@ -397,8 +398,8 @@ def _detect(node, source, selection):
 
     times = []
 
-    def frames():
-        for frame, t in iter_video(source):
+    def frames():  # decoded in a background thread while the faces are detected (ptalk_models.threads)
+        for frame, t in prefetch(iter_video(source)):
             times.append(t)
             yield frame
 

@@ -54,7 +54,6 @@ Cost is dominated by the warp of the face crop: see the tests for measured per-f
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -64,6 +63,7 @@ from .easing import smoothstep
 from .errors import InputError
 from .landmarks import FaceLandmarks, NUM_LANDMARKS
 from .render import WarpRenderer, check_aspect
+from .threads import ordered_map
 
 NOSE_BOTTOM = 2            # subnasale: the cut line passes through it
 _RAMP = 0.15               # landmark-weight ramp below the cut line, in inter-ocular distances
@@ -294,7 +294,8 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
 
     ``workers``: frames rendered at once in a thread pool (OpenCV and most of NumPy release the GIL; frames are
     independent, so the output is the same for any count), at most ``2 * workers`` frames ahead of the consumer;
-    None = :data:`RENDER_WORKERS`, 1 = in the calling thread. On the 2-core test machine 2 workers render a
+    None = :data:`ptalk_models.threads.DEFAULT_WORKERS`, 1 = in the calling thread
+    (:func:`ptalk_models.threads.ordered_map`). On the 2-core test machine 2 workers render a
     512x512 clip ~1.6x as fast as one.
 
     Raises ValueError for non-FaceLandmarks, aspect-ratio mismatches, or more frames than landmarks;
@@ -349,37 +350,7 @@ def iter_dub(frames: Iterable[np.ndarray], source: FaceLandmarks, target: FaceLa
                                  "frames)")
             yield t, f
 
-    yield from ordered_map(render, checked(), RENDER_WORKERS if workers is None else workers)
-
-
-#: Default thread count of :func:`iter_dub` (at most 2: the CPU preview shares the machine with ComfyUI).
-RENDER_WORKERS = max(1, min(2, os.cpu_count() or 1))
-
-
-def ordered_map(fn, items: Iterable[tuple], workers: int) -> Iterator:
-    """``fn(*item)`` for each item, in order, computed by ``workers`` threads at most ``2 * workers`` items
-    ahead of the consumer (bounded memory); ``workers`` <= 1: lazily in the calling thread. An exception of
-    ``fn`` or of ``items`` is raised at its place in the order; closing the generator waits for the items
-    already started."""
-    if int(workers) <= 1:
-        for item in items:
-            yield fn(*item)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    pending: deque = deque()
-    with ThreadPoolExecutor(int(workers), thread_name_prefix="ptalk-dub") as ex:
-        try:
-            for item in items:
-                pending.append(ex.submit(fn, *item))
-                if len(pending) >= 2 * int(workers):
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+    yield from ordered_map(render, checked(), workers)
 
 
 def render_dub(frames, source: FaceLandmarks, target: FaceLandmarks,

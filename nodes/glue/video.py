@@ -209,7 +209,9 @@ class StreamedDubVideo(_StreamedVideo):
         from ...ptalk_models.dub_render import iter_dub
         from ...ptalk_models.media import frames_at
 
-        frames = frames_at(self._source, self._index)
+        from ...ptalk_models.threads import prefetch
+
+        frames = prefetch(frames_at(self._source, self._index))  # decoded ahead in a background thread
         for src, tgt, kwargs in self._layers:
             frames = iter_dub(frames, src, tgt, **kwargs)
         return frames
