@@ -25,7 +25,8 @@ CREMA-D ``1001_DFA_NEU_XX.flv`` and StyleTalk ``andrew_clip_1.mp4`` (speech: its
   inner-lip aperture (``_aperture_matched``: a closed mouth has less detail than one showing teeth).
 
 **speed** -- frames/s of the render alone and end to end (decode + Face Landmarks + plan + bank + render, streamed
-like Dub Video: the frames are decoded again for the render, no encode), and the process's peak RSS, for a
+like Dub Video: decoded ahead in a background thread, rendered on 2 threads, the frames decoded again for the render,
+no encode), and the process's peak RSS, for a
 512x512 crop of ``retalking_face_5`` + ``audio/beckett.wav`` and ``demo3_video.mp4`` (1080x1920) + ``demo3_audio
 .wav``; each configuration in a fresh process so that peak RSS is its own.
 """
@@ -47,6 +48,7 @@ from portraittalk.ptalk_models import landmarks as L
 from portraittalk.ptalk_models.dub_render import iter_dub
 from portraittalk.ptalk_models.dubbing import plan_dub
 from portraittalk.ptalk_models.face import detect_landmarks, track_landmarks
+from portraittalk.ptalk_models.threads import prefetch
 from portraittalk.ptalk_models.media import frames_at, iter_video, read_audio, read_video, video_info
 from portraittalk.ptalk_models.metrics import sync_proxy
 from portraittalk.ptalk_models.mouth_texture import LIP_POINTS, build_mouth_bank
@@ -196,7 +198,7 @@ def speed_one(video, audio, mode, max_frames) -> dict:
                 return
             yield f
 
-    lm = track_landmarks(frames(), n_src, on_missing="keep", fps=fps)
+    lm = track_landmarks(prefetch(frames()), n_src, on_missing="keep", fps=fps)
     wav, sr = read_audio(audio)
     plan = plan_dub(lm, wav, sr, "trim")
     t1 = time.perf_counter()
@@ -205,7 +207,8 @@ def speed_one(video, audio, mode, max_frames) -> dict:
         bank = build_mouth_bank(plan.source, lambda ids: frames_at(video, ids), plan.source_index)
     t2 = time.perf_counter()
     n = 0
-    for _ in iter_dub(frames_at(video, plan.source_index), plan.source, plan.target, mouth_source=mode, bank=bank):
+    for _ in iter_dub(prefetch(frames_at(video, plan.source_index)), plan.source, plan.target, mouth_source=mode,
+                      bank=bank):
         n += 1
     t3 = time.perf_counter()
     return {"video": os.path.basename(str(video)), "size": f"{w}x{h}", "mode": mode, "frames": n,
