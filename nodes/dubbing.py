@@ -412,7 +412,9 @@ def _detect(node, source, selection):
         else:
             found = track_landmarks(frames(), total, on_missing="keep", fps=fps, selection=selection,
                                     progress=Progress(total))
-    except (IndexError, av.error.FFmpegError) as e:  # FFmpeg's errors may also be ValueErrors: first
+    except IndexError as e:  # no video stream: media._video_stream's message says what the file holds
+        raise node_error(node, "video", str(e)) from None
+    except av.error.FFmpegError as e:  # FFmpeg's errors may also be ValueErrors: first
         raise node_error(node, "video", f"cannot decode its video stream ({e}); re-encode it (e.g. to "
                                         "H.264 mp4)") from None
     except NoFaceError as e:

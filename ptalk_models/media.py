@@ -88,9 +88,37 @@ def read_video(path) -> tuple[np.ndarray, float]:
     import av
 
     with av.open(str(path)) as c:
-        v = c.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
+        v = _video_stream(c)
+        frames = np.stack([upright_rgb(f) for f in c.decode(v)])
         return frames, float(v.average_rate)
+
+
+def _video_stream(container):
+    """The first video stream of an open PyAV container; IndexError saying so when it has none."""
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+        raise IndexError(f"the file has no video stream (it holds {', '.join(kinds)} only): load a file with "
+                         "a picture track")
+    return container.streams.video[0]
+
+
+def _rotation_quarters(frame) -> int:
+    """Quarter turns counter-clockwise (0..3) that show ``frame`` (a PyAV VideoFrame) as players do: the display
+    matrix of phone videos (``rotate`` metadata, ``ffmpeg -display_rotation``), which FFmpeg attaches to every
+    decoded frame; 0 when it has none or PyAV cannot read it."""
+    try:
+        deg = float(getattr(frame, "rotation", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+    return int(round(deg / 90.0)) % 4
+
+
+def upright_rgb(frame) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` of a PyAV VideoFrame, turned upright by its display rotation (see
+    :func:`_rotation_quarters`): a phone clip recorded upright comes out upright, as every player shows it."""
+    rgb = frame.to_ndarray(format="rgb24")
+    k = _rotation_quarters(frame)
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
 def _source(path):
@@ -105,32 +133,38 @@ def video_info(path) -> tuple[int, int, float, int]:
     """(width, height, fps, frames) of the first video stream of ``path``, a file path or a seekable binary file
     object (PyAV; fps = the stream's average rate, 25.0 if the container does not say; frames = the container's
     frame count, else its duration × fps: an estimate, e.g. for a progress bar, read without seeking, which FLV
-    does not allow). Raises as :func:`read_video`."""
+    does not allow; width and height as displayed: swapped for a clip with a 90° display rotation, see
+    :func:`upright_rgb`). Raises as :func:`read_video`."""
     import av
 
     with av.open(_source(path)) as c:
-        v = c.streams.video[0]
+        v = _video_stream(c)
         fps = float(v.average_rate or 25)
         frames = int(v.frames or 0)
         if frames <= 0:
             seconds = float(v.duration * v.time_base) if v.duration and v.time_base else (c.duration or 0) / 1e6
             frames = max(1, int(round(seconds * fps)))
-        return int(v.codec_context.width), int(v.codec_context.height), fps, frames
+        w, h = int(v.codec_context.width), int(v.codec_context.height)
+        first = next(c.decode(v), None)  # the display rotation is known from a decoded frame only
+        if first is not None and _rotation_quarters(first) % 2:
+            w, h = h, w
+        return w, h, fps, frames
 
 
 def iter_video(path) -> Iterator[tuple[np.ndarray, float]]:
-    """Decode the first video stream frame by frame: yields (uint8 RGB ``[H, W, 3]``, presentation time in
-    seconds from the first frame). Memory stays at one frame; no seeking (FLV and pipes work). Raises as
+    """Decode the first video stream frame by frame: yields (uint8 RGB ``[H, W, 3]`` upright as displayed, see
+    :func:`upright_rgb`; presentation time in seconds from the first frame). Memory stays at one frame; no
+    seeking (FLV and pipes work). Raises as
     :func:`read_video` (FFmpegError mid-stream for corrupt data)."""
     import av
 
     with av.open(_source(path)) as c:
-        v = c.streams.video[0]
+        v = _video_stream(c)
         t0 = None
         for i, f in enumerate(c.decode(v)):
             t = float(f.time) if f.time is not None else i / float(v.average_rate or 25)
             t0 = t if t0 is None else t0
-            yield f.to_ndarray(format="rgb24"), t - t0
+            yield upright_rgb(f), t - t0
 
 
 def constant_rate_index(times: Sequence[float], fps: float) -> np.ndarray:
