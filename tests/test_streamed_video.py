@@ -118,3 +118,23 @@ def test_core_trim_video_node_in_a_workflow(comfy, shared_data, tmp_path):
         frames = sum(1 for _ in f.decode(video=0))
         assert frames == 50 and float(v.average_rate) == 25.0
         assert abs(float(a.duration * a.time_base) - 2.0) < 0.1
+
+
+def test_same_frames_encode_to_the_same_file(shared_data, beckett, tmp_path):
+    """write_mp4 is deterministic: 249 frames of a GRID clip played ping-pong (360x288, not a multiple of 16 wide) and speech
+    encoded four times in one process give bit-identical video packets. With x264's macroblock-tree rate
+    control on, PyAV 18's libx264 gave a different first encode (decoded frames up to 36 levels apart), which
+    broke the reliability suite's server-twice determinism check (media.X264_PARAMS)."""
+    from portraittalk.ptalk_models.media import read_video, write_mp4
+
+    clip, fps = read_video(shared_data / "video" / "bbaf2n.mpg")
+    frames = np.concatenate([clip, clip[::-1], clip, clip[::-1]])[:249]  # ping-pong, as a dub plays it
+    wav, sr = beckett
+    packets = []
+    for i in range(4):
+        path = tmp_path / f"enc{i}.mp4"
+        assert write_mp4(path, iter(frames), fps, frames.shape[2], frames.shape[1], wav, sr) == len(frames)
+        with av.open(str(path)) as c:
+            packets.append([bytes(p) for p in c.demux(video=0) if p.size])
+    assert len(packets[0]) == len(frames)
+    assert all(p == packets[0] for p in packets[1:]), [p == packets[0] for p in packets[1:]]
