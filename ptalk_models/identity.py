@@ -49,6 +49,7 @@ from .errors import InputError
 from .images import as_rgb_uint8
 from .landmarks import (FACE_OVAL, LEFT_EYE_INNER, LEFT_EYE_OUTER, RIGHT_EYE_INNER, RIGHT_EYE_OUTER, FaceLandmarks,
                         inter_ocular_px)
+from .telemetry import disable_telemetry
 
 BACKENDS = ("dlib", "insightface")
 INSIGHTFACE_MODELS = ("antelopev2", "buffalo_l")
@@ -286,6 +287,7 @@ def _insightface_model(root, name):
     with _INSIGHTFACE_LOCK:
         model = _INSIGHTFACE_CACHE.get(path)
         if model is None:
+            disable_telemetry()
             import onnxruntime
             from insightface.model_zoo import model_zoo
 

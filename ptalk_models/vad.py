@@ -18,6 +18,7 @@ import numpy as np
 
 from .audio import TARGET_SR, prepare_audio
 from .errors import InputError
+from .telemetry import disable_telemetry
 
 #: Silero's speech-probability threshold (its documented default): windows above it start speech, and speech
 #: continues until the probability drops below ``threshold - 0.15``.
@@ -39,6 +40,7 @@ def _silero():
     ``model`` module); the caller's setting is restored."""
     import torch
 
+    disable_telemetry()  # silero_vad imports onnxruntime
     n = torch.get_num_threads()
     try:
         import silero_vad

@@ -136,3 +136,30 @@ def test_dub_landmarks_node_close_in_silence(comfy, source, speech_with_gap):
         ~plan.speech].max() + 1e-6
     names = [i.id for i in node.GET_SCHEMA().inputs]
     assert names[-2:] == ["close_in_silence", "vad_threshold"]
+
+
+def test_vad_writes_nothing_to_home(shared_data, tmp_path):
+    """Voice-activity detection (Silero VAD on ONNX Runtime) in a fresh Python process with an empty ``$HOME``
+    finds speech in a real recording and leaves ``$HOME`` empty: ONNX Runtime's telemetry store
+    (``~/.cache/Microsoft/DeveloperTools/.onnxruntime``, written on import) is switched off
+    (:mod:`ptalk_models.telemetry`)."""
+    import os
+    import subprocess
+    import sys
+
+    import ptalk_harness as harness
+
+    home = tmp_path / "home"
+    home.mkdir()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ptalk_harness\n"
+            "from portraittalk.ptalk_models.media import read_audio\n"
+            "from portraittalk.ptalk_models.vad import speech_segments\n"
+            "wav, sr = read_audio(sys.argv[2]); print(len(speech_segments(wav, sr)))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    out = subprocess.run([sys.executable, "-c", code, str(harness.REPO_ROOT / "harness"),
+                          str(shared_data / "audio" / "jfk.flac")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.split()[-1]) >= 1, out.stdout
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
