@@ -223,12 +223,12 @@ def generate_landmarks(waveform, sample_rate, reference: FaceLandmarks, fps: flo
     Raises:
         InputError (a ValueError; :mod:`ptalk_models.errors`), ``argument`` = the rejected parameter:
         ``"backend"`` (not a key of :data:`BACKENDS`), ``"neural_weights"`` (a missing, truncated or foreign
-        audio→motion file), ``"audio_features"`` (missing or mismatched encoder features), ``"reference"`` (not FaceLandmarks; no detected face in
-        frame 0, NaN/Inf or degenerate points: :func:`ptalk_models.motion.build_rig`), ``"fps"`` (not a number
-        or outside :data:`FPS_RANGE`), ``"expressiveness"`` (not a number or outside
-        :data:`EXPRESSIVENESS_RANGE`), ``"transcript"`` (not text), ``"seed"`` (not an integer), ``"waveform"``
-        (empty or malformed array) or ``"sample_rate"`` (not a number > 0 Hz): see
-        :func:`ptalk_models.audio.prepare_audio`.
+        audio→motion file), ``"audio_features"`` (missing or mismatched encoder features), ``"reference"``
+        (not FaceLandmarks; no detected face in frame 0, NaN/Inf or degenerate points:
+        :func:`ptalk_models.motion.build_rig`), ``"fps"`` (not a number or outside :data:`FPS_RANGE`),
+        ``"expressiveness"`` (not a number or outside :data:`EXPRESSIVENESS_RANGE`), ``"transcript"`` (not
+        text), ``"seed"`` (not an integer), ``"waveform"`` (empty or malformed array) or ``"sample_rate"``
+        (not a number > 0 Hz): see :func:`ptalk_models.audio.prepare_audio`.
     """
     if backend not in BACKENDS:
         raise InputError("backend", f"unknown audio-to-landmarks backend {backend!r}; choose one of "
@@ -263,4 +263,5 @@ def generate_landmarks(waveform, sample_rate, reference: FaceLandmarks, fps: flo
         return impl.generate(waveform, sample_rate, reference, fps=fps, seed=seed, expressiveness=expressiveness,
                              transcript=transcript, blink=bool(blink), head_motion=bool(head_motion), **kwargs)
     except Audio2MotionFormatError as e:
-        raise InputError("neural_weights", str(e), "choose another model file or re-train it") from None
+        raise InputError("neural_weights", f"{str(e).rstrip('. ')}.",
+                         "Choose another model file (or the embedded one), or re-train it.") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import asdict
 
 import torch
@@ -51,7 +52,7 @@ def read_state_dict(path: str | os.PathLike, error: type[ValueError], missing_hi
     ``.pth`` loaded on the CPU with ``torch.load(weights_only=True)`` (nested dicts are flattened with
     :func:`flatten_state_dict`; metadata ``{}``). Raises ``error`` (a ValueError subclass) for a missing file
     (``missing_hint`` appended to the message after a colon), a truncated/corrupt file, or a pickle that is not
-    plain tensors."""
+    plain tensors (named as such, without PyTorch's advice to load it with ``weights_only=False``)."""
     path = os.fspath(path)
     name = os.path.basename(path)
     if not os.path.isfile(path):
@@ -60,10 +61,18 @@ def read_state_dict(path: str | os.PathLike, error: type[ValueError], missing_hi
         return read_safetensors(path, error)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip), … from a bad or unsafe pickle
-        raise error(f"{name} could not be read as PyTorch weights ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else 'no detail'}): the file is truncated, "
-                    "corrupt, or pickles more than tensors (only weights_only loading is allowed)") from None
+    except pickle.UnpicklingError as e:  # weights_only refused a global (code), or a garbled pickle
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            # PyTorch's own text suggests weights_only=False: never shown, that would run the file's code
+            raise error(f"{name} is a pickle that holds more than tensors (Python objects whose loading could "
+                        "run code), so it is refused: .pt/.pth/.bin weights are loaded as plain tensors only. Use "
+                        "the .safetensors version of these weights, or re-save the file as a state dict of "
+                        "tensors only") from None
+        raise error(f"{name} could not be read as PyTorch weights (a damaged pickle): the file is truncated or "
+                    "corrupt; copy or download it again") from None
+    except Exception as e:  # EOFError, RuntimeError (zip), … from a truncated or corrupt file
+        raise error(f"{name} could not be read as PyTorch weights ({type(e).__name__}): the file is truncated "
+                    "or corrupt; copy or download it again") from None
     if not isinstance(obj, dict):
         raise error(f"{name} holds a {type(obj).__name__}, not a state dict")
     return flatten_state_dict(obj), {}
