@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from .progress import diffusion_model, interruptible
+
 
 def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
                   scheduler: str, denoise: float) -> dict:
     """ComfyUI's own sampling (``comfy.sample.sample``, as core KSampler does): seeded noise, live preview and
-    progress bar, interruptible between steps. Returns the LATENT dict with the new ``samples``."""
+    progress bar, interruptible between steps and within a step (before every UNet block). Returns the LATENT
+    dict with the new ``samples``."""
     import comfy.sample
     import comfy.utils
     import latent_preview
@@ -17,9 +20,10 @@ def sample_latent(model, positive, negative, latent: dict, seed: int, steps: int
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, steps)
-    out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
-                              denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
-                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    with interruptible(diffusion_model(model)):  # Cancel within a step too, not only between steps
+        out = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, samples,
+                                  denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
+                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     result = dict(latent)
     result["samples"] = out
     return result

@@ -8,6 +8,7 @@ import torch
 
 from .control import animatenet_control_class, with_control
 from .patcher import load_module, module_patcher
+from .progress import diffusion_model, interruptible
 
 
 class TemporalWindow:
@@ -30,8 +31,15 @@ class TemporalWindow:
 
 
 def _decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """VAE-decode ``[T, 4, h, w]`` latents in chunks → IMAGE ``[T, H, W, 3]`` float in [0, 1]."""
-    return torch.cat([vae.decode(latents[i:i + chunk])[..., :3] for i in range(0, latents.shape[0], chunk)])
+    """VAE-decode ``[T, 4, h, w]`` latents in chunks → IMAGE ``[T, H, W, 3]`` float in [0, 1]; ComfyUI's
+    interrupt is checked before each chunk."""
+    import comfy.model_management as mm
+
+    out = []
+    for i in range(0, latents.shape[0], chunk):
+        mm.throw_exception_if_processing_interrupted()
+        out.append(vae.decode(latents[i:i + chunk])[..., :3])
+    return torch.cat(out)
 
 
 def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[int, int], reference: torch.Tensor,
@@ -57,11 +65,14 @@ def temporal_sample(model, positive, negative, vae, frames: int, size_hw: tuple[
     (``comfy.sampler_helpers.prepare_mask``) — with ``init_frames``: latents are denoised where it is 1, stay the
     encoded init frames where it is 0 and are blended between (core Set Latent Noise Mask / inpainting semantics).
     One progress bar over frames × steps with a live preview; ComfyUI's interrupt is checked after every
-    sampling step. Returns IMAGE ``[T, H, W, 3]``.
+    sampling step and before every block of the UNet and the AnimateNet (:func:`progress.interruptible`).
+    Returns IMAGE ``[T, H, W, 3]``.
     """
     if noise_mask is not None and init_frames is None:
         raise ValueError("temporal_sample: noise_mask needs init_frames (the latents kept outside the mask)")
-    with torch.inference_mode():  # as under ComfyUI's executor; direct callers must not build autograd graphs
+    # as under ComfyUI's executor (direct callers must not build autograd graphs); the interrupt is checked
+    # before every UNet / AnimateNet block, not only after each sampling step
+    with torch.inference_mode(), interruptible(diffusion_model(model), animatenet):
         return _temporal_sample(model, positive, negative, vae, frames, size_hw, reference, conditions, seed, steps,
                                 cfg, sampler_name, scheduler, denoise, window, animatenet, controlnets, strength,
                                 percent_range, init_frames, noise_mask)
