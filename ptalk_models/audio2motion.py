@@ -221,7 +221,7 @@ def load_audio2motion(path: str | os.PathLike = EMBEDDED_WEIGHTS) -> Audio2Motio
     """
     path = os.fspath(path)
     name = os.path.basename(path)
-    sd, meta = read_safetensors(path, Audio2MotionFormatError, "re-install the pack or re-train the model")
+    sd, meta = read_safetensors(path, Audio2MotionFormatError, None)  # the caller adds the fix
     if meta.get("format") != FORMAT:
         raise Audio2MotionFormatError(f"{name} is not an audio→motion model of this pack (metadata format "
                                       f"{meta.get('format')!r}, expected {FORMAT!r})")

@@ -29,21 +29,32 @@ def flatten_state_dict(sd: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def read_safetensors(path: str | os.PathLike, error: type[ValueError], hint: str = "copy it again"
+#: First bytes of PyTorch's pickled files: a zip archive (``torch.save`` since 1.6) or a bare pickle protocol 2+
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def read_safetensors(path: str | os.PathLike, error: type[ValueError], hint: str | None = "copy it again"
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file; ``error`` (a ValueError subclass) naming the file and ``hint``
-    when it is missing, truncated or not safetensors."""
+    """(tensors, metadata) of a safetensors file. Raises ``error`` (a ValueError subclass) naming the file when
+    it is missing, a PyTorch pickle (``.pt``/``.pth`` content, never unpickled here: it could run code),
+    truncated or otherwise not safetensors, followed by ``hint`` (the fix; None: the caller adds its own)."""
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise error(f"{path} does not exist")
+    tail = f"; {hint}" if hint else ""
     try:
         with safe_open(path, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise error(f"{name} is truncated or not a valid safetensors file ({e}); {hint}") from None
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head.startswith(_PICKLE_MAGIC):
+            raise error(f"{name} is a pickled PyTorch file, not safetensors; it is not loaded (unpickling can run "
+                        f"code): use the .safetensors version of these weights{tail}") from None
+        raise error(f"{name} is truncated or not a valid safetensors file ({e}){tail}") from None
 
 
 def read_state_dict(path: str | os.PathLike, error: type[ValueError], missing_hint: str = ""
