@@ -34,6 +34,23 @@ Public API
 ``output_entries(history_entry)`` (from :mod:`ptalk_harness.outputs`), ``execution_error(history_entry)``,
 ``status_messages(history_entry)``, ``fetch_output(server, entry, dest)``; helpers ``free_port``,
 ``prepare_base_dir``, ``run_dir``, ``server_command``.
+
+Client helpers for reliability tests (everything over HTTP/websocket, as a client):
+``interrupt(server, prompt_id=None)`` (``POST /interrupt``), ``free(server, unload_models=True,
+free_memory=True)`` (``POST /free``), ``system_stats(server)``, ``queue_status(server) -> (running, pending)``
+(``GET /queue``), ``Events(server)`` (the ``/ws`` websocket: timestamped ``executing``/``progress``/... messages,
+``wait_for``), and from the outside, by ``/proc``: ``server_pid(server)`` (ComfyUI's own python process, the
+child of the ``timeout`` wrapper), ``server_rss(server)`` (its resident set size in bytes).
+
+No network: ``start(netns=True)`` runs the server in a fresh network namespace that has only a loopback
+interface (``unshare -rn``: a new user namespace mapping the current user to root in it, and a new network
+namespace; ``lo`` is down in a new namespace, so ``sh -c 'ip link set lo up && exec python main.py ...'``).
+The test process stays in its own namespace and reaches the server through a small TCP relay
+(:class:`NetnsRelay`): it listens on ``127.0.0.1:<free port>`` here and opens each connection to the server from
+a thread that has joined the server's network namespace (``setns(2)`` on ``/proc/<server pid>/ns/net``; a
+socket belongs to the namespace it was created in), so ``server.url`` is the relay's and every helper above
+works unchanged, websocket included. Joining needs CAP_SYS_ADMIN over the server's user namespace, which the
+user who created it has. :func:`netns_available` says whether ``unshare -rn`` and ``ip`` work here.
 """
 from __future__ import annotations
 
@@ -63,7 +80,8 @@ __all__ = [
     "ComfyServer", "ComfyServerError", "PromptRejectedError", "PACK_DIR_NAME", "DEFAULT_SETTINGS",
     "free_port", "prepare_base_dir", "run_dir", "server_command", "start", "wait_ready", "stop",
     "get_json", "upload_file", "queue_prompt", "wait_history", "output_entries", "execution_error",
-    "status_messages", "fetch_output",
+    "status_messages", "fetch_output", "interrupt", "free", "system_stats", "queue_status", "server_pid",
+    "server_rss", "Events", "NetnsRelay", "netns_available",
 ]
 
 log = logging.getLogger("ptalk.harness.server")
@@ -116,6 +134,8 @@ class ComfyServer:
     #: where :func:`start` made a temporary base directory that :func:`stop` removes
     _owned_tmp: tempfile.TemporaryDirectory | None = None
     _log_file: Any = None
+    #: the relay to a server in its own network namespace (``start(netns=True)``), else None
+    relay: Any = None
 
     @property
     def input_dir(self) -> Path:
@@ -215,16 +235,39 @@ def run_dir(comfy_dir: str | os.PathLike, base_dir: str | os.PathLike) -> Path:
     return dst
 
 
+def netns_available() -> str | None:
+    """None when ``unshare -rn`` with ``ip link set lo up`` works here (see :func:`start`'s ``netns``), else
+    why not."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if not unshare or not ip:
+        return f"no {'unshare' if not unshare else 'ip'} command (util-linux / iproute2)"
+    if not hasattr(socket, "AF_INET") or not sys.platform.startswith("linux"):
+        return "network namespaces are Linux-only"
+    try:
+        r = subprocess.run([unshare, "-rn", "sh", "-c", f"{ip} link set lo up"], capture_output=True,
+                           timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unshare -rn failed: {e}"
+    if r.returncode != 0:
+        return f"unshare -rn sh -c 'ip link set lo up' failed: {r.stderr.decode(errors='replace').strip()}"
+    return None
+
+
 def server_command(comfy_dir: str | os.PathLike, base_dir: str | os.PathLike, port: int,
-                   max_seconds: float = DEFAULT_MAX_SECONDS, extra_args: Iterable[str] = ()) -> list[str]:
+                   max_seconds: float = DEFAULT_MAX_SECONDS, extra_args: Iterable[str] = (),
+                   netns: bool = False) -> list[str]:
     """The argv that runs ComfyUI's ``main.py`` (relative to ``comfy_dir``, the working directory) under
-    ``timeout`` with the flags described in the module docstring."""
+    ``timeout`` with the flags described in the module docstring; with ``netns``, inside
+    ``unshare -rn sh -c 'ip link set lo up && exec "$0" "$@"' python main.py ...`` (no network but loopback)."""
     base = Path(base_dir).resolve()
     cmd = []
     timeout_bin = shutil.which("timeout")
     if timeout_bin:
         # TERM at the limit, KILL 15 s later if ComfyUI ignores it
         cmd += [timeout_bin, "--kill-after=15", f"{int(max_seconds)}s"]
+    if netns:
+        cmd += [shutil.which("unshare") or "unshare", "-rn", "sh", "-c",
+                f'{shutil.which("ip") or "ip"} link set lo up && exec "$0" "$@"']
     cmd += [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(int(port)),
             "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}",
             "--disable-api-nodes", "--disable-auto-launch",
@@ -266,7 +309,8 @@ def _spawn(cmd: list[str], work_dir: Path, env: Mapping[str, str], log_path: Pat
 def start(base_dir: str | os.PathLike | None = None, port: int | None = None,
           max_seconds: float | None = None, ready_timeout: float = 180.0,
           required_nodes: Iterable[str] | None = None, settings: Mapping[str, Any] | None = None,
-          extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> ComfyServer:
+          extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None,
+          netns: bool = False) -> ComfyServer:
     """Start a ComfyUI server for this pack and wait until it serves (see :func:`wait_ready`).
 
     Args:
@@ -281,6 +325,8 @@ def start(base_dir: str | os.PathLike | None = None, port: int | None = None,
         settings: frontend settings added to :data:`DEFAULT_SETTINGS`.
         extra_args: more ``main.py`` arguments.
         env: variables added to the server's environment.
+        netns: run it in a new network namespace with loopback only (see the module docstring); ``url`` is
+            then the address of a relay in this process (:class:`NetnsRelay`).
 
     Raises:
         FileNotFoundError: no ComfyUI (see :func:`ptalk_harness.find_comfyui_dir`).
@@ -296,12 +342,15 @@ def start(base_dir: str | os.PathLike | None = None, port: int | None = None,
     port = int(port or free_port())
     if max_seconds is None:
         max_seconds = float(os.environ.get("PTALK_SERVER_MAX_SECONDS", DEFAULT_MAX_SECONDS))
-    cmd = server_command(work_dir, base, port, max_seconds, extra_args)
+    cmd = server_command(work_dir, base, port, max_seconds, extra_args, netns=netns)
     log_path = base / "server.log"
     proc, log_file = _spawn(cmd, work_dir, _server_env(env), log_path)
     server = ComfyServer(url=f"http://127.0.0.1:{port}", port=port, process=proc, base_dir=base,
                          comfy_dir=work_dir, log_path=log_path, max_seconds=max_seconds, _owned_tmp=owned,
                          _log_file=log_file)
+    if netns:
+        server.relay = NetnsRelay(server)
+        server.url = server.relay.url
     try:
         wait_ready(server, ready_timeout, required_nodes)
     except BaseException:
@@ -372,6 +421,8 @@ def stop(server: ComfyServer, remove_base_dir: bool = True, grace: float = 10.0)
             break
         except subprocess.TimeoutExpired:
             continue
+    if server.relay is not None:
+        server.relay.close()
     if server._log_file is not None and not server._log_file.closed:
         server._log_file.close()
     if remove_base_dir and server._owned_tmp is not None:
@@ -521,3 +572,281 @@ def fetch_output(server: ComfyServer, file_entry: Mapping, dest: str | os.PathLi
         dest = dest / Path(file_entry["filename"]).name
     dest.write_bytes(data)
     return dest
+
+
+# ----------------------------------------------------------------------------------------------------------
+# client helpers for reliability tests: interrupt, free, stats, queue, websocket events, RSS
+# ----------------------------------------------------------------------------------------------------------
+def _post_json(server: ComfyServer, path: str, body: Mapping, timeout: float = 30.0) -> bytes:
+    status, data = _request(server, "POST", path, json.dumps(dict(body)).encode(),
+                            {"Content-Type": "application/json"}, timeout=timeout)
+    if status != 200:
+        raise ComfyServerError(f"POST {path}: HTTP {status}: {data[:500]!r}")
+    return data
+
+
+def interrupt(server: ComfyServer, prompt_id: str | None = None) -> None:
+    """``POST /interrupt`` (the frontend's Cancel): stop the running prompt (only if it is ``prompt_id``, when
+    given and the ComfyUI knows targeted interrupts)."""
+    _post_json(server, "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+
+def free(server: ComfyServer, unload_models: bool = True, free_memory: bool = True) -> None:
+    """``POST /free``: ComfyUI's prompt worker unloads the models and (``free_memory``) drops its node-output
+    cache, then collects garbage, at its next turn (at once when idle)."""
+    _post_json(server, "/free", {"unload_models": bool(unload_models), "free_memory": bool(free_memory)})
+
+
+def system_stats(server: ComfyServer) -> dict:
+    """``GET /system_stats`` (ComfyUI and Python versions, RAM, devices)."""
+    return get_json(server, "/system_stats")
+
+
+def queue_status(server: ComfyServer) -> tuple[list, list]:
+    """``GET /queue``: ``(running, pending)`` prompt ids."""
+    q = get_json(server, "/queue")
+    return ([item[1] for item in q.get("queue_running", [])], [item[1] for item in q.get("queue_pending", [])])
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def server_pid(server: ComfyServer) -> int | None:
+    """The pid of ComfyUI's python process (``main.py``): the wrapper's (``timeout``, ``unshare``, ``sh``)
+    descendant, found through ``/proc``; None when it is not (yet, or any more) running."""
+    todo, seen = [server.process.pid], set()
+    while todo:
+        pid = todo.pop(0)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and b"python" in Path(argv[0].decode(errors="replace")).name.encode() \
+                and argv[1] == b"main.py":
+            return pid
+        todo += _children(pid)
+    return None
+
+
+def server_rss(server: ComfyServer) -> int:
+    """Resident set size (bytes, ``VmRSS`` of ``/proc/<pid>/status``) of ComfyUI's python process.
+
+    Raises:
+        ComfyServerError: the process is not running."""
+    pid = server_pid(server)
+    if pid is not None:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    raise ComfyServerError(f"no running ComfyUI process under pid {server.process.pid}")
+
+
+class Events:
+    """The server's websocket (``/ws?clientId=...``, what the frontend listens to), read in a background thread
+    (aiohttp, which ComfyUI itself requires): every JSON message kept as ``(time.monotonic(), type, data)`` in
+    :attr:`messages`. Queue prompts with ``client_id=events.client_id`` to get their ``executing``,
+    ``progress``, ``executed``, ``execution_interrupted`` ... messages. Use as a context manager or
+    :meth:`close`."""
+
+    def __init__(self, server: ComfyServer, client_id: str | None = None, timeout: float = 30.0):
+        import asyncio
+        import threading
+
+        self.client_id = client_id or uuid.uuid4().hex
+        self.messages: list[tuple[float, str, dict]] = []
+        self._cond = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop = None
+        ws_url = server.url.replace("http://", "ws://", 1) + f"/ws?clientId={self.client_id}"
+        self._thread = threading.Thread(target=self._run, args=(ws_url,), daemon=True, name="ptalk-ws")
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            self.close()
+            raise ComfyServerError(f"websocket {ws_url} did not connect: {self._error!r}")
+
+    def _run(self, ws_url):
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main(ws_url))
+
+    async def _main(self, ws_url):
+        import asyncio
+
+        import aiohttp
+
+        self._stop = asyncio.Event()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(ws_url, max_msg_size=0) as ws:
+                    self._ready.set()
+                    reader = asyncio.ensure_future(self._read(ws))
+                    stopper = asyncio.ensure_future(self._stop.wait())
+                    await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    reader.cancel()
+                    stopper.cancel()
+        except BaseException as e:  # noqa: BLE001 - reported by __init__ / wait_for
+            self._error = e
+            self._ready.set()
+
+    async def _read(self, ws):
+        import aiohttp
+
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue  # binary: preview images
+            try:
+                m = json.loads(msg.data)
+            except ValueError:
+                continue
+            with self._cond:
+                self.messages.append((time.monotonic(), m.get("type"), m.get("data") or {}))
+                self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 60.0, start: int = 0) -> tuple[float, str, dict]:
+        """The first message from index ``start`` on with ``predicate(type, data)`` true, waiting up to
+        ``timeout`` seconds for it.
+
+        Raises:
+            TimeoutError: none came in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self.messages):
+                    m = self.messages[i]
+                    if predicate(m[1], m[2]):
+                        return m
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no matching websocket message within {timeout:.0f} s "
+                                       f"(last: {self.messages[-3:]}, error {self._error!r})")
+                self._cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        if self._stop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+class NetnsRelay:
+    """A TCP relay from ``127.0.0.1:<free port>`` in this process's network namespace to ``127.0.0.1:<port>``
+    in the server's own namespace (``start(netns=True)``).
+
+    Its accept thread joins the server's network namespace (``setns(2)``: namespaces are per thread, so the
+    rest of the test process stays where it is) once ComfyUI's process exists, and creates each outgoing socket
+    there; two pump threads per connection copy the bytes. Nothing but this relay connects the namespace
+    to the outside."""
+
+    def __init__(self, server: ComfyServer):
+        import threading
+
+        self.server = server
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._closed = False
+        self._joined: int | None = None
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="ptalk-netns-relay")
+        self._thread.start()
+
+    def _join(self) -> bool:
+        """Join the server's network namespace (this thread only); False while its process is not there yet."""
+        import ctypes
+
+        pid = server_pid(self.server)
+        if pid is None:
+            return False
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+                return False  # not yet unshared
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise ComfyServerError(f"setns into the server's network namespace failed: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        self._joined = pid
+        return True
+
+    def _accept_loop(self):
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                if self._joined is None and not self._join():
+                    client.close()
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+                upstream.settimeout(None)
+            except (OSError, ComfyServerError) as e:
+                log.debug("relay: no connection to the server: %s", e)
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+
+    def close(self):
+        self._closed = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
