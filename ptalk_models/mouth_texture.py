@@ -116,12 +116,23 @@ def _angles(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))
 
 
+#: Target frames per block in :func:`shape_costs`: its ``[block, K, D]`` temporaries stay at ~30 MB instead of
+#: growing with the video (a 10-minute dub's 15000 frames x 48 candidates took ~1 GB at the render's start)
+COST_BLOCK = 1024
+
+
 def shape_costs(desc_t, gap_t, rot_t, desc_c, gap_c, rot_c) -> np.ndarray:
-    """Selection cost ``float64 [N, K]`` of K candidates for N target frames (module docstring, step 3)."""
-    d = desc_t[:, None, :].astype(np.float64) - desc_c[None, :, :]
-    rms = np.sqrt((d.reshape(len(desc_t), len(desc_c), -1, 2) ** 2).sum(-1).mean(-1))
-    dg = gap_t[:, None].astype(np.float64) - gap_c[None, :]
-    return rms + _GAP_W * np.abs(dg) + _LACK_W * np.maximum(dg, 0.0) + _POSE_W * _angles(rot_t, rot_c)
+    """Selection cost ``float64 [N, K]`` of K candidates for N target frames (module docstring, step 3),
+    computed :data:`COST_BLOCK` frames at a time (memory bounded in N; each row depends on its frame only)."""
+    n, k = len(desc_t), len(desc_c)
+    out = np.empty((n, k), np.float64)
+    for a in range(0, n, COST_BLOCK):
+        b = min(n, a + COST_BLOCK)
+        d = desc_t[a:b, None, :].astype(np.float64) - desc_c[None, :, :]
+        rms = np.sqrt((d.reshape(b - a, k, -1, 2) ** 2).sum(-1).mean(-1))
+        dg = gap_t[a:b, None].astype(np.float64) - gap_c[None, :]
+        out[a:b] = rms + _GAP_W * np.abs(dg) + _LACK_W * np.maximum(dg, 0.0) + _POSE_W * _angles(rot_t[a:b], rot_c)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ bank
@@ -401,14 +412,20 @@ def select_candidates(bank: MouthBank, target: FaceLandmarks, top_k: int = DEFAU
     if n == 0 or len(bank) == 0:
         return out
     desc_c, gap_c, rot_c = bank.arrays()
-    px = L.to_pixels(target.points, target.image_size)
     k = max(1, min(int(top_k), len(bank)))
     present = np.asarray(target.present, bool)
     p = np.concatenate([[False], present, [False]]).astype(np.int8)
     runs = zip(np.flatnonzero(np.diff(p) == 1), np.flatnonzero(np.diff(p) == -1))
+
+    def costs(a, b):  # [b - a, K], COST_BLOCK frames at a time: memory bounded in the video's length
+        out = []
+        for s in range(a, b, COST_BLOCK):
+            px = L.to_pixels(target.points[s:min(b, s + COST_BLOCK)], target.image_size)
+            out.append(shape_costs(*mouth_descriptors(px, bank.canon), desc_c, gap_c, rot_c))
+        return np.concatenate(out)
+
     for a, b in runs:
-        desc, gap, rot = mouth_descriptors(px[a:b], bank.canon)
-        cost = shape_costs(desc, gap, rot, desc_c, gap_c, rot_c)        # [n, K]
+        cost = costs(a, b)                                              # [n, K]
         if greedy:
             out[a:b] = np.argmin(cost, 1)
             continue

@@ -271,3 +271,20 @@ def test_thread_pool_gives_the_same_frames(grid):
             got.append(f)
     assert len(got) <= 5 and all(np.array_equal(g, o) for g, o in zip(got, render_dub(
         src[:len(got)], plan.source.frames(0, len(got)), plan.target.frames(0, len(got)), workers=1)))
+
+
+def test_selection_in_blocks_is_the_same(grid, bank, monkeypatch):
+    """The selection costs are computed COST_BLOCK target frames at a time (memory bounded in the video's
+    length): with blocks of 7 frames (boundaries inside the 75-frame dub) the costs and the Viterbi path are
+    the same as in one block."""
+    from portraittalk.ptalk_models import mouth_texture as mt
+
+    target = grid[3].target
+    monkeypatch.setattr(mt, "COST_BLOCK", 10 ** 6)
+    whole_cost, _ = _costs(bank, target)
+    whole = mt.select_candidates(bank, target)
+    monkeypatch.setattr(mt, "COST_BLOCK", 7)
+    blocked_cost, _ = _costs(bank, target)
+    assert np.array_equal(blocked_cost, whole_cost)
+    assert np.array_equal(mt.select_candidates(bank, target), whole)
+    assert len(set(whole[whole >= 0].tolist())) > 1  # a real path through several textures
