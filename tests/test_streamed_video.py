@@ -121,10 +121,10 @@ def test_core_trim_video_node_in_a_workflow(comfy, shared_data, tmp_path):
 
 
 def test_same_frames_encode_to_the_same_file(shared_data, beckett, tmp_path):
-    """write_mp4 is deterministic: 249 frames of a GRID clip played ping-pong (360x288, not a multiple of 16 wide) and speech
-    encoded four times in one process give bit-identical video packets. With x264's macroblock-tree rate
-    control on, PyAV 18's libx264 gave a different first encode (decoded frames up to 36 levels apart), which
-    broke the reliability suite's server-twice determinism check (media.X264_PARAMS)."""
+    """write_mp4 is deterministic: 249 frames of a GRID clip played ping-pong (360x288, not a multiple of 16
+    wide) and speech encoded four times in one process give bit-identical video packets. With x264's
+    macroblock-tree rate control on, PyAV 18's libx264 gave a different first encode (decoded frames up to 36
+    levels apart), which broke the reliability suite's server-twice determinism check (media.X264_PARAMS)."""
     from portraittalk.ptalk_models.media import read_video, write_mp4
 
     clip, fps = read_video(shared_data / "video" / "bbaf2n.mpg")
