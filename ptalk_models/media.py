@@ -394,7 +394,8 @@ def write_mp4(path, frames: Iterable[np.ndarray], fps: float, width: int, height
     Args:
         path: output file path (or a writable binary file object).
         fps: frames per second. width/height: pixels (odd sizes are padded by one pixel for yuv420p).
-        audio: optional float32 ``[C, N]`` (C = 1 or 2) in [-1, 1] at ``sample_rate`` Hz, trimmed to the video.
+        audio: optional float32 ``[C, N]`` (C = 1 or 2) in [-1, 1] at ``sample_rate`` Hz, trimmed to the video;
+            NaN/Inf samples are written as silence.
         crf: x264 constant rate factor (lower = better quality); default 19, or 17 for :class:`PatchedFrame`
             streams (with their faster preset, the same file size as medium at 19).
         preset: x264 preset (``ultrafast`` … ``medium`` … ``veryslow``): encoding effort; default ``medium``, or
@@ -456,7 +457,9 @@ def write_mp4(path, frames: Iterable[np.ndarray], fps: float, width: int, height
         out.mux(vs.encode(None))
         if as_ is not None:
             keep = int(np.ceil(n / float(rate) * sample_rate))
-            pcm = np.clip(audio[:, :keep], -1.0, 1.0)
+            # NaN/Inf samples (a damaged float WAV) are silence, as in ptalk_models.audio.prepare_audio: FFmpeg's
+            # AAC encoder refuses them ("avcodec_send_frame() returned 22") and the whole save would fail
+            pcm = np.clip(np.nan_to_num(audio[:, :keep], nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
             chunk = 1024 * 64
             for start in range(0, pcm.shape[1], chunk):
                 part = np.ascontiguousarray(pcm[:, start:start + chunk].T.reshape(1, -1))

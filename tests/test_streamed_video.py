@@ -138,3 +138,19 @@ def test_same_frames_encode_to_the_same_file(shared_data, beckett, tmp_path):
             packets.append([bytes(p) for p in c.demux(video=0) if p.size])
     assert len(packets[0]) == len(frames)
     assert all(p == packets[0] for p in packets[1:]), [p == packets[0] for p in packets[1:]]
+
+
+def test_nan_audio_samples_are_muted_in_the_soundtrack(beckett, tmp_path):
+    """NaN/Inf samples in the speech (a damaged float WAV; Audio → Landmarks treats them as silence) are written
+    as silence: FFmpeg's AAC encoder refuses them, which made the whole Save Video fail."""
+    from portraittalk.ptalk_models.media import read_audio, write_mp4
+
+    wav, sr = beckett
+    wav = wav[:, :sr].copy()
+    wav[0, 1000:1100], wav[0, 5000:5010] = np.nan, np.inf
+    frames = [np.full((64, 64, 3), 128, np.uint8)] * 25
+    path = tmp_path / "nan.mp4"
+    assert write_mp4(path, iter(frames), 25.0, 64, 64, wav, sr) == 25
+    got, got_sr = read_audio(path)
+    assert got_sr == sr and np.isfinite(got).all() and 0.9 * sr < got.shape[1] < 1.1 * sr
+    assert np.abs(got).max() > 0.05  # the speech is there

@@ -44,8 +44,7 @@ def audio_to_numpy(audio: dict, node: str, input_name: str = "audio") -> tuple[n
 
     An integer waveform tensor (Get Video Components gives int16 for MPEG-1 audio) is scaled to [-1, 1] by its
     full scale ``2^(bits - 1)``. Uses the first item of a batch (logged). Raises :class:`NodeInputError` for
-    malformed or empty audio, and for NaN/Inf samples (a damaged float WAV), which would otherwise reach the
-    encoder and fail deep inside Save Video.
+    malformed or empty audio.
     """
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise node_error(node, input_name, "expected an AUDIO input ({'waveform', 'sample_rate'}); connect a "
@@ -68,9 +67,4 @@ def audio_to_numpy(audio: dict, node: str, input_name: str = "audio") -> tuple[n
     sr = int(audio["sample_rate"])
     if sr <= 0:
         raise node_error(node, input_name, f"sample_rate must be positive, got {sr}")
-    bad = int(np.count_nonzero(~np.isfinite(wav)))
-    if bad:
-        raise node_error(node, input_name, f"{bad} of its {wav.size} samples are NaN or infinite (a damaged float "
-                         "WAV, or a node upstream that produced invalid audio), which no video can carry; re-export "
-                         "the audio (e.g. as 16-bit WAV) or fix the node that made it")
     return wav, sr
