@@ -154,8 +154,7 @@ def video_info(path) -> tuple[int, int, float, int]:
 def iter_video(path) -> Iterator[tuple[np.ndarray, float]]:
     """Decode the first video stream frame by frame: yields (uint8 RGB ``[H, W, 3]`` upright as displayed, see
     :func:`upright_rgb`; presentation time in seconds from the first frame). Memory stays at one frame; no
-    seeking (FLV and pipes work). Raises as
-    :func:`read_video` (FFmpegError mid-stream for corrupt data)."""
+    seeking (FLV and pipes work). Raises as :func:`read_video` (FFmpegError mid-stream for corrupt data)."""
     import av
 
     with av.open(_source(path)) as c:
